@@ -1,0 +1,88 @@
+"""Checkpoint I/O: atomic writes, safe loading and unwrapping of the usual container layouts."""
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Union
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# keys under which training frameworks nest the actual state dict
+WRAPPER_KEYS = ("model", "module", "state_dict")
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """Raised when a file can only be read with full (code-executing) unpickling."""
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
+
+    A crash mid-write leaves only a temporary file (``.*.tmp``), never a truncated checkpoint that a
+    resume would pick up."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only`` safe unpickling.
+
+    Files that need arbitrary unpickling are refused unless ``allow_unsafe`` is set, because loading
+    them can execute code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on version
+        if not allow_unsafe:
+            raise UnsafeCheckpointError(
+                f"{path} cannot be loaded with safe (weights_only) unpickling ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); if you trust the file, pass the "
+                f"allow-unsafe option to load it with full unpickling") from error
+        logger.warning("loading %s with full unpickling (allow_unsafe)", path)
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
+    """Return the tensor state dict inside ``obj``, descending through 'model'/'module'/'state_dict'.
+
+    Non-tensor entries at the state-dict level (e.g. a 'config' dict in the reference release) are
+    kept out; use the raw object to read them."""
+    current = obj
+    while isinstance(current, Mapping):
+        tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        nested = next((current[k] for k in WRAPPER_KEYS if isinstance(current.get(k), Mapping)), None)
+        if nested is None:
+            break
+        current = nested
+    raise ValueError("no state dict found: expected a mapping of tensors, possibly under "
+                     f"one of {WRAPPER_KEYS}")
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """Remove ``prefix`` from every key that has it (e.g. DDP's 'module.')."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}

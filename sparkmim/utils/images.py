@@ -1,0 +1,47 @@
+"""Robust image decoding shared by every data pipeline.
+
+Any mode PIL can open (grayscale, RGBA, CMYK, palette, 16-bit) comes out as 8-bit RGB; files that
+cannot be decoded raise :class:`UnreadableImageError` so the dataset can skip and count them."""
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+class UnreadableImageError(OSError):
+    """The file exists but is not a decodable image (truncated, corrupt or not an image)."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        high = array.max() if array.size else 0
+        scale = 255.0 / high if high > 0 else 0.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        low, high = (array.min(), array.max()) if array.size else (0, 0)
+        span = high - low if high > low else 1.0
+        image = Image.fromarray(((array - low) / span * 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def load_rgb(path: Union[str, Path]) -> Image.Image:
+    """Decode ``path`` fully (so truncation is detected here, not later in a transform) as RGB."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{path}: {error}") from error
+
+
+def is_image_file(path: Union[str, Path]) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
