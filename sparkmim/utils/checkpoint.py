@@ -3,7 +3,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import IO, Any, Callable, Dict, Mapping, Union
 
 import torch
 
@@ -19,17 +19,18 @@ class UnsafeCheckpointError(RuntimeError):
     """Raised when a file can only be read with full (code-executing) unpickling."""
 
 
-def save_atomic(obj: Any, path: PathLike) -> Path:
+def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] = torch.save) -> Path:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
 
     A crash mid-write leaves only a temporary file (``.*.tmp``), never a truncated checkpoint that a
-    resume would pick up."""
+    resume would pick up. ``dump`` swaps the serializer for formats other tools read (e.g.
+    ``pickle.dump`` for Detectron2's ``.pkl`` weights)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            dump(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
