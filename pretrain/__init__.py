@@ -1,0 +1,1 @@
+"""SparK pre-training job (``spark-pretrain``): config, data, loop, checkpoints and pictures."""

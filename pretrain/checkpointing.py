@@ -1,0 +1,127 @@
+"""Pre-training checkpoints: the full resumable state, the encoder-only export, and RNG state.
+
+Layout of the full checkpoint (``format: sparkmim-pretrain``): ``model`` (SparK state dict),
+``optimizer``, ``scaler``, ``epoch``, ``step`` (optimizer steps done), ``rng`` (every rank's RNG
+states), ``sampler`` (position in the data order) and ``config`` (the resolved configuration).
+Everything is written with :func:`sparkmim.utils.checkpoint.save_atomic`, so a crash mid-write leaves
+the previous file in place.
+"""
+import logging
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "sparkmim-pretrain"
+LAST_NAME = "checkpoint_last.pth"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used for this run (another model, not ours, unreadable)."""
+
+
+def encoder_name(model: str) -> str:
+    return f"{model}_encoder_timm.pth"
+
+
+def rng_state() -> Dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU and, when present, CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _numpy_state_to_plain(state: tuple) -> list:
+    """numpy's state tuple holds an ndarray; store it as a tensor so weights-only loading accepts it."""
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def gather_rng_states() -> List[Dict[str, Any]]:
+    """Every rank's RNG state, in rank order (collective when distributed)."""
+    state = rng_state()
+    plain = {"python": [state["python"][0], list(state["python"][1]), state["python"][2]],
+             "numpy": _numpy_state_to_plain(state["numpy"]), "torch": state["torch"]}
+    if "cuda" in state:
+        plain["cuda"] = state["cuda"]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: List[Optional[Dict[str, Any]]] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                                          for k, v in plain.items()})
+        return [g for g in gathered if g is not None]
+    return [plain]
+
+
+def restore_rng_state(states: List[Dict[str, Any]], rank: int) -> bool:
+    """Restore this rank's saved RNG state; False when the checkpoint has no state for this rank
+    (a different number of processes), in which case resume is not bit-exact."""
+    if rank >= len(states):
+        return False
+    state = states[rank]
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+    return True
+
+
+def save_full(path: Path, *, model_state: Dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+              scaler: Optional[Any], epoch: int, step: int, rng: List[Dict[str, Any]],
+              sampler: Dict[str, Any], config: Dict[str, Any]) -> Path:
+    payload = {
+        "format": FORMAT, "model": model_state, "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch, "step": step, "rng": rng, "sampler": sampler, "config": dict(config),
+    }
+    return save_atomic(payload, path)
+
+
+def save_encoder(path: Path, encoder_state: Dict[str, torch.Tensor]) -> Path:
+    """Plain timm state dict of the encoder (no head): ``timm.create_model(name).load_state_dict(sd,
+    strict=False)`` reports only the classifier missing."""
+    return save_atomic({k: v.detach().cpu() for k, v in encoder_state.items()}, path)
+
+
+def find_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
+    """``auto`` -> the run folder's last checkpoint if there is one (temporary files from an
+    interrupted write are never considered); a path -> that file, which must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = output_dir / LAST_NAME
+        return candidate if candidate.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {resume}: file not found; give a checkpoint written by "
+                              f"spark-pretrain ({LAST_NAME}) or 'auto'")
+    return path
+
+
+def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+    """Load a resumable checkpoint and check that it belongs to ``model_name``."""
+    try:
+        payload = load_file(path, allow_unsafe=allow_unsafe)
+    except UnsafeCheckpointError as error:
+        raise CheckpointError(str(error)) from error
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); "
+                              "it may be damaged: resume from another file or start afresh") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a spark-pretrain checkpoint (use --init-weight to start "
+                              "from other weights)")
+    saved_model = (payload.get("config") or {}).get("model")
+    if saved_model != model_name:
+        raise CheckpointError(f"{path} is a checkpoint of model '{saved_model}', but this run builds "
+                              f"'{model_name}'; pass --model {saved_model} or another checkpoint")
+    return payload

@@ -1,0 +1,209 @@
+"""Pre-training configuration: the paper's recipe as defaults, then a recipe file, then the CLI.
+
+Family-dependent values (LAMB betas, drop path) are left as ``None`` in the defaults and filled in
+by :func:`resolve` from the model name, so a recipe or the CLI can still override them.
+"""
+import argparse
+import difflib
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from sparkmim.utils.config import ConfigError, load_recipe, merge
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+DEMO_RECIPE = "demo"
+
+# the paper's pre-training recipe (PAPER.md, "Pre-training recipe")
+DEFAULTS: Dict[str, Any] = {
+    "data": None,              # folder of images (searched recursively) or text file of paths
+    "model": "resnet50",       # any timm CNN name
+    "input_size": 224,         # int or [height, width], multiples of the encoder stride (32)
+    "mask_ratio": 0.6,
+    "epochs": 1600,
+    "warmup_epochs": 40,
+    "batch_size": 4096,        # global batch, over all processes and accumulation steps
+    "micro_batch": None,       # images per process per forward; None = batch_size / world size
+    "base_lr": 2e-4,           # lr = base_lr * batch_size / 256
+    "lr": None,                # explicit peak lr (overrides base_lr scaling)
+    "warmup_start": 0.005,     # warmup starts at this fraction of the peak lr
+    "final_lr": 0.001,         # cosine ends at this fraction of the peak lr
+    "weight_decay": 0.04,
+    "weight_decay_end": 0.2,
+    "betas": None,             # LAMB betas; None = (0.9, 0.95) ResNet-like, (0.9, 0.999) ConvNeXt
+    "clip_grad": 5.0,          # global grad-norm clip inside LAMB; 0 disables
+    "drop_path": None,         # None = the paper's per-model value (0 for models it does not list)
+    "decoder_width": 768,
+    "densify_norm": "auto",
+    "amp": "off",              # off | bf16 | fp16
+    "channels_last": False,
+    "compile": False,
+    "device": "auto",
+    "workers": None,           # data-loading processes; None = min(8, cpu count)
+    "seed": 0,
+    "output_dir": None,        # None = runs/spark_<model>
+    "resume": None,            # checkpoint path or 'auto' (the run folder's last checkpoint)
+    "init_weight": None,       # weights only: ours or the reference release files
+    "allow_unsafe_load": False,
+    "num_vis": 4,              # images in the reconstruction picture
+    "progress": True,          # tqdm progress bar on rank 0
+    "tensorboard": True,
+    "demo_images": 1024,       # size of the generated demo set (used when no data is given)
+    "demo_image_size": 128,
+}
+
+# per-model drop path from the paper
+DROP_PATH = {
+    "resnet50": 0.05, "resnet101": 0.08, "resnet152": 0.10, "resnet200": 0.15,
+    "convnext_small": 0.2, "convnext_base": 0.3, "convnext_large": 0.4,
+}
+BETAS_RESNET = [0.9, 0.95]
+BETAS_CONVNEXT = [0.9, 0.999]
+AMP_CHOICES = ("off", "bf16", "fp16")
+
+
+def family_betas(model: str) -> List[float]:
+    """ConvNeXt-style (LayerNorm, transformer-like) models take Adam's default beta2; CNNs with BN
+    take 0.95, as in the paper."""
+    return list(BETAS_CONVNEXT if "convnext" in model.lower() else BETAS_RESNET)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe by name (``resnet50``) or any YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown recipe '{name_or_path}'; shipped recipes: {', '.join(names)} "
+                          "(or give the path of a YAML file)")
+    return shipped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-pretrain",
+        description="SparK masked-modeling pre-training of a timm CNN. Without a data argument, a small "
+                    "CNN is pre-trained on a generated demo set. Precedence: paper defaults < --recipe "
+                    "< command-line options.")
+    parser.add_argument("data_positional", nargs="?", metavar="DATA", default=None,
+                        help="image folder (searched recursively, labels ignored) or a text file of paths")
+    parser.add_argument("--data", default=None, help="same as the positional DATA")
+    parser.add_argument("--recipe", default=None,
+                        help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")
+    parser.add_argument("--model", default=None, help="timm model name, e.g. resnet50, convnext_base")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
+                        help="one size (square) or HEIGHT WIDTH; multiples of 32")
+    parser.add_argument("--mask-ratio", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--warmup-epochs", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="images per process per forward pass; gradients are accumulated up to --batch-size")
+    parser.add_argument("--base-lr", type=float, default=None, help="lr = base_lr * batch_size / 256")
+    parser.add_argument("--lr", type=float, default=None, help="peak lr, overrides --base-lr")
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--weight-decay-end", type=float, default=None)
+    parser.add_argument("--betas", type=float, nargs=2, default=None)
+    parser.add_argument("--clip-grad", type=float, default=None)
+    parser.add_argument("--drop-path", type=float, default=None)
+    parser.add_argument("--decoder-width", type=int, default=None)
+    parser.add_argument("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
+    parser.add_argument("--amp", default=None, choices=AMP_CHOICES)
+    parser.add_argument("--channels-last", action="store_const", const=True, default=None)
+    parser.add_argument("--compile", action="store_const", const=True, default=None)
+    parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto'")
+    parser.add_argument("--init-weight", default=None,
+                        help="initial weights only (our checkpoints or the reference release files)")
+    parser.add_argument("--allow-unsafe-load", action="store_const", const=True, default=None,
+                        help="load checkpoints that need full unpickling (only for files you trust)")
+    parser.add_argument("--num-vis", type=int, default=None)
+    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False, default=None)
+    parser.add_argument("--demo-images", type=int, default=None)
+    parser.add_argument("--demo-image-size", type=int, default=None)
+    return parser
+
+
+def _cli_layer(args: argparse.Namespace) -> Dict[str, Any]:
+    layer = {k: v for k, v in vars(args).items() if k not in ("data_positional", "recipe")}
+    if args.data_positional is not None:
+        if args.data is not None and args.data != args.data_positional:
+            raise ConfigError("give the data either as DATA or as --data, not both")
+        layer["data"] = args.data_positional
+    if args.input_size is not None:
+        layer["input_size"] = args.input_size[0] if len(args.input_size) == 1 else list(args.input_size)
+    if args.betas is not None:
+        layer["betas"] = list(args.betas)
+    return layer
+
+
+def normalise_size(value: Any) -> Tuple[int, int]:
+    """``224`` or ``[224]`` or ``[192, 256]`` -> (height, width)."""
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(isinstance(v, int) for v in value):
+        return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+    raise ConfigError(f"input_size must be an integer or [height, width], got {value!r}")
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Checks that need no model: each failure is one line that says what to do."""
+    ratio = config["mask_ratio"]
+    if not 0.0 < float(ratio) < 1.0:
+        raise ConfigError(f"mask ratio must be strictly between 0 and 1, got {ratio} (the paper uses 0.6)")
+    height, width = normalise_size(config["input_size"])
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise ConfigError(f"input size {height}x{width} is not a multiple of the encoder stride 32; "
+                          f"use e.g. --input-size {max(32, round(height / 32) * 32)} {max(32, round(width / 32) * 32)}")
+    if config["amp"] not in AMP_CHOICES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config['amp']!r}")
+    for key in ("epochs", "batch_size"):
+        if int(config[key]) <= 0:
+            raise ConfigError(f"{key} must be positive, got {config[key]}")
+    if float(config["warmup_epochs"]) < 0 or float(config["warmup_epochs"]) > int(config["epochs"]):
+        raise ConfigError(f"warmup_epochs must be within [0, epochs={config['epochs']}], got {config['warmup_epochs']}")
+    if config["micro_batch"] is not None and int(config["micro_batch"]) <= 0:
+        raise ConfigError(f"micro_batch must be positive, got {config['micro_batch']}")
+
+
+def check_model_name(model: str) -> None:
+    """Unknown model names fail here, with the closest timm names as a hint."""
+    import timm
+
+    if timm.is_model(model):
+        return
+    close = difflib.get_close_matches(model, timm.list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ConfigError(f"unknown model '{model}' (not a timm model name){hint}")
+
+
+def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """defaults -> recipe (or the demo recipe when no data is given) -> CLI; family values filled in."""
+    args = build_parser().parse_args(argv)
+    cli = _cli_layer(args)
+    recipe_name = args.recipe
+    if recipe_name is None and cli.get("data") is None:
+        recipe_name = DEMO_RECIPE
+    recipe = load_recipe(str(recipe_path(recipe_name))) if recipe_name else {}
+    config = merge(DEFAULTS, recipe, cli)
+    config["recipe"] = recipe_name
+    model = config["model"]
+    if config["betas"] is None:
+        config["betas"] = family_betas(model)
+    if config["drop_path"] is None:
+        config["drop_path"] = DROP_PATH.get(model, 0.0)
+    if config["output_dir"] is None:
+        config["output_dir"] = str(Path("runs") / f"spark_{model}")
+    validate(config)
+    return config
+
+
+def peak_lr(config: Dict[str, Any]) -> float:
+    if config["lr"] is not None:
+        return float(config["lr"])
+    return float(config["base_lr"]) * int(config["batch_size"]) / 256

@@ -1,0 +1,211 @@
+"""Pre-training data: image discovery, the paper's augmentation, and a resumable deterministic order.
+
+Determinism is what makes resume exact: the order of an epoch is a pure function of (seed, epoch),
+the batch of a step a pure function of the step, and each image's augmentation is drawn from an RNG
+seeded by (seed, epoch, index). So a resumed run sees the same images, crops and flips as an
+uninterrupted one, whatever the number of loader workers.
+"""
+import logging
+import math
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+from torchvision import transforms
+from torchvision.transforms import functional as TF
+
+from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """The data argument does not lead to any usable image."""
+
+
+def list_images(source: str) -> List[Path]:
+    """All image files under a folder (recursively, sorted; labels and layout ignored), or the paths
+    listed in a text file (one per line; relative paths are relative to the list file)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}; "
+                            "point DATA at a folder of images or a text file listing image paths")
+        return files
+    if path.is_file():
+        if is_image_file(path):
+            raise DataError(f"{path} is a single image; give a folder of images or a text file listing paths")
+        files = []
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entry = Path(line).expanduser()
+                files.append(entry if entry.is_absolute() else path.parent / entry)
+        if not files:
+            raise DataError(f"the list file {path} names no images; write one image path per line")
+        return files
+    raise DataError(f"data path {path} does not exist; give a folder of images or a text file of paths")
+
+
+def first_readable(paths: Sequence[Path]) -> int:
+    """Index of the first decodable image. Cheap when the data is fine (usually the first file);
+    scans everything only in the failure case, which must be reported before building a model."""
+    for index, path in enumerate(paths):
+        try:
+            load_rgb(path)
+            return index
+        except (UnreadableImageError, OSError):
+            continue
+    raise DataError(f"none of the {len(paths)} listed files is a readable image (first: {paths[0]}); "
+                    "check the data path and the files")
+
+
+def train_transform(size: Tuple[int, int]) -> transforms.Compose:
+    """The paper's augmentation: RandomResizedCrop(scale 0.67-1, bicubic), flip, ImageNet normalisation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.67, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_image(image: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
+    """Deterministic view for pictures: resize to cover ``size`` (keeping aspect), centre crop, normalise."""
+    height, width = size
+    scale = max(height / image.height, width / image.width)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.BICUBIC)
+    tensor = TF.to_tensor(TF.center_crop(resized, [height, width]))
+    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63 - 1)
+
+
+class PretrainImages(Dataset):
+    """Images by index; an unreadable file is replaced by the next readable one (deterministically)
+    and reported in the sample so the main process can warn once per file and count per epoch.
+
+    Items are requested as ``(epoch, index)`` pairs (see :class:`StepBatchSampler`)."""
+
+    def __init__(self, paths: Sequence[Path], size: Tuple[int, int], seed: int) -> None:
+        self.paths = list(paths)
+        self.transform = train_transform(size)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, List[int]]:
+        epoch, index = key
+        failed: List[int] = []
+        for offset in range(len(self.paths)):
+            candidate = (index + offset) % len(self.paths)
+            try:
+                image = load_rgb(self.paths[candidate])
+            except (UnreadableImageError, OSError):
+                failed.append(candidate)
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                return self.transform(image), failed
+        raise DataError("no readable image left in the data set (files were removed or damaged during the run)")
+
+
+def collate(batch: Sequence[Tuple[torch.Tensor, List[int]]]) -> Tuple[torch.Tensor, List[int]]:
+    images = torch.stack([item[0] for item in batch])
+    failed = [index for item in batch for index in item[1]]
+    return images, failed
+
+
+class StepBatchSampler(Sampler):
+    """Yields this process's micro-batches, step after step, forever, starting at ``start_step``.
+
+    Step ``s`` of epoch ``e = s // steps_per_epoch`` takes the next ``global_batch`` entries of the
+    epoch's permutation (wrapping around at the end, so every step is full); rank ``r`` takes its
+    contiguous share, cut into ``accumulation`` micro-batches."""
+
+    def __init__(self, num_images: int, global_batch: int, micro_batch: int, rank: int, world_size: int,
+                 seed: int, start_step: int = 0) -> None:
+        super().__init__()
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} is not divisible by the number of processes "
+                             f"{world_size}; choose a multiple of {world_size}")
+        self.per_rank = global_batch // world_size
+        if self.per_rank % micro_batch:
+            raise ValueError(f"the per-process batch {self.per_rank} is not divisible by micro batch "
+                             f"{micro_batch}; choose a divisor of {self.per_rank}")
+        self.num_images, self.global_batch, self.micro_batch = num_images, global_batch, micro_batch
+        self.rank, self.seed, self.start_step = rank, seed, start_step
+        self.steps_per_epoch = max(1, math.ceil(num_images / global_batch))
+
+    @property
+    def accumulation(self) -> int:
+        return self.per_rank // self.micro_batch
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.num_images, generator=generator)
+
+    def step_indices(self, step: int) -> List[int]:
+        """This rank's indices for ``step`` (all micro-batches together)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = self.permutation(epoch)
+        begin = within * self.global_batch + self.rank * self.per_rank
+        return [int(order[(begin + j) % self.num_images]) for j in range(self.per_rank)]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        step, cached_epoch, order = self.start_step, -1, None
+        while True:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            if epoch != cached_epoch:
+                order, cached_epoch = self.permutation(epoch), epoch
+            begin = within * self.global_batch + self.rank * self.per_rank
+            indices = [int(order[(begin + j) % self.num_images]) for j in range(self.per_rank)]
+            for start in range(0, self.per_rank, self.micro_batch):
+                yield [(epoch, i) for i in indices[start:start + self.micro_batch]]
+            step += 1
+
+
+class SkipReporter:
+    """Main-process bookkeeping of unreadable files: one warning per file, a count per epoch."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = paths
+        self.warned: Set[int] = set()
+        self.epoch_failed: Set[int] = set()
+
+    def report(self, failed: Sequence[int]) -> None:
+        for index in failed:
+            self.epoch_failed.add(index)
+            if index not in self.warned:
+                self.warned.add(index)
+                logger.warning("skipping unreadable image %s (replaced by the next readable one)",
+                               self.paths[index])
+
+    def pop_epoch_count(self) -> int:
+        """Distinct unreadable files met by this process since the last call."""
+        count, self.epoch_failed = len(self.epoch_failed), set()
+        return count
+
+
+def load_vis_images(paths: Sequence[Path], size: Tuple[int, int], count: int,
+                    start: int = 0) -> Optional[torch.Tensor]:
+    """The first ``count`` readable images from ``start``, in the deterministic eval view."""
+    tensors = []
+    for path in list(paths[start:]) + list(paths[:start]):
+        if len(tensors) >= count:
+            break
+        try:
+            tensors.append(eval_image(load_rgb(path), size))
+        except (UnreadableImageError, OSError):
+            continue
+    return torch.stack(tensors) if tensors else None

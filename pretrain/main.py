@@ -1,0 +1,340 @@
+"""``spark-pretrain``: set up data, model, optimizer and state, run the loop, write the outputs.
+
+Launch plainly (one process) or with ``torchrun`` (DDP, SyncBN when more than one process). Every
+user mistake ends in a one-line ``spark-pretrain: error: ...`` and exit status 2; a non-finite loss
+ends with exit status 1; a SIGTERM/SIGINT stop saves and exits 0.
+"""
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
+from sparkmim.utils.config import ConfigError, save_config
+from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from sparkmim.utils.logging_setup import setup_logging
+from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.signals import GracefulStop
+
+from . import checkpointing as ckpt
+from .config import DEFAULTS, check_model_name, normalise_size, peak_lr, resolve
+from .data import (DataError, PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
+                   list_images, load_vis_images)
+from .demo_data import ensure_demo_dataset
+from .engine import Loop, NonFiniteLossError
+from .optim import Schedule, build_optimizer
+from .pictures import plot_loss_curve, plot_reconstructions
+
+logger = logging.getLogger("sparkmim.pretrain")
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class UserError(ValueError):
+    """A problem the user can fix (paths, sizes, model names); reported in one line."""
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create the run folder and prove it is writable before any expensive work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to the output folder {path} ({error.strerror or error}); "
+                        "choose another --output-dir") from error
+    return path
+
+
+def resolve_data(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[List[Path], str]:
+    """Image paths to train on; the generated demo set when no data is given."""
+    source = config["data"]
+    if source is None:
+        kwargs = dict(num_images=int(config["demo_images"]), image_size=int(config["demo_image_size"]))
+        if dist_info.is_main:
+            folder = ensure_demo_dataset(**kwargs)
+        barrier()
+        if not dist_info.is_main:
+            folder = ensure_demo_dataset(**kwargs)
+        source = str(folder)
+        logger.info("no data given: using the generated demo set in %s", folder)
+    paths = list_images(source)
+    first_readable(paths)
+    return paths, source
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def build_model(config: Dict[str, Any], size: Tuple[int, int]) -> torch.nn.Module:
+    from sparkmim import build_spark
+
+    encoder_kwargs = {"drop_path_rate": float(config["drop_path"])} if config["drop_path"] else None
+    try:
+        return build_spark(config["model"], input_size=size, mask_ratio=float(config["mask_ratio"]),
+                           decoder_width=int(config["decoder_width"]), densify_norm=config["densify_norm"],
+                           encoder_kwargs=encoder_kwargs)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as error:
+        raise UserError(f"cannot build SparK for '{config['model']}' at {size[0]}x{size[1]}: "
+                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_unsafe: bool) -> None:
+    """Weights only: our full checkpoint (whole SparK), or any encoder file the core's importer
+    understands (ours, the reference release files)."""
+    from sparkmim.convert import load_encoder_state_dict
+
+    try:
+        obj = load_file(path, allow_unsafe=allow_unsafe)
+    except (UnsafeCheckpointError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    try:
+        if isinstance(obj, dict) and obj.get("format") == ckpt.FORMAT:
+            saved = (obj.get("config") or {}).get("model")
+            if saved != model_name:
+                raise UserError(f"--init-weight {path} is a checkpoint of '{saved}', this run builds "
+                                f"'{model_name}'; pass --model {saved} or another file")
+            spark.load_state_dict(obj["model"])
+            logger.info("initialised the whole SparK model from %s", path)
+            return
+        state, report = load_encoder_state_dict(obj)
+        missing, unexpected = spark.encoder.model.load_state_dict(state, strict=False)
+    except UserError:
+        raise
+    except Exception as error:  # shape mismatch, unknown keys: a file of another model
+        raise UserError(f"--init-weight {path} does not fit '{model_name}' ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:300]}); give weights of the same model") from error
+    if missing or unexpected:
+        raise UserError(f"--init-weight {path} does not fit '{model_name}': {len(missing)} missing and "
+                        f"{len(unexpected)} unexpected keys (e.g. {(list(missing) + list(unexpected))[:3]}); "
+                        "give weights of the same model")
+    dropped = getattr(report, "dropped", [])
+    logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
+
+
+def fixed_mask(batch: int, size: Tuple[int, int], mask_ratio: float, seed: int, stride: int = 32) -> torch.Tensor:
+    """A reproducible mask for the pictures (True = visible), same rule as training: keep
+    round(L x (1 - ratio)) random patches per image."""
+    h, w = size[0] // stride, size[1] // stride
+    keep = max(1, round(h * w * (1 - mask_ratio)))
+    generator = torch.Generator().manual_seed(seed)
+    active = torch.zeros(batch, h * w, dtype=torch.bool)
+    for b in range(batch):
+        active[b, torch.randperm(h * w, generator=generator)[:keep]] = True
+    return active.view(batch, 1, h, w)
+
+
+def reconstruction_panels(output: Any, images: torch.Tensor) -> List[torch.Tensor]:
+    """input | masked input | reconstruction | reconstruction with the visible patches pasted back."""
+    raw = getattr(output, "prediction", None)
+    pasted = output.reconstruction
+    if raw is None:
+        raw = pasted
+    else:
+        pasted = pasted if getattr(output, "reconstruction_pasted", None) is None else output.reconstruction_pasted
+    return [images, output.masked_input, raw, pasted]
+
+
+def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequence[Path], size: Tuple[int, int],
+                   device: torch.device, run_dir: Path, metrics_path: Path) -> Dict[str, Path]:
+    outputs = {"loss curve": plot_loss_curve(metrics_path, run_dir / "loss_curve.png")}
+    images = load_vis_images(paths, size, int(config["num_vis"]))
+    if images is None or int(config["num_vis"]) <= 0:
+        return outputs
+    active = fixed_mask(images.shape[0], size, float(config["mask_ratio"]), int(config["seed"]))
+    was_training = spark.training
+    spark.eval()
+    try:
+        with torch.no_grad():
+            output = spark(images.to(device), active=active.to(device))
+    finally:
+        spark.train(was_training)
+    panels = [p.detach().float().cpu() for p in reconstruction_panels(output, images)]
+    outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png")
+    return outputs
+
+
+def _changed_options(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs"}
+    return [k for k in DEFAULTS if k not in ignore and saved.get(k) != current.get(k)]
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    config = resolve(argv)
+    check_model_name(config["model"])
+    size = normalise_size(config["input_size"])
+    run_dir = prepare_output_dir(Path(config["output_dir"]))
+    dist_info = init_distributed(config["device"])
+    setup_logging(run_dir, rank=dist_info.rank)
+    logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
+                dist_info.device, run_dir.resolve())
+
+    paths, source = resolve_data(config, dist_info)
+    logger.info("data: %d image files from %s", len(paths), source)
+
+    global_batch = int(config["batch_size"])
+    if global_batch % dist_info.world_size:
+        raise UserError(f"--batch-size {global_batch} is not divisible by the {dist_info.world_size} processes")
+    per_rank = global_batch // dist_info.world_size
+    micro = int(config["micro_batch"] or per_rank)
+    if per_rank % micro:
+        raise UserError(f"--micro-batch {micro} must divide the per-process batch {per_rank} "
+                        f"(= --batch-size {global_batch} / {dist_info.world_size} processes)")
+
+    seed = int(config["seed"])
+    seed_everything(seed)  # identical initial weights on every rank
+    spark = build_model(config, size)
+    if config["init_weight"]:
+        load_init_weight(spark, config["init_weight"], config["model"], bool(config["allow_unsafe_load"]))
+    device = dist_info.device
+    spark = spark.to(device)
+    if config["channels_last"]:
+        spark = spark.to(memory_format=torch.channels_last)
+    model: torch.nn.Module = spark
+    if dist_info.distributed:
+        from sparkmim import convert_sync_batchnorm
+
+        spark = convert_sync_batchnorm(spark).to(device)
+        model = torch.nn.parallel.DistributedDataParallel(
+            spark, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if config["compile"]:
+        model = torch.compile(model)
+
+    sampler = StepBatchSampler(len(paths), global_batch, micro, dist_info.rank, dist_info.world_size, seed)
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = steps_per_epoch * int(config["epochs"])
+    schedule = Schedule(total_steps=total_steps, warmup_steps=float(config["warmup_epochs"]) * steps_per_epoch,
+                        peak_lr=peak_lr(config), weight_decay=float(config["weight_decay"]),
+                        weight_decay_end=float(config["weight_decay_end"]),
+                        warmup_start=float(config["warmup_start"]), final_lr=float(config["final_lr"]))
+    optimizer = build_optimizer(spark, schedule.peak_lr, config["betas"], float(config["clip_grad"]))
+    amp_dtype = AMP_DTYPES[config["amp"]]
+    scaler = torch.amp.GradScaler(device.type) if config["amp"] == "fp16" else None
+
+    start_step, rng_states = 0, None
+    resume_path = ckpt.find_resume(config["resume"], run_dir)
+    if config["resume"] == "auto" and resume_path is None:
+        logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
+    if resume_path is not None:
+        payload = ckpt.load_full(resume_path, config["model"], bool(config["allow_unsafe_load"]))
+        try:
+            spark.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UserError(f"{resume_path} does not fit this model or optimizer ({str(error).splitlines()[0][:300]}); "
+                            "resume with the options of the original run") from error
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        start_step, rng_states = int(payload["step"]), payload.get("rng")
+        changed = _changed_options(payload.get("config") or {}, config)
+        if changed:
+            logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
+        logger.info("resumed from %s: epoch %d, step %d", resume_path, start_step // steps_per_epoch, start_step)
+    if start_step >= total_steps:
+        logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, total_steps)
+
+    sampler.start_step = start_step
+    workers = config["workers"] if config["workers"] is not None else min(8, os.cpu_count() or 1)
+    loader = DataLoader(PretrainImages(paths, size, seed), batch_sampler=sampler, num_workers=int(workers),
+                        collate_fn=collate, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
+    batches = iter(loader)
+
+    if rng_states is not None:
+        if not ckpt.restore_rng_state(rng_states, dist_info.rank):
+            logger.warning("the checkpoint was written by %d process(es), this run has %d: RNG streams are "
+                           "re-seeded, so masks differ from an uninterrupted run", len(rng_states), dist_info.world_size)
+            seed_everything(seed + 1000 * dist_info.rank + start_step)
+    else:
+        seed_everything(seed + dist_info.rank)  # different masks and drop-path draws on each rank
+
+    if dist_info.is_main:
+        save_config({k: config[k] for k in DEFAULTS}, run_dir / "config.yaml")
+    logger.info("schedule: %d epochs x %d steps, global batch %d = %d process(es) x %d micro-batch x %d "
+                "accumulation; peak lr %.3g, warmup %d steps", int(config["epochs"]), steps_per_epoch,
+                global_batch, dist_info.world_size, micro, per_rank // micro, schedule.peak_lr,
+                round(schedule.warmup_steps))
+
+    full_path, encoder_path = run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config["model"])
+
+    def save(step_done: int) -> Path:
+        rng = ckpt.gather_rng_states()
+        if dist_info.is_main:
+            ckpt.save_full(full_path, model_state=spark.state_dict(), optimizer=optimizer, scaler=scaler,
+                           epoch=step_done // steps_per_epoch, step=step_done, rng=rng,
+                           sampler={"seed": seed, "step": step_done, "steps_per_epoch": steps_per_epoch,
+                                    "num_images": len(paths), "global_batch": global_batch},
+                           config=config)
+            ckpt.save_encoder(encoder_path, spark.encoder.model.state_dict())
+        barrier()
+        return full_path
+
+    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config["tensorboard"]))
+    spark.train()
+    try:
+        with GracefulStop() as stop:
+            loop = Loop(model=model, params=[p for p in spark.parameters() if p.requires_grad],
+                        optimizer=optimizer, scaler=scaler, schedule=schedule, batches=batches,
+                        accumulation=per_rank // micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                        global_batch=global_batch, dist_info=dist_info, metrics=metrics,
+                        skips=SkipReporter(paths), stop=stop, save=save, amp_dtype=amp_dtype,
+                        channels_last=bool(config["channels_last"]), progress=bool(config["progress"]))
+            result = loop.run(start_step)
+    finally:
+        metrics.close()
+        del batches
+
+    if result.stopped_by_signal:
+        if dist_info.is_main:
+            print(f"spark-pretrain: stopped after step {result.step}; checkpoint {full_path.resolve()}; "
+                  "run the same command with --resume auto to continue")
+        cleanup()
+        return 0
+
+    pictures: Dict[str, Path] = {}
+    if dist_info.is_main:
+        pictures = write_pictures(spark, config, paths, size, device, run_dir, metrics.path)
+    barrier()
+    cleanup()
+    if dist_info.is_main:
+        final = f", last epoch mean loss {result.epoch_losses[-1]:.4f}" if result.epoch_losses else ""
+        lines = [f"spark-pretrain finished: {result.step} steps{final}. Outputs:",
+                 f"  run folder        {run_dir.resolve()}",
+                 f"  full checkpoint   {full_path.resolve()}  (--resume)",
+                 f"  encoder (timm)    {encoder_path.resolve()}  (fine-tuning, detection)",
+                 f"  config            {(run_dir / 'config.yaml').resolve()}",
+                 f"  metrics           {metrics.path.resolve()}"]
+        if (run_dir / "tensorboard").is_dir():
+            lines.append(f"  tensorboard       {(run_dir / 'tensorboard').resolve()}")
+        lines += [f"  {name:<17} {path.resolve()}" for name, path in pictures.items()]
+        print("\n".join(lines))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors become one line on stderr (exit 2)."""
+    try:
+        return run(argv)
+    except (ConfigError, DataError, ckpt.CheckpointError, UserError) as error:
+        print(f"spark-pretrain: error: {error}", file=sys.stderr)
+        cleanup()
+        return 2
+    except NonFiniteLossError as error:
+        logging.getLogger("sparkmim.pretrain").error("%s", error)
+        print(f"spark-pretrain: error: {error}", file=sys.stderr)
+        cleanup()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The two end-of-run pictures: the loss curve and a reconstruction grid.
+
+Both are drawn with matplotlib's non-interactive backend, so they work on headless servers.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
+
+PANEL_TITLES = ("input", "masked input", "reconstruction", "reconstruction + visible")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_step_losses(metrics_path: Path) -> Tuple[List[int], List[float]]:
+    """Per-step losses from the JSONL log; a step logged twice (work redone after a crash and
+    resume) keeps its last value."""
+    losses = {}
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if row.get("kind") == "step" and isinstance(row.get("loss"), (int, float)):
+                losses[int(row["step"])] = float(row["loss"])
+    steps = sorted(losses)
+    return steps, [losses[s] for s in steps]
+
+
+def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
+    plt = _pyplot()
+    steps, losses = read_step_losses(metrics_path)
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    if steps:
+        axis.plot(steps, losses, linewidth=0.8, alpha=0.45, label="per step")
+        window = max(1, len(losses) // 25)
+        if window > 1:
+            kernel = torch.ones(window) / window
+            smooth = torch.nn.functional.conv1d(torch.tensor(losses)[None, None], kernel[None, None]).flatten()
+            axis.plot(steps[window - 1:], smooth.tolist(), linewidth=1.8, label=f"mean of {window}")
+        axis.legend()
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("reconstruction loss (masked patches)")
+    axis.set_title("SparK pre-training loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+    return out_path
+
+
+def denormalise(images_bchw: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images_bchw.detach().float().cpu() * std + mean).clamp(0, 1)
+
+
+def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path,
+                         titles: Sequence[str] = PANEL_TITLES) -> Path:
+    """One row per image, one column per panel (each B x 3 x H x W, ImageNet-normalised)."""
+    plt = _pyplot()
+    shown = [denormalise(p) for p in panels]
+    rows, cols = shown[0].shape[0], len(shown)
+    height, width = shown[0].shape[-2:]
+    cell = 2.2
+    figure, axes = plt.subplots(rows, cols, figsize=(cell * cols * width / max(height, width) + 0.2,
+                                                     cell * rows * height / max(height, width) + 0.5),
+                                dpi=100, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            axes[r][c].imshow(shown[c][r].permute(1, 2, 0).numpy())
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(titles[c], fontsize=9)
+    figure.tight_layout()
+    figure.savefig(out_path)
+    plt.close(figure)
+    return out_path
