@@ -1,0 +1,75 @@
+"""Fine-tuning checkpoints: ``checkpoint_last.pth`` (full training state, for resume) and
+``checkpoint_best.pth`` / ``checkpoint_best_ema.pth`` (weights of the best model / best EMA model).
+
+All are written atomically and hold only tensors and plain Python values, so they load with safe
+(weights_only) unpickling.
+"""
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from sparkmim.utils.checkpoint import load_file, save_atomic
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "sparkmim-finetune"
+LAST, BEST, BEST_EMA = "checkpoint_last.pth", "checkpoint_best.pth", "checkpoint_best_ema.pth"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, of the wrong kind, or does not match the run."""
+
+
+def weights_record(model_state: Dict[str, torch.Tensor], config: Dict[str, Any], classes: list,
+                   epoch: int, metrics: Dict[str, float], ema: bool) -> Dict[str, Any]:
+    """What a best checkpoint holds: the classifier weights and what is needed to evaluate them."""
+    return {"format": FORMAT, "kind": "weights", "arch": config["model"],
+            "linear_probe": bool(config["linear_probe"]), "classes": list(classes),
+            "model": model_state, "ema_weights": ema, "epoch": epoch, "metrics": dict(metrics),
+            "config": dict(config)}
+
+
+def training_record(model_state: Dict[str, torch.Tensor], ema_state: Optional[Dict[str, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, scaler: Optional[Any], config: Dict[str, Any],
+                    classes: list, epoch: int, step: int, best: Dict[str, float]) -> Dict[str, Any]:
+    """The last checkpoint: everything needed to continue the run where it stopped (random streams
+    are re-seeded from the seed, rank and epoch on resume rather than restored)."""
+    return {"format": FORMAT, "kind": "training", "arch": config["model"],
+            "linear_probe": bool(config["linear_probe"]), "classes": list(classes),
+            "model": model_state, "ema": ema_state, "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch, "step": step, "best": dict(best), "config": dict(config)}
+
+
+def save(record: Dict[str, Any], output_dir: Path, name: str) -> Path:
+    return save_atomic(record, Path(output_dir) / name)
+
+
+def resume_path(resume: Optional[str], output_dir: Path) -> Optional[Path]:
+    """``auto``: the run folder's last checkpoint when there is one (else a fresh start);
+    a path must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = Path(output_dir) / LAST
+        if candidate.is_file():
+            return candidate
+        logger.info("--resume auto: no %s in %s, starting from the pre-trained weights", LAST, output_dir)
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume checkpoint not found: {path}")
+    return path
+
+
+def load_record(path: Path, kind: Optional[str] = None) -> Dict[str, Any]:
+    record = load_file(path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a spark-finetune checkpoint (pre-trained weights go to "
+                              f"--weights, not --resume/--checkpoint)")
+    if kind is not None and record.get("kind") != kind:
+        raise CheckpointError(f"{path} holds {record.get('kind')}, expected {kind} "
+                              f"(resume from {LAST})")
+    return record

@@ -1,0 +1,227 @@
+"""Options of ``spark-finetune``: defaults, the per-model recipe, a user recipe, then the command line.
+
+The per-model recipes in ``recipes/`` hold the paper's fine-tuning table; a model without one needs
+its hyper-parameters from ``--recipe`` or the command line (the run refuses to guess them).
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from sparkmim.utils.config import ConfigError, load_recipe, merge
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+# hyper-parameters that every run needs and that come from a recipe (None = not given)
+RECIPE_KEYS = ("batch_size", "epochs", "warmup_epochs", "opt", "base_lr", "layer_decay", "weight_decay",
+               "mixup", "repeated_aug", "drop_path", "ema")
+
+DEFAULTS: Dict[str, Any] = {
+    # what to run
+    "model": None,
+    "data": None,
+    "train_dir": None,
+    "val_dir": None,
+    "weights": None,
+    "output_dir": None,
+    "resume": None,
+    "eval_only": False,
+    "checkpoint": None,
+    "eval_ema": False,
+    "linear_probe": False,
+    "allow_unsafe": False,
+    # the paper's table (from the per-model recipe)
+    **{key: None for key in RECIPE_KEYS},
+    # optimisation details
+    "opt_betas": [0.9, 0.999],
+    "opt_eps": None,
+    "momentum": 0.9,
+    "clip_grad": 0.0,
+    "accum_steps": 1,
+    "loss": "softce",
+    # augmentation and regularisation
+    "input_size": 224,
+    "cutmix": 1.0,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "label_smoothing": 0.1,
+    "auto_augment": "trivial",
+    "color_jitter": 0.0,
+    "reprob": 0.25,
+    "remode": "pixel",
+    "train_scale": [0.08, 1.0],
+    "crop_pct": 0.95,
+    "crop_mode": "center",
+    "interpolation": "bicubic",
+    # runtime
+    "amp": "none",
+    "channels_last": False,
+    "sync_bn": True,
+    "device": "auto",
+    "workers": 8,
+    "seed": 0,
+    "log_interval": 50,
+    "progress": True,
+}
+
+CHOICES = {
+    "opt": ("adamw", "lamb", "sgd", "lars"),
+    "loss": ("softce", "bce", "ce"),
+    "amp": ("none", "bf16", "fp16"),
+    "crop_mode": ("center", "squash", "border"),
+    "remode": ("pixel", "rand", "const"),
+    "device": ("auto", "cuda", "cpu"),
+}
+
+
+def model_recipe_path(model: str, input_size: Optional[int]) -> Optional[Path]:
+    """The built-in recipe for ``model`` (``<model>_<size>.yaml`` first when a size is given)."""
+    candidates = [f"{model}_{input_size}.yaml"] if input_size and input_size != 224 else []
+    candidates.append(f"{model}.yaml")
+    for name in candidates:
+        if (RECIPE_DIR / name).is_file():
+            return RECIPE_DIR / name
+    return None
+
+
+def builtin_recipes() -> List[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if p.stem != "linear_probe")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-finetune",
+        description="ImageNet classification fine-tuning (or linear probing) of a SparK pre-trained "
+                    "timm CNN, with the paper's per-model recipes and layer-wise lr decay. "
+                    "Options override the recipe file, which overrides the built-in model recipe.")
+    add = parser.add_argument
+    flag = dict(action=argparse.BooleanOptionalAction, default=None)
+    add("--model", help="timm model name, e.g. resnet50, convnext_base; built-in recipes: "
+                        + ", ".join(builtin_recipes()))
+    add("--data", help="folder with train/ and val/ class folders (ImageNet layout)")
+    add("--train-dir", help="training ImageFolder (instead of --data)")
+    add("--val-dir", help="validation ImageFolder (instead of --data)")
+    add("--weights", help="pre-trained encoder: sparkmim encoder-only or full pre-training checkpoint, "
+                          "or a reference *_1kpretrained_timm_style.pth / *_official_style.pth file")
+    add("--output-dir", help="run folder: config, logs, metrics, checkpoints")
+    add("--recipe", help="YAML file of options (keys as in the saved config.yaml)")
+    add("--resume", help="'auto' (the run folder's last checkpoint, if any) or a checkpoint path")
+    add("--eval-only", help="evaluate a fine-tuned checkpoint and exit", **flag)
+    add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth)")
+    add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
+    add("--linear-probe", help="frozen backbone + BatchNorm1d(affine=False) + linear head", **flag)
+    add("--allow-unsafe", help="allow full (code-executing) unpickling of trusted weight files", **flag)
+    add("--batch-size", type=int, help="global batch size")
+    add("--epochs", type=int)
+    add("--warmup-epochs", type=float)
+    add("--opt", choices=CHOICES["opt"])
+    add("--base-lr", type=float, help="lr = base_lr x batch_size / 256")
+    add("--layer-decay", type=float, help="layer-wise lr decay (1.0 = off)")
+    add("--weight-decay", type=float)
+    add("--mixup", type=float, help="mixup alpha (0 = off)")
+    add("--cutmix", type=float, help="cutmix alpha (0 = off)")
+    add("--mixup-prob", type=float)
+    add("--mixup-switch-prob", type=float)
+    add("--label-smoothing", type=float)
+    add("--repeated-aug", type=int, help="repeated augmentation count (0 = off)")
+    add("--drop-path", type=float)
+    add("--ema", type=float, help="EMA decay (0 = no EMA)")
+    add("--opt-betas", type=float, nargs=2)
+    add("--opt-eps", type=float)
+    add("--momentum", type=float, help="momentum of sgd / lars")
+    add("--clip-grad", type=float, help="global grad-norm clip (0 = off)")
+    add("--accum-steps", type=int, help="gradient accumulation steps per optimizer step")
+    add("--loss", choices=CHOICES["loss"], help="softce: soft-target CE; bce: binary CE; ce: plain CE")
+    add("--input-size", type=int)
+    add("--auto-augment", help="'trivial' (TrivialAugmentWide), a timm string such as "
+                               "'rand-m9-mstd0.5-inc1' (RandAugment) or 'v0', or 'none'")
+    add("--color-jitter", type=float, help="colour jitter strength when auto-augment is off (0 = off)")
+    add("--reprob", type=float, help="random erasing probability")
+    add("--remode", choices=CHOICES["remode"])
+    add("--train-scale", type=float, nargs=2, help="RandomResizedCrop scale range")
+    add("--crop-pct", type=float, help="evaluation centre-crop fraction")
+    add("--crop-mode", choices=CHOICES["crop_mode"])
+    add("--interpolation")
+    add("--amp", choices=CHOICES["amp"], help="autocast precision")
+    add("--channels-last", **flag)
+    add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
+    add("--device", choices=CHOICES["device"])
+    add("--workers", type=int, help="data-loading processes per training process")
+    add("--seed", type=int)
+    add("--log-interval", type=int, help="steps between metric records")
+    add("--progress", help="progress bar on the main process", **flag)
+    return parser
+
+
+@dataclass(frozen=True)
+class UserLayers:
+    """What the user gave: the ``--recipe`` file's options and the command-line options."""
+    recipe_file: Optional[str]
+    recipe: Dict[str, Any]
+    cli: Dict[str, Any]
+
+    def get(self, key: str) -> Any:
+        return self.cli.get(key, self.recipe.get(key))
+
+
+def parse(argv: Optional[Sequence[str]] = None) -> UserLayers:
+    args = vars(build_parser().parse_args(argv))
+    recipe_file = args.pop("recipe")
+    recipe = load_recipe(recipe_file)
+    merge(DEFAULTS, recipe)  # unknown keys in the recipe file are reported here
+    return UserLayers(recipe_file, recipe, {key: value for key, value in args.items() if value is not None})
+
+
+def resolve(user: UserLayers) -> Dict[str, Any]:
+    """Training configuration: defaults <- model recipe (<- linear-probe recipe) <- --recipe <- CLI."""
+    probe = merge(DEFAULTS, user.recipe, user.cli)
+    layers = []
+    if probe["model"]:
+        builtin = model_recipe_path(probe["model"], probe["input_size"])
+        if builtin is not None:
+            layers.append(load_recipe(str(builtin)))
+    if probe["linear_probe"]:
+        layers.append(load_recipe(str(RECIPE_DIR / "linear_probe.yaml")))
+    config = merge(DEFAULTS, *layers, user.recipe, user.cli)
+    config["recipe"] = user.recipe_file
+    validate(config)
+    return config
+
+
+def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> Dict[str, Any]:
+    """Evaluation configuration: the checkpoint's own configuration (so the evaluation transform
+    matches the one used during training) <- --recipe <- CLI."""
+    known = {key: value for key, value in trained.items() if key in DEFAULTS}
+    config = merge(DEFAULTS, known, user.recipe, user.cli)
+    config["recipe"] = user.recipe_file
+    config["eval_only"] = True
+    return config
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Refuse incomplete or inconsistent configurations with one actionable line."""
+    if not config["model"]:
+        raise ConfigError("--model is required (a timm model name such as resnet50)")
+    if not config["output_dir"]:
+        raise ConfigError("--output-dir is required")
+    if not config["data"] and not (config["train_dir"] and config["val_dir"]):
+        raise ConfigError("give --data (with train/ and val/) or both --train-dir and --val-dir")
+    missing = [key for key in RECIPE_KEYS if config[key] is None]
+    if missing:
+        raise ConfigError(
+            f"no built-in recipe for model '{config['model']}' (built-in: {', '.join(builtin_recipes())}); "
+            f"give these options with --recipe or on the command line: "
+            + ", ".join("--" + key.replace("_", "-") for key in missing))
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if config["input_size"] % 32:
+        raise ConfigError(f"input_size must be a multiple of 32, got {config['input_size']}")
+    if config["batch_size"] <= 0 or config["epochs"] <= 0 or config["accum_steps"] <= 0:
+        raise ConfigError("batch_size, epochs and accum_steps must be positive")
+    if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
+        raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config['warmup_epochs']}")
+    if not 0 < config["layer_decay"]:
+        raise ConfigError(f"layer_decay must be positive, got {config['layer_decay']}")
+    if not 0 <= config["ema"] < 1:
+        raise ConfigError(f"ema must be in [0, 1) (0 = off), got {config['ema']}")

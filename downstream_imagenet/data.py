@@ -1,0 +1,175 @@
+"""Image-folder datasets, the fine-tuning transforms and the (distributed) loaders.
+
+Unreadable images are not fatal: the dataset yields ``None`` for them and the collate function drops
+them and counts them, so a few corrupt files in a million do not stop a run, and the count is
+logged instead of hidden.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """The dataset folders are missing, empty or inconsistent."""
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/**/<image>`` with classes sorted by name (the ImageFolder convention).
+
+    ``__getitem__`` returns ``None`` for a file that cannot be decoded; use :func:`collate_skipping`."""
+
+    def __init__(self, root: Path, transform: Optional[Callable] = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"image folder not found: {self.root}")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not self.classes:
+            raise DataError(f"{self.root} has no class sub-folders (expected <root>/<class>/<images>)")
+        self.samples: List[Tuple[str, int]] = []
+        for index, name in enumerate(self.classes):
+            files = sorted(str(p) for p in (self.root / name).rglob("*") if p.is_file() and is_image_file(p))
+            if not files:
+                raise DataError(f"class folder {self.root / name} contains no image files")
+            self.samples.extend((path, index) for path in files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Optional[Tuple[Any, int]]:
+        path, target = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except UnreadableImageError as error:
+            logger.warning("skipping unreadable image %s", error)
+            return None
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    targets: torch.Tensor
+    skipped: int
+
+
+def collate_skipping(items: Sequence[Optional[Tuple[torch.Tensor, int]]]) -> Batch:
+    """Stack the readable samples; ``skipped`` counts the unreadable ones."""
+    kept = [item for item in items if item is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images = torch.stack([item[0] for item in kept])
+    targets = torch.tensor([item[1] for item in kept], dtype=torch.long)
+    return Batch(images, targets, skipped)
+
+
+class ShardSampler(Sampler):
+    """Every ``world_size``-th index from ``rank``, without padding, so a distributed evaluation
+    sees each image exactly once (DistributedSampler repeats images to even out the shards)."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def dataset_dirs(config: Dict[str, Any]) -> Tuple[Optional[Path], Path]:
+    """(train folder, val folder) from --data or --train-dir/--val-dir."""
+    if config.get("train_dir") or config.get("val_dir"):
+        train = Path(config["train_dir"]) if config.get("train_dir") else None
+        return train, Path(config["val_dir"])
+    root = Path(config["data"])
+    for name in ("train", "val"):
+        if not (root / name).is_dir():
+            raise DataError(f"{root} must contain train/ and val/ class folders (missing {name}/); "
+                            f"or give --train-dir and --val-dir")
+    return root / "train", root / "val"
+
+
+def check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> None:
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataError(f"train and val class folders differ: only in train {only_train[:10]}"
+                        f"{' ...' if len(only_train) > 10 else ''}, only in val {only_val[:10]}"
+                        f"{' ...' if len(only_val) > 10 else ''}")
+
+
+def _interpolation_mode(name: str):
+    from torchvision.transforms import InterpolationMode
+    return InterpolationMode(name)
+
+
+def train_transform(config: Dict[str, Any]) -> Callable:
+    """timm's ImageNet training pipeline: RandomResizedCrop, flip, auto-augment, ToTensor,
+    Normalize, RandomErasing. 'trivial' inserts torchvision's TrivialAugmentWide after the flip
+    (what the reference fine-tuning used below 384 px)."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    auto_augment = config["auto_augment"]
+    trivial = auto_augment == "trivial"
+    if trivial or auto_augment in (None, "", "none"):
+        auto_augment = None
+    transform = create_transform(
+        input_size=config["input_size"], is_training=True, scale=tuple(config["train_scale"]),
+        auto_augment=auto_augment, color_jitter=config["color_jitter"] or None,
+        interpolation=config["interpolation"], re_prob=config["reprob"], re_mode=config["remode"],
+        re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if trivial:
+        steps = list(transform.transforms)
+        flip = next(i for i, step in enumerate(steps) if isinstance(step, transforms.RandomHorizontalFlip))
+        steps.insert(flip + 1, transforms.TrivialAugmentWide(
+            interpolation=_interpolation_mode(config["interpolation"])))
+        transform = transforms.Compose(steps)
+    return transform
+
+
+def eval_transform(config: Dict[str, Any]) -> Callable:
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=config["input_size"], is_training=False, interpolation=config["interpolation"],
+        crop_pct=config["crop_pct"], crop_mode=config["crop_mode"], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def train_loader(dataset: ImageFolderDataset, config: Dict[str, Any], batch_per_process: int,
+                 rank: int, world_size: int) -> DataLoader:
+    """Shuffled, epoch-seeded and sharded (call ``loader.sampler.set_epoch``); batches are full
+    (drop_last) because mixup pairs a batch with its reverse."""
+    if config["repeated_aug"]:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        sampler = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                   num_repeats=config["repeated_aug"])
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=config["seed"], drop_last=True)
+    if len(sampler) < batch_per_process:
+        raise DataError(f"the batch per process ({batch_per_process}) is larger than the training "
+                        f"images per process ({len(sampler)}); lower --batch-size")
+    return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
+                      num_workers=config["workers"], pin_memory=torch.cuda.is_available(),
+                      persistent_workers=config["workers"] > 0, collate_fn=collate_skipping)
+
+
+def eval_loader(dataset: ImageFolderDataset, config: Dict[str, Any], batch_per_process: int,
+                rank: int, world_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
+                      num_workers=config["workers"], pin_memory=torch.cuda.is_available(),
+                      collate_fn=collate_skipping)

@@ -1,0 +1,179 @@
+"""One training epoch and one evaluation pass: the loop bodies, kept apart from setup.
+
+The lr follows ``warmup_cosine_lr`` per optimizer step (not per epoch) and is written into each
+group through ``apply_lr_wd``, so layer-wise decay is just each group's ``lr_scale``.
+"""
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from sparkmim.utils.distributed import is_dist
+from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.schedule import apply_lr_wd, warmup_cosine_lr
+
+from .data import Batch
+
+logger = logging.getLogger(__name__)
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where the per-step schedule goes: optimizer steps in all, warmup steps, peak lr, weight decay."""
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    weight_decay: float
+
+    def lr(self, step: int) -> float:
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.peak_lr)
+
+
+@dataclass
+class Trainer:
+    """Everything one epoch needs; ``model`` may be DDP-wrapped, ``module`` is the bare model."""
+    model: nn.Module
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    schedule: Schedule
+    device: torch.device
+    mixup: Optional[Any] = None
+    ema: Optional[Any] = None
+    scaler: Optional[Any] = None
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+    clip_grad: float = 0.0
+    accum_steps: int = 1
+    log_interval: int = 50
+    progress: bool = True
+    metrics: Optional[MetricsLogger] = None
+
+    def trainable(self) -> List[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
+    images = batch.images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return Batch(images, batch.targets.to(device, non_blocking=True), batch.skipped)
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _sum_across(values: List[float], device: torch.device) -> List[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if is_dist():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_epoch: int,
+                    is_main: bool) -> Dict[str, float]:
+    """Train ``steps_per_epoch`` optimizer steps starting at global step ``step``.
+
+    Returns the epoch's mean loss (over all processes), last lr, skipped images and the new step."""
+    t = trainer
+    t.model.train()
+    loss_sum, loss_count, skipped, grad_norm, lr = 0.0, 0, 0, float("nan"), 0.0
+    micro_batches = steps_per_epoch * t.accum_steps
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (is_main and t.progress),
+               dynamic_ncols=True, leave=False)
+    params = t.trainable()
+    t.optimizer.zero_grad(set_to_none=True)
+    for index, raw in enumerate(loader):
+        if index >= micro_batches:
+            break
+        batch = _to_device(raw, t.device, t.channels_last)
+        skipped += batch.skipped
+        images, targets = batch.images, batch.targets
+        if t.mixup is not None and images.shape[0] % 2:
+            images, targets = images[:-1], targets[:-1]  # mixup pairs the batch with its reverse
+        if images.shape[0] == 0:
+            raise RuntimeError(f"every image of a training batch was unreadable (epoch {epoch}); "
+                               f"check the dataset")
+        if t.mixup is not None:
+            images, targets = t.mixup(images, targets)
+        last_micro = (index + 1) % t.accum_steps == 0
+        if last_micro:
+            lr, _ = apply_lr_wd(t.optimizer.param_groups, t.schedule.lr(step), t.schedule.weight_decay)
+        sync = contextlib.nullcontext() if last_micro or not hasattr(t.model, "no_sync") else t.model.no_sync()
+        with sync:
+            with _autocast(t.device, t.amp_dtype):
+                logits = t.model(images)
+                loss = t.criterion(logits.float(), targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise DivergenceError(f"loss is {loss_value} at epoch {epoch} step {step}; lower --base-lr, "
+                                      f"enable --clip-grad, or use --amp bf16 instead of fp16")
+            scaled = loss / t.accum_steps
+            (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
+        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        if not last_micro:
+            continue
+        if t.scaler is not None:
+            t.scaler.unscale_(t.optimizer)
+        if t.clip_grad > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.clip_grad))
+        if t.scaler is not None:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            t.optimizer.step()
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.ema is not None:
+            t.ema.update(t.module)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if t.metrics is not None and (step % t.log_interval == 0 or step == 1):
+            t.metrics.log({"kind": "train_step", "epoch": epoch, "loss": loss_value, "lr": lr,
+                           "grad_norm": grad_norm}, step=step, prefix="train/")
+    bar.close()
+    total_loss, total_count, total_skipped = _sum_across([loss_sum, loss_count, skipped], t.device)
+    return {"train_loss": total_loss / max(total_count, 1), "lr": lr, "train_skipped": int(total_skipped),
+            "step": step}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (%) over the whole validation set, summed across processes; top-5
+    becomes top-k with k = number of classes when there are fewer than 5."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = skipped = 0
+    for raw in loader:
+        batch = _to_device(raw, device, channels_last)
+        skipped += batch.skipped
+        if batch.images.shape[0] == 0:
+            continue
+        with _autocast(device, amp_dtype):
+            logits = model(batch.images)
+        k = min(5, logits.shape[1])
+        top = logits.float().topk(k, dim=1).indices
+        hits = top.eq(batch.targets[:, None])
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+        seen += batch.targets.shape[0]
+    model.train(was_training)
+    correct1, correct5, seen, skipped = _sum_across([correct1, correct5, seen, skipped], device)
+    if seen == 0:
+        raise RuntimeError("the validation set has no readable images")
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "images": int(seen),
+            "skipped": int(skipped)}

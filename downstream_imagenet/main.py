@@ -1,0 +1,303 @@
+"""``spark-finetune``: fine-tune (or linearly probe) a SparK pre-trained timm CNN on ImageNet.
+
+Runs as one process (``spark-finetune ...``) or under ``torchrun`` (DDP; NCCL on GPUs, gloo on CPU).
+Setup lives here; the loop bodies are in :mod:`.engine`.
+"""
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparkmim.utils.checkpoint import UnsafeCheckpointError
+from sparkmim.utils.config import ConfigError, save_config
+from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from sparkmim.utils.logging_setup import setup_logging
+from sparkmim.utils.metrics import MetricsLogger
+
+from . import checkpoints
+from .config import UserLayers, parse, resolve, resolve_eval
+from .data import (DataError, ImageFolderDataset, check_same_classes, dataset_dirs, eval_loader, eval_transform,
+                   train_loader, train_transform)
+from .engine import Schedule, Trainer, evaluate, train_one_epoch
+from .layer_decay import LayerDecayError, describe_groups, param_groups
+from .models import count_parameters, create_classifier, create_linear_probe
+from .optim import create_criterion, create_mixup, create_optimizer
+from .weights import WeightLoadingError, load_pretrained
+
+logger = logging.getLogger(__name__)
+
+# bad input, reported as one line instead of a traceback
+USER_ERRORS = (ConfigError, checkpoints.CheckpointError, DataError, WeightLoadingError, LayerDecayError,
+               UnsafeCheckpointError, FileNotFoundError)
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def per_process_batch(config: Dict[str, Any], world_size: int) -> int:
+    """The micro-batch of one process; the global batch must split evenly."""
+    parts = world_size * config["accum_steps"]
+    if config["batch_size"] % parts:
+        raise ConfigError(f"batch_size {config['batch_size']} must be divisible by processes x accum_steps "
+                          f"= {world_size} x {config['accum_steps']}")
+    return config["batch_size"] // parts
+
+
+def build_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
+    if config["linear_probe"]:
+        return create_linear_probe(config["model"], num_classes)
+    return create_classifier(config["model"], num_classes, config["drop_path"])
+
+
+def weight_target(model: nn.Module) -> nn.Module:
+    """The module that receives pre-trained weights (the backbone of a linear probe)."""
+    return getattr(model, "backbone", model)
+
+
+def create_scaler(config: Dict[str, Any], device: torch.device) -> Optional[Any]:
+    if config["amp"] != "fp16":
+        return None
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
+def wrap_distributed(model: nn.Module, config: Dict[str, Any], dist_info: DistInfo) -> nn.Module:
+    if not dist_info.distributed:
+        return model
+    if config["sync_bn"] and not config["linear_probe"]:
+        if dist_info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            logger.warning("SyncBatchNorm needs CUDA; on CPU each process keeps its own BatchNorm statistics")
+    device_ids = [dist_info.local_rank] if dist_info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def load_datasets(config: Dict[str, Any], training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
+    train_dir, val_dir = dataset_dirs(config)
+    val = ImageFolderDataset(val_dir, eval_transform(config))
+    if not training:
+        return None, val
+    if train_dir is None:
+        raise ConfigError("training needs --train-dir (or --data with train/ and val/)")
+    train = ImageFolderDataset(train_dir, train_transform(config))
+    check_same_classes(train, val)
+    logger.info("data: %d classes, %d training and %d validation images", len(train.classes), len(train), len(val))
+    return train, val
+
+
+def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
+    """The fine-tuning run; returns the final summary (best accuracies and checkpoint paths)."""
+    out = Path(config["output_dir"])
+    setup_logging(out, dist_info.rank)
+    device, is_main = dist_info.device, dist_info.is_main
+    train_set, val_set = load_datasets(config, training=True)
+    classes = train_set.classes
+    batch = per_process_batch(config, dist_info.world_size)
+
+    seed_everything(config["seed"])  # identical initial head on every process (DDP and EMA rely on it)
+    model = build_model(config, len(classes))
+    resume_from = checkpoints.resume_path(config["resume"], out)
+    record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
+    if record is not None:
+        if record["arch"] != config["model"] or record["linear_probe"] != config["linear_probe"] \
+                or record["classes"] != classes:
+            raise checkpoints.CheckpointError(
+                f"{resume_from} was trained as {record['arch']} (linear_probe={record['linear_probe']}, "
+                f"{len(record['classes'])} classes), not as this run's {config['model']} "
+                f"(linear_probe={config['linear_probe']}, {len(classes)} classes)")
+        model.load_state_dict(record["model"])
+        logger.info("resuming from %s (epoch %d done, step %d)", resume_from, record["epoch"], record["step"])
+    elif config["weights"]:
+        load_pretrained(weight_target(model), config["weights"], allow_unsafe=config["allow_unsafe"])
+    else:
+        logger.warning("no --weights given: fine-tuning from random initialisation")
+    model.to(device)
+    if config["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    logger.info("model %s: %s", config["model"], count_parameters(model))
+
+    ema = None
+    if config["ema"] > 0:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=config["ema"])
+        if record is not None and record.get("ema") is not None:
+            ema.module.load_state_dict(record["ema"])
+
+    groups = param_groups(model, config["layer_decay"])
+    if is_main:
+        logger.info("parameter groups (layer decay %s):\n%s", config["layer_decay"], describe_groups(groups))
+    optimizer = create_optimizer(groups, config)
+    scaler = create_scaler(config, device)
+    if record is not None:
+        optimizer.load_state_dict(record["optimizer"])
+        if scaler is not None and record.get("scaler"):
+            scaler.load_state_dict(record["scaler"])
+    ddp_model = wrap_distributed(model, config, dist_info)
+    module = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
+
+    start_epoch = record["epoch"] if record is not None else 0
+    seed_everything(config["seed"] + dist_info.rank + 7919 * start_epoch)
+    mixup = create_mixup(config, len(classes))
+    criterion = create_criterion(config, mixup is not None)
+    loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
+    val_loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
+    steps_per_epoch = len(loader) // config["accum_steps"]
+    if steps_per_epoch == 0:
+        raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
+                          f"({config['accum_steps']}); lower --batch-size or --accum-steps")
+    peak_lr = config["base_lr"] * config["batch_size"] / 256
+    schedule = Schedule(total_steps=config["epochs"] * steps_per_epoch,
+                        warmup_steps=round(config["warmup_epochs"] * steps_per_epoch),
+                        peak_lr=peak_lr, weight_decay=config["weight_decay"])
+    metrics = MetricsLogger(out, enabled=is_main)
+    trainer = Trainer(model=ddp_model, module=module, optimizer=optimizer, criterion=criterion,
+                      schedule=schedule, device=device, mixup=mixup, ema=ema, scaler=scaler,
+                      amp_dtype=AMP_DTYPES[config["amp"]], channels_last=config["channels_last"],
+                      clip_grad=config["clip_grad"], accum_steps=config["accum_steps"],
+                      log_interval=config["log_interval"], progress=config["progress"], metrics=metrics)
+    if is_main:
+        save_config(config, out / "config.yaml")
+        logger.info("lr = %g x %d / 256 = %g; %d steps per epoch, %d epochs, %d warmup steps; %d x %d x %d "
+                    "(processes x micro-batch x accumulation)", config["base_lr"], config["batch_size"],
+                    peak_lr, steps_per_epoch, config["epochs"], schedule.warmup_steps, dist_info.world_size,
+                    batch, config["accum_steps"])
+
+    best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
+    step = record["step"] if record is not None else 0
+    amp_dtype = AMP_DTYPES[config["amp"]]
+    for epoch in range(start_epoch, config["epochs"]):
+        loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(trainer, loader, epoch, step, steps_per_epoch, is_main)
+        step = stats.pop("step")
+        result = evaluate(module, val_loader, device, amp_dtype, config["channels_last"])
+        row = {"kind": "epoch", "epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in result.items()}}
+        if ema is not None:
+            ema_result = evaluate(ema.module, val_loader, device, amp_dtype, config["channels_last"])
+            row.update({f"ema_{k}": v for k, v in ema_result.items() if k in ("top1", "top5")})
+        if is_main:
+            save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch + 1, step,
+                                   best, row)
+            metrics.log(row, step=step, prefix="epoch/")
+            logger.info("epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f%s (best %.2f)%s", epoch + 1,
+                        config["epochs"], row["train_loss"], row["val_top1"], row["val_top5"],
+                        f", EMA top-1 {row['ema_top1']:.2f}" if ema is not None else "", best["top1"],
+                        f"; skipped unreadable: {row['train_skipped']} train, {row['val_skipped']} val"
+                        if row["train_skipped"] or row["val_skipped"] else "")
+        else:
+            track_best(best, row)
+        barrier()
+    metrics.close()
+    summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if ema is not None else None,
+               "epochs": config["epochs"], "output_dir": str(out)}
+    if is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def track_best(best: Dict[str, float], row: Dict[str, Any]) -> Tuple[bool, bool]:
+    """Update the best accuracies in place; returns (model improved, EMA improved)."""
+    improved = row["val_top1"] > best["top1"]
+    ema_improved = "ema_top1" in row and row["ema_top1"] > best["ema_top1"]
+    if improved:
+        best["top1"] = row["val_top1"]
+    if ema_improved:
+        best["ema_top1"] = row["ema_top1"]
+    return improved, ema_improved
+
+
+def save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch, step, best, row) -> None:
+    improved, ema_improved = track_best(best, row)
+    if improved:
+        metrics_row = {"top1": row["val_top1"], "top5": row["val_top5"]}
+        checkpoints.save(checkpoints.weights_record(module.state_dict(), config, classes, epoch, metrics_row,
+                                                    ema=False), out, checkpoints.BEST)
+    if ema_improved:
+        metrics_row = {"top1": row["ema_top1"], "top5": row["ema_top5"]}
+        checkpoints.save(checkpoints.weights_record(ema.module.state_dict(), config, classes, epoch,
+                                                    metrics_row, ema=True), out, checkpoints.BEST_EMA)
+    checkpoints.save(checkpoints.training_record(
+        module.state_dict(), ema.module.state_dict() if ema is not None else None, optimizer, scaler, config,
+        classes, epoch, step, best), out, checkpoints.LAST)
+
+
+def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]:
+    """``--eval-only``: evaluate a fine-tuned checkpoint on the validation folder."""
+    path = user.get("checkpoint")
+    if not path:
+        if not user.get("output_dir"):
+            raise ConfigError("--eval-only needs --checkpoint (or --output-dir holding checkpoint_best.pth)")
+        path = Path(user.get("output_dir")) / checkpoints.BEST
+    record = checkpoints.load_record(Path(path))
+    config = resolve_eval(user, record["config"])
+    setup_logging(Path(config["output_dir"]) if user.get("output_dir") else None, dist_info.rank)
+    if config["model"] != record["arch"]:
+        raise ConfigError(f"{path} holds a {record['arch']}, not a {config['model']}")
+    if not (config["data"] or config["val_dir"]):
+        raise ConfigError("--eval-only needs --data (with a val/ folder) or --val-dir")
+    state = record["model"]
+    if user.get("eval_ema"):
+        if record["kind"] == "training":
+            if record.get("ema") is None:
+                raise ConfigError(f"{path} has no EMA weights (the run had --ema 0)")
+            state = record["ema"]
+        elif not record.get("ema_weights"):
+            raise ConfigError(f"{path} holds the model's weights; for the EMA's use {checkpoints.BEST_EMA}")
+    _, val_set = load_datasets(config, training=False)
+    if val_set.classes != record["classes"]:
+        raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes "
+                          f"the checkpoint was trained on")
+    model = build_model(config, len(record["classes"]))
+    model.load_state_dict(state)
+    model.to(dist_info.device)
+    if config["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    batch = max(1, config["batch_size"] // dist_info.world_size // config["accum_steps"])
+    loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
+    result = evaluate(model, loader, dist_info.device, AMP_DTYPES[config["amp"]], config["channels_last"])
+    result["checkpoint"] = str(path)
+    if dist_info.is_main and user.get("output_dir"):
+        MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    user = parse(argv)
+    try:
+        if user.get("eval_only"):
+            dist_info = init_distributed(user.get("device") or "auto")
+            result = evaluate_checkpoint(user, dist_info)
+            if dist_info.is_main:
+                print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images, "
+                      f"{result['skipped']} unreadable skipped) from {result['checkpoint']}")
+            return 0
+        config = resolve(user)
+        dist_info = init_distributed(config["device"])
+        summary = train(config, dist_info)
+        if dist_info.is_main:
+            ema_part = (f", best EMA top-1 {summary['best_ema_top1']:.2f}"
+                        if summary["best_ema_top1"] is not None else "")
+            print(f"best top-1 {summary['best_top1']:.2f}{ema_part}; checkpoints in {summary['output_dir']}")
+        return 0
+    except USER_ERRORS as error:
+        logger.error("%s", error)
+        print(f"spark-finetune: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

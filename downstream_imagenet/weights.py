@@ -1,0 +1,96 @@
+"""Load pre-trained encoder weights into a timm classifier, accounting for every key.
+
+The source file may be any format the core converter knows (our encoder-only or full pre-training
+checkpoint, the reference release files); after conversion to timm names, the only keys the
+classifier may lack are its own classifier's. Anything else missing, any key left over and any shape
+mismatch is an error that names the keys: a silently half-loaded backbone would fine-tune
+"successfully" and just report a worse accuracy.
+"""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
+
+import torch
+from torch import nn
+
+from sparkmim.utils.checkpoint import load_file
+
+logger = logging.getLogger(__name__)
+
+
+class WeightLoadingError(RuntimeError):
+    """The pre-trained weights do not match the model (keys listed in the message)."""
+
+
+@dataclass
+class LoadReport:
+    loaded: int
+    classifier_missing: List[str] = field(default_factory=list)
+    counter_buffers_missing: List[str] = field(default_factory=list)
+    dropped_by_converter: List[str] = field(default_factory=list)
+
+
+def classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    """Parameter-name prefixes of the model's classifier, from timm's pretrained_cfg
+    ('fc' for ResNet, 'head.fc' for ConvNeXt)."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if not classifier:
+        raise WeightLoadingError(f"{type(model).__name__} does not name its classifier in pretrained_cfg")
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(f"{name}." for name in names)
+
+
+def _short(keys: List[str], limit: int = 20) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor]) -> LoadReport:
+    """Copy timm-named encoder weights into ``model``; only its classifier may stay unloaded.
+
+    BatchNorm ``num_batches_tracked`` counters may also be absent (some releases strip them; they
+    only matter for BatchNorm without momentum)."""
+    prefixes = classifier_prefixes(model)
+    expected = model.state_dict()
+    source = {k: v for k, v in encoder_state.items() if not k.startswith(prefixes)}
+    dropped_classifier = sorted(set(encoder_state) - set(source))
+    if dropped_classifier:
+        logger.info("not loading the source classifier (%s): the new task trains its own",
+                    _short(dropped_classifier))
+    unexpected = sorted(set(source) - set(expected))
+    missing = sorted(set(expected) - set(source))
+    classifier_missing = [k for k in missing if k.startswith(prefixes)]
+    counters = [k for k in missing if k.endswith("num_batches_tracked") and k not in classifier_missing]
+    other_missing = [k for k in missing if k not in classifier_missing and k not in counters]
+    mismatched = sorted(f"{k} {tuple(source[k].shape)} vs {tuple(expected[k].shape)}"
+                        for k in set(source) & set(expected) if source[k].shape != expected[k].shape)
+    problems = []
+    if other_missing:
+        problems.append(f"missing from the weights: {_short(other_missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {_short(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch (weights vs model): {_short(mismatched)}")
+    if problems:
+        raise WeightLoadingError(f"the pre-trained weights do not fit {type(model).__name__}: "
+                                 + "; ".join(problems) + " (is --model the architecture that was pre-trained?)")
+    model.load_state_dict(source, strict=False)
+    return LoadReport(loaded=len(source), classifier_missing=classifier_missing, counter_buffers_missing=counters)
+
+
+def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool = False) -> LoadReport:
+    """Read ``path`` (safe unpickling), convert it with the core converter and load it."""
+    from sparkmim.convert import KeyAccountingError, load_encoder_state_dict
+
+    obj = load_file(path, allow_unsafe=allow_unsafe)
+    try:
+        encoder_state, conversion = load_encoder_state_dict(obj)
+    except KeyAccountingError as error:
+        raise WeightLoadingError(f"{path}: {error}") from error
+    report = load_into_classifier(model, encoder_state)
+    report.dropped_by_converter = sorted(getattr(conversion, "dropped", []) or [])
+    logger.info("loaded %d tensors from %s; classifier left to train: %s%s", report.loaded, path,
+                _short(report.classifier_missing) or "none",
+                f"; dropped by the converter: {len(report.dropped_by_converter)} keys "
+                f"({_short(report.dropped_by_converter, 5)})" if report.dropped_by_converter else "")
+    return report
