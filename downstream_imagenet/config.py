@@ -4,6 +4,7 @@ The per-model recipes in ``recipes/`` hold the paper's fine-tuning table; a mode
 its hyper-parameters from ``--recipe`` or the command line (the run refuses to guess them).
 """
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,6 +20,7 @@ RECIPE_KEYS = ("batch_size", "epochs", "warmup_epochs", "opt", "base_lr", "layer
 DEFAULTS: Dict[str, Any] = {
     # what to run
     "model": None,
+    "model_kwargs": {},
     "data": None,
     "train_dir": None,
     "val_dir": None,
@@ -61,6 +63,7 @@ DEFAULTS: Dict[str, Any] = {
     "workers": 8,
     "seed": 0,
     "log_interval": 50,
+    "stop_after_epoch": None,
     "progress": True,
 }
 
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
     add("--model", help="timm model name, e.g. resnet50, convnext_base; built-in recipes: "
                         + ", ".join(builtin_recipes()))
+    add("--model-kwargs", type=json.loads, help="extra timm.create_model arguments as JSON, e.g. "
+                                               "'{\"channels\": [32, 64, 128, 256]}' (must match the pre-trained encoder)")
     add("--data", help="folder with train/ and val/ class folders (ImageNet layout)")
     add("--train-dir", help="training ImageFolder (instead of --data)")
     add("--val-dir", help="validation ImageFolder (instead of --data)")
@@ -149,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="data-loading processes per training process")
     add("--seed", type=int)
     add("--log-interval", type=int, help="steps between metric records")
+    add("--stop-after-epoch", type=int, help="end this job after that epoch (time-limited jobs); the "
+                                            "schedule still spans --epochs; continue with --resume auto")
     add("--progress", help="progress bar on the main process", **flag)
     return parser
 
@@ -215,6 +222,8 @@ def validate(config: Dict[str, Any]) -> None:
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if not isinstance(config["model_kwargs"], dict):
+        raise ConfigError(f"model_kwargs must be a mapping, got {config['model_kwargs']!r}")
     if config["input_size"] % 32:
         raise ConfigError(f"input_size must be a multiple of 32, got {config['input_size']}")
     if config["batch_size"] <= 0 or config["epochs"] <= 0 or config["accum_steps"] <= 0:

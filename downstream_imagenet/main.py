@@ -56,8 +56,8 @@ def per_process_batch(config: Dict[str, Any], world_size: int) -> int:
 
 def build_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
     if config["linear_probe"]:
-        return create_linear_probe(config["model"], num_classes)
-    return create_classifier(config["model"], num_classes, config["drop_path"])
+        return create_linear_probe(config["model"], num_classes, config["model_kwargs"])
+    return create_classifier(config["model"], num_classes, config["drop_path"], config["model_kwargs"])
 
 
 def weight_target(model: nn.Module) -> nn.Module:
@@ -149,7 +149,6 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     module = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
 
     start_epoch = record["epoch"] if record is not None else 0
-    seed_everything(config["seed"] + dist_info.rank + 7919 * start_epoch)
     mixup = create_mixup(config, len(classes))
     criterion = create_criterion(config, mixup is not None)
     loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
@@ -178,7 +177,10 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0
     amp_dtype = AMP_DTYPES[config["amp"]]
-    for epoch in range(start_epoch, config["epochs"]):
+    last_epoch = min(config["epochs"], config["stop_after_epoch"] or config["epochs"])
+    for epoch in range(start_epoch, last_epoch):
+        # random streams are a function of (seed, rank, epoch), so a resumed run continues exactly
+        seed_everything(config["seed"] + dist_info.rank + 7919 * epoch)
         loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(trainer, loader, epoch, step, steps_per_epoch, is_main)
         step = stats.pop("step")
@@ -201,7 +203,7 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
         barrier()
     metrics.close()
     summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if ema is not None else None,
-               "epochs": config["epochs"], "output_dir": str(out)}
+               "epochs_done": last_epoch, "epochs": config["epochs"], "output_dir": str(out)}
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

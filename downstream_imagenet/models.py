@@ -1,6 +1,6 @@
 """The classifiers: a timm model for full fine-tuning, or a frozen backbone + linear head for probing."""
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -10,17 +10,21 @@ from sparkmim.utils.config import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def create_classifier(model_name: str, num_classes: int, drop_path: float) -> nn.Module:
-    """A timm classifier with a fresh ``num_classes`` head and stochastic depth ``drop_path``."""
+def _create(model_name: str, **kwargs: Any) -> nn.Module:
     import timm
 
     try:
-        return timm.create_model(model_name, pretrained=False, num_classes=num_classes,
-                                 drop_path_rate=drop_path)
+        return timm.create_model(model_name, pretrained=False, **kwargs)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise ConfigError(f"unknown timm model '{model_name}' (see timm.list_models())") from error
         raise
+
+
+def create_classifier(model_name: str, num_classes: int, drop_path: float,
+                      model_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """A timm classifier with a fresh ``num_classes`` head and stochastic depth ``drop_path``."""
+    return _create(model_name, num_classes=num_classes, drop_path_rate=drop_path, **(model_kwargs or {}))
 
 
 class LinearProbe(nn.Module):
@@ -53,11 +57,10 @@ class LinearProbe(nn.Module):
         return self.head(features.float())
 
 
-def create_linear_probe(model_name: str, num_classes: int) -> LinearProbe:
+def create_linear_probe(model_name: str, num_classes: int,
+                        model_kwargs: Optional[Dict[str, Any]] = None) -> LinearProbe:
     """Backbone = the timm model without classifier (pooled features out), then the probe head."""
-    import timm
-
-    backbone = timm.create_model(model_name, pretrained=False, num_classes=0)
+    backbone = _create(model_name, num_classes=0, **(model_kwargs or {}))
     return LinearProbe(backbone, num_classes)
 
 
