@@ -135,14 +135,17 @@ def fixed_mask(batch: int, size: Tuple[int, int], mask_ratio: float, seed: int, 
 
 
 def reconstruction_panels(output: Any, images: torch.Tensor) -> List[torch.Tensor]:
-    """input | masked input | reconstruction | reconstruction with the visible patches pasted back."""
+    """input | masked input | reconstruction | reconstruction with the visible patches pasted back.
+
+    The third panel is the raw prediction when the model output carries one (``prediction``);
+    otherwise the prediction on the masked patches, with the visible ones left blank."""
+    visible = output.masked_input.ne(0).any(dim=1, keepdim=True) if output.active is None else \
+        torch.nn.functional.interpolate(output.active.float(), size=images.shape[-2:], mode="nearest").bool()
     raw = getattr(output, "prediction", None)
-    pasted = output.reconstruction
     if raw is None:
-        raw = pasted
-    else:
-        pasted = pasted if getattr(output, "reconstruction_pasted", None) is None else output.reconstruction_pasted
-    return [images, output.masked_input, raw, pasted]
+        raw = torch.where(visible.to(output.reconstruction.device), torch.zeros_like(output.reconstruction),
+                          output.reconstruction)
+    return [images, output.masked_input, raw, output.reconstruction]
 
 
 def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequence[Path], size: Tuple[int, int],
@@ -162,6 +165,15 @@ def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequen
     panels = [p.detach().float().cpu() for p in reconstruction_panels(output, images)]
     outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png")
     return outputs
+
+
+def state_checksums(module: torch.nn.Module) -> Tuple[float, float]:
+    """Sums of all parameters and of all floating buffers (BN running statistics): a cheap
+    fingerprint logged by every rank, so replicas that drifted apart are visible in the logs."""
+    with torch.no_grad():
+        params = sum(float(p.double().sum()) for p in module.parameters())
+        buffers = sum(float(b.double().sum()) for b in module.buffers() if b.is_floating_point())
+    return params, buffers
 
 
 def _changed_options(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
@@ -294,6 +306,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         metrics.close()
         del batches
 
+    params_sum, buffers_sum = state_checksums(spark)
+    logger.info("rank %d state after step %d: parameter checksum %.12e, buffer checksum %.12e",
+                dist_info.rank, result.step, params_sum, buffers_sum)
     if result.stopped_by_signal:
         if dist_info.is_main:
             print(f"spark-pretrain: stopped after step {result.step}; checkpoint {full_path.resolve()}; "

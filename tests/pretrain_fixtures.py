@@ -1,0 +1,70 @@
+"""Helpers shared by the pre-training tests: tiny image folders, running the real command, reading
+its metrics. Runs use timm's ``test_resnet`` (0.4 M parameters) at 64 px so that they take seconds."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_ARGS = ["--model", "test_resnet", "--input-size", "64", "--batch-size", "8", "--decoder-width", "32",
+             "--warmup-epochs", "1", "--lr", "0.002", "--workers", "0", "--num-vis", "2", "--no-progress"]
+
+
+def make_images(folder: Path, count: int, size: int = 72, seed: int = 0) -> Path:
+    """Smooth random images (learnable, unlike white noise) in two sub-folders, like a labelled set."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    for index in range(count):
+        sub = folder / ("class_a" if index % 2 else "class_b")
+        sub.mkdir(parents=True, exist_ok=True)
+        a, b, c = rng.uniform(-3, 3, size=(3, 3))
+        pixels = np.stack([np.sin(a[i] * xs + b[i] * ys + c[i]) for i in range(3)], axis=-1)
+        Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(sub / f"{index:03d}.png")
+    return folder
+
+
+def command(args: Sequence[str]) -> List[str]:
+    return [sys.executable, "-m", "sparkmim.pretrain", *args]
+
+
+def environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: Sequence[str], timeout: float = 300, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run ``python -m sparkmim.pretrain`` to completion (the same code as ``spark-pretrain``)."""
+    return subprocess.run(command(args), cwd=REPO_ROOT, env=environment(env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_cli(args: Sequence[str], log_path: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    handle = open(log_path, "w")
+    return subprocess.Popen(command(args), cwd=REPO_ROOT, env=environment(env), stdout=handle,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def read_rows(metrics_path: Path, kind: str) -> List[dict]:
+    rows = []
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("kind") == kind:
+                rows.append(row)
+    return rows
+
+
+def step_losses(metrics_path: Path) -> Dict[int, float]:
+    """step -> loss; a step logged twice (redone after a crash) keeps its last value."""
+    return {int(row["step"]): float(row["loss"]) for row in read_rows(metrics_path, "step")}

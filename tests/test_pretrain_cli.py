@@ -1,0 +1,134 @@
+"""spark-pretrain end to end on tiny generated data, and its one-line errors on bad input."""
+import json
+import struct
+
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+from sparkmim.pretrain.main import main
+from sparkmim.tests.pretrain_fixtures import TINY_ARGS, make_images, read_rows, run_cli
+from sparkmim.utils.checkpoint import load_file
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One complete 2-epoch run, with gradient accumulation and two unreadable files in the data."""
+    root = tmp_path_factory.mktemp("pretrain_e2e")
+    data = make_images(root / "data", 14)
+    (data / "class_a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (data / "class_b" / "empty.jpg").write_bytes(b"")
+    out = root / "run"
+    result = run_cli([str(data), *TINY_ARGS, "--epochs", "2", "--micro-batch", "4", "--output-dir", str(out)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result
+
+
+def test_run_writes_checkpoints_logs_and_pictures(finished_run):
+    out, result = finished_run
+    steps_per_epoch = 2  # 16 files / global batch 8
+    full = load_file(out / "checkpoint_last.pth")
+    assert full["format"] == "sparkmim-pretrain"
+    assert full["epoch"] == 2 and full["step"] == 2 * steps_per_epoch
+    assert full["config"]["model"] == "test_resnet" and full["config"]["micro_batch"] == 4
+    assert {"optimizer", "scaler", "rng", "sampler"} <= set(full)
+    assert any(k.startswith("decoder.") for k in full["model"])
+
+    encoder_state = load_file(out / "test_resnet_encoder_timm.pth")
+    model = timm.create_model("test_resnet", pretrained=False)
+    missing, unexpected = model.load_state_dict(encoder_state, strict=False)
+    assert not unexpected and set(missing) == {"fc.weight", "fc.bias"}
+    for key, value in encoder_state.items():
+        assert torch.equal(full["model"][f"encoder.model.{key}"], value)
+
+    steps = read_rows(out / "metrics.jsonl", "step")
+    epochs = read_rows(out / "metrics.jsonl", "epoch")
+    assert [r["step"] for r in steps] == list(range(4))
+    assert all(r["loss"] > 0 and r["lr"] > 0 for r in steps)
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert all(r["skipped_images"] >= 1 for r in epochs[:1])
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    for name in ("loss_curve.png", "reconstruction.png"):
+        with Image.open(out / name) as picture:
+            picture.verify()
+    with Image.open(out / "reconstruction.png") as picture:
+        assert picture.width > picture.height  # 2 rows x 4 panels
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == "test_resnet" and config["batch_size"] == 8 and config["betas"] == [0.9, 0.95]
+    log = (out / "log_rank0.txt").read_text()
+    assert log.count("skipping unreadable image") == 2  # once per file, over both epochs
+    assert "1 process(es) x 4 micro-batch x 2 accumulation" in log
+    for name in ("checkpoint_last.pth", "test_resnet_encoder_timm.pth", "reconstruction.png", "loss_curve.png"):
+        assert name in result.stdout
+
+
+def test_init_weight_from_our_encoder_and_full_checkpoints(finished_run, tmp_path):
+    out, _ = finished_run
+    data = make_images(tmp_path / "data", 8)
+    for source in ("test_resnet_encoder_timm.pth", "checkpoint_last.pth"):
+        run = tmp_path / source
+        code = main([str(data), *TINY_ARGS, "--epochs", "1", "--output-dir", str(run),
+                     "--init-weight", str(out / source), "--no-tensorboard", "--num-vis", "0"])
+        assert code == 0
+        assert "initialised" in (run / "log_rank0.txt").read_text()
+
+
+def _error_line(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("spark-pretrain: error: "), captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--input-size", "100"], "not a multiple of the encoder stride 32"),
+    (["--input-size", "64", "90"], "--input-size 64 96"),
+    (["--mask-ratio", "1.0"], "mask ratio must be strictly between 0 and 1"),
+    (["--mask-ratio", "0"], "mask ratio must be strictly between 0 and 1"),
+    (["--model", "resnet_5O"], "unknown model 'resnet_5O'"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, expected):
+    data = make_images(tmp_path / "data", 2)
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run"), *extra])
+    assert expected in line
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    data = make_images(tmp_path / "data", 2)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(blocker / "run")])
+    assert "cannot write to the output folder" in line and "--output-dir" in line
+
+
+def test_no_readable_image_fails_before_building_the_model(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(b"not a jpeg")
+    (data / "b.png").write_bytes(struct.pack("<I", 7))
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run")])
+    assert "none of the 2 listed files is a readable image" in line
+    assert not (tmp_path / "run" / "checkpoint_last.pth").exists()
+
+
+def test_checkpoint_of_another_model_is_refused(finished_run, tmp_path, capsys):
+    out, _ = finished_run
+    data = make_images(tmp_path / "data", 2)
+    args = [str(data), *TINY_ARGS, "--model", "test_convnext", "--output-dir", str(tmp_path / "run")]
+    line = _error_line(capsys, args + ["--resume", str(out / "checkpoint_last.pth")])
+    assert "checkpoint of model 'test_resnet'" in line and "--model test_resnet" in line
+    line = _error_line(capsys, args + ["--init-weight", str(out / "test_resnet_encoder_timm.pth")])
+    assert "does not fit 'test_convnext'" in line
+
+
+def test_unknown_recipe_and_missing_data(tmp_path, capsys):
+    line = _error_line(capsys, [str(tmp_path / "nowhere"), *TINY_ARGS, "--output-dir", str(tmp_path / "run")])
+    assert "does not exist" in line
+    line = _error_line(capsys, ["data", "--recipe", "resnet5000"])
+    assert "unknown recipe 'resnet5000'" in line
