@@ -1,0 +1,1 @@
+"""The SparK model: masking, sparse encoding, densify, light UNet decoder, masked-patch loss."""

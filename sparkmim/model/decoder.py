@@ -1,0 +1,69 @@
+"""The light UNet decoder of SparK: dense, hierarchical, upsampling by 2 per stage."""
+import math
+from typing import List, Optional, Type
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose2d (k4, s2, p1) doubling the resolution, then two 3x3 conv + BN with ReLU6 between."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_layer: Type[nn.Module]) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=4, stride=2, padding=1, bias=True)
+        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1, bias=False)
+        self.bn1 = norm_layer(in_channels)
+        self.act = nn.ReLU6(inplace=True)
+        self.conv2 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = norm_layer(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(x))
+
+
+class LightDecoder(nn.Module):
+    """Width ``width`` at the coarsest scale, halving per stage, log2(upsample_ratio) stages.
+
+    ``forward(features)`` takes the densified features coarsest first; feature i is added before stage i
+    (stages beyond the given features get none), and a 1x1 conv maps to 3 channels at full resolution."""
+
+    def __init__(self, upsample_ratio: int = 32, width: int = 768, sync_bn: bool = False) -> None:
+        super().__init__()
+        stages = round(math.log2(upsample_ratio))
+        if 2 ** stages != upsample_ratio:
+            raise ValueError(f"the decoder upsamples by powers of 2; got a ratio of {upsample_ratio}")
+        if width % 2 ** stages:
+            raise ValueError(f"decoder width {width} must be divisible by {2 ** stages} (it halves {stages} times)")
+        self.width = width
+        channels = [width // 2 ** i for i in range(stages + 1)]
+        norm_layer = nn.SyncBatchNorm if sync_bn else nn.BatchNorm2d
+        self.stages = nn.ModuleList(UpBlock(c_in, c_out, norm_layer) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.proj = nn.Conv2d(channels[-1], 3, kernel_size=1, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference initialisation: trunc-normal(.02) convs, Kaiming (fan-out) transposed convs, unit norms."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features: List[Optional[torch.Tensor]]) -> torch.Tensor:
+        x: torch.Tensor = 0  # type: ignore[assignment]
+        for i, stage in enumerate(self.stages):
+            if i < len(features) and features[i] is not None:
+                x = x + features[i]
+            x = stage(x)
+        return self.proj(x)

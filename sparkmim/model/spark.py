@@ -1,0 +1,187 @@
+"""SparK: mask -> sparse encode -> densify -> decode -> loss on masked patches (one method each)."""
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from ..sparse.encoder import SparseEncoder, make_sparse_encoder
+from ..sparse.norms import SparseBatchNorm2d, SparseLayerNorm2d
+from .decoder import LightDecoder
+from .patches import patchify, unpatchify
+
+DENSIFY_NORMS = ("bn", "ln", "identity")
+
+
+@dataclass
+class SparKOutput:
+    """What one SparK forward produces.
+
+    loss: mean per-patch-normalised L2 over masked patches (scalar, differentiable);
+    active: bool (B, 1, h, w), True = visible; reconstruction: (B, 3, H, W) prediction de-normalised
+    with each patch's own statistics, visible patches taken from the input (detached);
+    masked_input: the input with masked patches zeroed (detached)."""
+
+    loss: torch.Tensor
+    active: torch.Tensor
+    reconstruction: torch.Tensor
+    masked_input: torch.Tensor
+
+
+def _as_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+class SparK(nn.Module):
+    def __init__(self, encoder: SparseEncoder, input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,
+                 decoder_width: int = 768, densify_norm: str = "auto", sync_bn: bool = False) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.encoder = encoder
+        self.downsample_ratio = encoder.downsample_ratio
+        self.input_size = _as_hw(input_size)
+        self._check_size(*self.input_size)
+        self.mask_ratio = mask_ratio
+        if densify_norm == "auto":
+            has_bn = any(isinstance(m, SparseBatchNorm2d) for m in encoder.modules())
+            densify_norm = "bn" if has_bn else "ln"
+        if densify_norm not in DENSIFY_NORMS:
+            raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS} or 'auto', got '{densify_norm}'")
+        self.densify_norm = densify_norm
+        self.decoder = LightDecoder(self.downsample_ratio, width=decoder_width, sync_bn=sync_bn)
+
+        self.densify_norms = nn.ModuleList()
+        self.densify_projs = nn.ModuleList()
+        self.mask_tokens = nn.ParameterList()
+        width = decoder_width
+        for level, channels in enumerate(reversed(encoder.feature_channels)):  # coarsest first
+            token = nn.Parameter(torch.zeros(1, channels, 1, 1))
+            trunc_normal_(token, mean=0.0, std=0.02, a=-0.02, b=0.02)
+            self.mask_tokens.append(token)
+            self.densify_norms.append(self._make_norm(channels, sync_bn))
+            if level == 0 and channels == width:
+                self.densify_projs.append(nn.Identity())
+            else:
+                kernel = 1 if level == 0 else 3
+                self.densify_projs.append(nn.Conv2d(channels, width, kernel_size=kernel, padding=kernel // 2, bias=True))
+            width //= 2
+
+    def _make_norm(self, channels: int, sync_bn: bool) -> nn.Module:
+        context = self.encoder.context
+        if self.densify_norm == "bn":
+            return SparseBatchNorm2d(channels, context, sync=sync_bn)
+        if self.densify_norm == "ln":
+            return SparseLayerNorm2d(channels, context)
+        return nn.Identity()
+
+    def _check_size(self, height: int, width: int) -> None:
+        ratio = self.downsample_ratio
+        if height % ratio or width % ratio or height <= 0 or width <= 0:
+            raise ValueError(f"input size {height}x{width} is not a multiple of the encoder's total stride {ratio}; "
+                             f"use e.g. {max(ratio, height // ratio * ratio)}x{max(ratio, width // ratio * ratio)}")
+
+    def config(self) -> Dict[str, Any]:
+        """The settings that define this model's shapes (stored in checkpoints)."""
+        return {"input_size": list(self.input_size), "mask_ratio": self.mask_ratio,
+                "decoder_width": self.decoder.width, "densify_norm": self.densify_norm,
+                "downsample_ratio": self.downsample_ratio}
+
+    # --- 1. mask -------------------------------------------------------------------------------
+    def num_visible(self, h: int, w: int) -> int:
+        return round(h * w * (1 - self.mask_ratio))
+
+    def mask(self, batch: int, h: int, w: int, device: torch.device,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A random visible mask (B, 1, h, w) with exactly round(h*w*(1-mask_ratio)) visible patches per image.
+
+        Drawn on ``device`` (no host-device copy); pass a generator on that device for reproducibility."""
+        scores = torch.rand(batch, h * w, device=device, generator=generator)
+        keep = scores.argsort(dim=1)[:, : self.num_visible(h, w)]
+        active = torch.zeros(batch, h * w, dtype=torch.bool, device=device)
+        return active.scatter_(1, keep, True).view(batch, 1, h, w)
+
+    # --- 2. encode -----------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, active: torch.Tensor) -> List[torch.Tensor]:
+        """The 4 sparse feature maps, finest (stride 4) first; masked positions are exactly zero."""
+        return self.encoder(images, active)
+
+    # --- 3. densify ----------------------------------------------------------------------------
+    def densify(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Coarsest first: visible-only norm, mask tokens at masked positions, projection to decoder width."""
+        context = self.encoder.context
+        dense = []
+        for level, feature in enumerate(reversed(features)):
+            feature = self.densify_norms[level](feature)
+            visible = context.mask_like(feature, dtype=torch.bool)
+            feature = torch.where(visible, feature, self.mask_tokens[level].to(feature.dtype))
+            dense.append(self.densify_projs[level](feature))
+        return dense
+
+    # --- 4. decode -----------------------------------------------------------------------------
+    def decode(self, dense_features: List[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(dense_features)
+
+    # --- 5. loss -------------------------------------------------------------------------------
+    def patch_targets(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-patch normalised targets with each patch's mean and std (unbiased variance + 1e-6, as the reference)."""
+        patches = patchify(images.float(), self.downsample_ratio)
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return (patches - mean) / std, mean, std
+
+    def loss(self, prediction_bln: torch.Tensor, target_bln: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per patch, averaged over masked patches only."""
+        per_patch = (prediction_bln - target_bln).square().mean(dim=-1)  # (B, L)
+        masked = (~active).flatten(1).to(per_patch.dtype)
+        return (per_patch * masked).sum() / (masked.sum() + 1e-8)
+
+    def forward(self, images: torch.Tensor, active: Optional[torch.Tensor] = None) -> SparKOutput:
+        batch, _, height, width = images.shape
+        self._check_size(height, width)
+        h, w = height // self.downsample_ratio, width // self.downsample_ratio
+        if active is None:
+            active = self.mask(batch, h, w, images.device)
+        elif tuple(active.shape) != (batch, 1, h, w):
+            raise ValueError(f"active must have shape {(batch, 1, h, w)} for images of {height}x{width}, got {tuple(active.shape)}")
+        active = active.bool()
+        context = self.encoder.context
+        with context.use(active):
+            dense = self.densify(self.encode(images, active))
+            visible_pixels = context.mask_like(images, dtype=torch.bool)
+        prediction = self.decode(dense)
+        target, mean, std = self.patch_targets(images)
+        prediction_bln = patchify(prediction.float(), self.downsample_ratio)
+        loss = self.loss(prediction_bln, target, active)
+        with torch.no_grad():
+            predicted_pixels = unpatchify(prediction_bln * std + mean, self.downsample_ratio, h, w).to(images.dtype)
+            reconstruction = torch.where(visible_pixels, images, predicted_pixels)
+            masked_input = images * visible_pixels
+        return SparKOutput(loss=loss, active=active, reconstruction=reconstruction, masked_input=masked_input)
+
+
+def build_spark(encoder: Union[str, nn.Module], input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,
+                decoder_width: int = 768, densify_norm: str = "auto", sync_bn: bool = False,
+                encoder_kwargs: Optional[Dict[str, Any]] = None) -> SparK:
+    """Build SparK around a timm CNN given by name (created without classifier) or as a module.
+
+    >>> spark = build_spark("resnet50", input_size=224, encoder_kwargs={"drop_path_rate": 0.05})
+    >>> out = spark(images)          # out.loss, out.active, out.reconstruction
+    """
+    sparse_encoder = encoder if isinstance(encoder, SparseEncoder) else make_sparse_encoder(
+        encoder, sync_bn=sync_bn, model_kwargs=encoder_kwargs)
+    return SparK(sparse_encoder, input_size=input_size, mask_ratio=mask_ratio, decoder_width=decoder_width,
+                 densify_norm=densify_norm, sync_bn=sync_bn)
+
+
+def convert_sync_batchnorm(spark: SparK) -> SparK:
+    """Reduce BatchNorm statistics across processes: sparse BNs (encoder and densify) and the decoder's BNs."""
+    for module in spark.modules():
+        if isinstance(module, SparseBatchNorm2d):
+            module.sync = True
+    spark.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(spark.decoder)
+    return spark

@@ -1,0 +1,76 @@
+"""The mask context: the one piece of state a sparse encoder's layers share during a forward.
+
+Each sparse encoder owns one :class:`MaskContext`; its converted layers hold a reference to it. SparK
+sets the visible mask before encoding and clears it afterwards (also on error), so two models in one
+process (a teacher, an EMA copy made with ``copy.deepcopy``) never see each other's mask.
+"""
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+
+
+class MaskNotSetError(RuntimeError):
+    """A sparse layer ran outside a masked forward (no visible mask was set)."""
+
+
+class MaskContext:
+    """Holds the visible mask (B, 1, h, w) at the coarsest resolution and its nearest-upsampled copies.
+
+    Each resolution/dtype/layout is built once per forward and cached until the mask is cleared."""
+
+    def __init__(self) -> None:
+        self._active_b1hw: Optional[torch.Tensor] = None
+        self._cache: Dict[Tuple[int, int, torch.dtype, bool], torch.Tensor] = {}
+
+    @property
+    def active(self) -> torch.Tensor:
+        if self._active_b1hw is None:
+            raise MaskNotSetError(
+                "a sparse layer ran without a visible mask; call the model through SparK.forward/encode "
+                "or SparseEncoder.forward(images, active)")
+        return self._active_b1hw
+
+    @contextmanager
+    def use(self, active_b1hw: torch.Tensor) -> Iterator[None]:
+        """Make ``active_b1hw`` (bool, True = visible) the current mask for the duration of the block.
+
+        Re-entrant: a nested block with the same model restores the outer mask when it ends."""
+        if active_b1hw.dim() != 4 or active_b1hw.shape[1] != 1:
+            raise ValueError(f"the visible mask must have shape (B, 1, h, w), got {tuple(active_b1hw.shape)}")
+        previous = (self._active_b1hw, self._cache)
+        active_b1hw = active_b1hw.bool()
+        if active_b1hw is not self._active_b1hw:  # a nested block with the same mask keeps the cache
+            self._active_b1hw, self._cache = active_b1hw, {}
+        try:
+            yield
+        finally:
+            self._active_b1hw, self._cache = previous
+
+    def mask(self, height: int, width: int, dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
+        """The visible mask at (height, width) as ``dtype``: (B, 1, H, W), or (B, H, W, 1) for BHWC tensors."""
+        key = (height, width, dtype, channels_last)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        active = self.active
+        batch, _, mask_h, mask_w = active.shape
+        if height % mask_h or width % mask_w:
+            raise ValueError(
+                f"feature map of size {height}x{width} is not a whole multiple of the mask grid "
+                f"{mask_h}x{mask_w}; sparse layers need every feature map at a resolution of at least the "
+                f"mask's, with the input size a multiple of the total stride")
+        rep_h, rep_w = height // mask_h, width // mask_w
+        upsampled = (active[:, :, :, None, :, None]
+                     .expand(batch, 1, mask_h, rep_h, mask_w, rep_w)
+                     .reshape(batch, 1, height, width)
+                     .to(dtype))
+        if channels_last:
+            upsampled = upsampled.permute(0, 2, 3, 1)
+        self._cache[key] = upsampled
+        return upsampled
+
+    def mask_like(self, x: torch.Tensor, channels_last: bool = False, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The mask matching feature map ``x`` (BCHW, or BHWC when ``channels_last``)."""
+        height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+        return self.mask(height, width, dtype or x.dtype, channels_last)
