@@ -116,6 +116,30 @@ def _interpolation_mode(name: str):
     return InterpolationMode(name)
 
 
+class RedrawRefusedPosterize:
+    """Runs a timm auto-augment policy and redraws the rare draws that recent Pillow refuses.
+
+    timm's RandAugment/AutoAugment can ask for a posterize to 0 bits (a black image); Pillow 13
+    raises ``ValueError`` for it instead, which would kill a data-loading worker mid-epoch. Such a
+    draw is replaced by a fresh draw of the policy; any other error propagates."""
+
+    def __init__(self, policy: Callable, attempts: int = 10) -> None:
+        self.policy = policy
+        self.attempts = attempts
+
+    def __call__(self, image):
+        for _ in range(self.attempts):
+            try:
+                return self.policy(image)
+            except ValueError as error:
+                if "bits must be" not in str(error):
+                    raise
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.policy!r})"
+
+
 def train_transform(config: Dict[str, Any]) -> Callable:
     """timm's ImageNet training pipeline: RandomResizedCrop, flip, auto-augment, ToTensor,
     Normalize, RandomErasing. 'trivial' inserts torchvision's TrivialAugmentWide after the flip
@@ -132,13 +156,16 @@ def train_transform(config: Dict[str, Any]) -> Callable:
         auto_augment=auto_augment, color_jitter=config["color_jitter"] or None,
         interpolation=config["interpolation"], re_prob=config["reprob"], re_mode=config["remode"],
         re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    steps = list(transform.transforms)
     if trivial:
-        steps = list(transform.transforms)
         flip = next(i for i, step in enumerate(steps) if isinstance(step, transforms.RandomHorizontalFlip))
         steps.insert(flip + 1, transforms.TrivialAugmentWide(
             interpolation=_interpolation_mode(config["interpolation"])))
-        transform = transforms.Compose(steps)
-    return transform
+    else:
+        from timm.data.auto_augment import AugMixAugment, AutoAugment, RandAugment
+        steps = [RedrawRefusedPosterize(step) if isinstance(step, (AutoAugment, RandAugment, AugMixAugment))
+                 else step for step in steps]
+    return transforms.Compose(steps)
 
 
 def eval_transform(config: Dict[str, Any]) -> Callable:

@@ -1,0 +1,110 @@
+"""Fine-tuning data: folders, unreadable files, distributed evaluation shards, transforms, recipes."""
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from sparkmim.downstream_imagenet.config import DEFAULTS, RECIPE_DIR, parse, resolve
+from sparkmim.downstream_imagenet.data import (DataError, ImageFolderDataset, RedrawRefusedPosterize,
+                                               ShardSampler, check_same_classes, collate_skipping,
+                                               eval_transform, train_transform)
+from sparkmim.utils.config import ConfigError
+
+
+def make_folder(root, classes, per_class=2, size=24):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.new("RGB", (size, size), (index * 40, 10, 200)).save(root / name / f"{index}.png")
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    make_folder(tmp_path, ["a", "b"])
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    dataset = ImageFolderDataset(tmp_path, eval_transform(dict(DEFAULTS, input_size=32)))
+    assert dataset.classes == ["a", "b"] and len(dataset) == 5
+    batch = collate_skipping([dataset[i] for i in range(len(dataset))])
+    assert batch.skipped == 1
+    assert tuple(batch.images.shape) == (4, 3, 32, 32)
+    assert batch.targets.tolist() == [0, 0, 1, 1]
+
+
+def test_empty_class_folder_and_class_mismatch_are_errors(tmp_path):
+    make_folder(tmp_path / "train", ["a", "b"])
+    make_folder(tmp_path / "val", ["a", "c"])
+    with pytest.raises(DataError, match="only in train \\['b'\\], only in val \\['c'\\]"):
+        check_same_classes(ImageFolderDataset(tmp_path / "train"), ImageFolderDataset(tmp_path / "val"))
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="contains no image files"):
+        ImageFolderDataset(tmp_path / "train")
+
+
+def test_shards_cover_every_image_once():
+    shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("trivial", "TrivialAugmentWide"),
+    ("rand-m9-mstd0.5-inc1", "RedrawRefusedPosterize"),
+    ("v0", "RedrawRefusedPosterize"),
+    ("none", None),
+])
+def test_train_transform_policies(policy, expected):
+    transform = train_transform(dict(DEFAULTS, auto_augment=policy, input_size=32, reprob=0.25))
+    names = [type(step).__name__ for step in transform.transforms]
+    assert names[0] == "RandomResizedCropAndInterpolation" and names[-1] == "RandomErasing"
+    if expected:
+        assert names[2] == expected
+    else:
+        assert len(names) == 5
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    for _ in range(50):  # includes draws that Pillow >= 13 refuses for the timm policies
+        assert tuple(transform(image).shape) == (3, 32, 32)
+
+
+def test_refused_posterize_is_redrawn_other_errors_are_not():
+    draws = iter([ValueError("bits must be between or equal to 1 and 8"), "ok"])
+
+    def policy(_image):
+        value = next(draws)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    assert RedrawRefusedPosterize(policy)(None) == "ok"
+    with pytest.raises(ValueError, match="other"):
+        RedrawRefusedPosterize(lambda _image: (_ for _ in ()).throw(ValueError("other")))(None)
+
+
+PAPER_TABLE = {  # bs, epochs, warmup, opt, base lr, layer decay, wd, mixup, rep. aug, drop path, EMA
+    "convnext_small": (4096, 400, 20, "adamw", 2e-4, 0.7, 0.01, 0.8, 3, 0.3, 0.9999),
+    "convnext_base": (4096, 400, 20, "adamw", 1e-4, 0.7, 0.01, 0.8, 3, 0.4, 0.9999),
+    "convnext_large": (4096, 200, 10, "adamw", 1e-4, 0.7, 0.02, 0.8, 3, 0.5, 0.9999),
+    "convnext_large_384": (1024, 200, 20, "adamw", 6e-5, 0.7, 0.01, 0.8, 3, 0.5, 0.99995),
+    "resnet50": (2048, 300, 5, "lamb", 2e-3, 0.7, 0.02, 0.1, 0, 0.05, 0.9999),
+    "resnet101": (2048, 300, 5, "lamb", 1e-3, 0.8, 0.02, 0.1, 0, 0.2, 0.9999),
+    "resnet152": (2048, 300, 5, "lamb", 1e-3, 0.8, 0.02, 0.1, 0, 0.2, 0.9999),
+    "resnet200": (2048, 300, 5, "lamb", 1e-3, 0.8, 0.02, 0.1, 0, 0.2, 0.9999),
+}
+KEYS = ("batch_size", "epochs", "warmup_epochs", "opt", "base_lr", "layer_decay", "weight_decay", "mixup",
+        "repeated_aug", "drop_path", "ema")
+
+
+@pytest.mark.parametrize("recipe", sorted(PAPER_TABLE))
+def test_builtin_recipes_match_the_paper_table(recipe):
+    model, size = ("convnext_large", "384") if recipe == "convnext_large_384" else (recipe, None)
+    argv = ["--model", model, "--data", "d", "--output-dir", "o"] + (["--input-size", size] if size else [])
+    config = resolve(parse(argv))
+    assert tuple(config[key] for key in KEYS) == PAPER_TABLE[recipe]
+
+
+def test_layers_override_in_order(tmp_path):
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"epochs": 100, "base_lr": 3e-3}))
+    config = resolve(parse(["--model", "resnet50", "--data", "d", "--output-dir", "o",
+                            "--recipe", str(tmp_path / "mine.yaml"), "--base-lr", "4e-3"]))
+    assert (config["epochs"], config["base_lr"], config["batch_size"]) == (100, 4e-3, 2048)
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"epoch": 100}))
+    with pytest.raises(ConfigError, match="unknown option 'epoch'"):
+        parse(["--recipe", str(tmp_path / "typo.yaml")])
+    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == set(PAPER_TABLE) | {"linear_probe"}

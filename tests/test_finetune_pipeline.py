@@ -1,0 +1,169 @@
+"""End to end on CPU: the real ``spark-finetune`` command on a generated 4-class image folder.
+
+The classes are solid colours with pixel noise (blue, green, red, yellow), so a small ResNet
+fine-tuned from an encoder checkpoint must clearly beat chance (25%) within a few epochs.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+from sparkmim.downstream_imagenet.main import main
+
+COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30), "yellow": (230, 220, 30)}
+MODEL_KWARGS = {"channels": [8, 16, 32, 64]}
+THRESHOLD = 75.0  # val top-1 (%) the fine-tuned model must reach; chance is 25%
+RECIPE = {  # tiny but exercising layer decay, EMA and drop path; no strong augmentation
+    "model_kwargs": MODEL_KWARGS, "input_size": 32, "batch_size": 16, "epochs": 6, "warmup_epochs": 1,
+    "opt": "adamw", "base_lr": 0.05, "layer_decay": 0.7, "weight_decay": 0.05, "mixup": 0.0,
+    "cutmix": 0.0, "repeated_aug": 0, "drop_path": 0.05, "ema": 0.9, "auto_augment": "none",
+    "reprob": 0.0, "train_scale": [0.5, 1.0], "workers": 0, "progress": False, "device": "cpu",
+}
+
+
+def write_images(root: Path, per_class: int, rng: np.random.Generator) -> None:
+    for name, colour in COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (40, 40, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index}.png")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Data (train/val, one corrupt training file), an encoder-only checkpoint and a recipe file."""
+    root = tmp_path_factory.mktemp("finetune")
+    rng = np.random.default_rng(0)
+    write_images(root / "data" / "train", 12, rng)
+    write_images(root / "data" / "val", 6, rng)
+    (root / "data" / "train" / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    torch.manual_seed(0)
+    encoder = timm.create_model("resnet18", num_classes=0, global_pool="", **MODEL_KWARGS)
+    torch.save(encoder.state_dict(), root / "encoder.pth")
+    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    return root
+
+
+def run_cli(*args: str, launcher=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the command in a fresh process (one thread: the CI machines are small)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = (launcher or [sys.executable, "-m", "sparkmim.downstream_imagenet"]) + list(args)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def common_args(workspace: Path, out: Path, recipe: bool = True):
+    args = ["--model", "resnet18", "--data", str(workspace / "data"), "--weights", str(workspace / "encoder.pth"),
+            "--output-dir", str(out)]
+    return args + (["--recipe", str(workspace / "recipe.yaml")] if recipe else [])
+
+
+def epochs_of(out: Path):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row.get("kind") == "epoch"]
+
+
+@pytest.mark.slow
+def test_finetune_beats_chance_and_eval_only_reproduces(workspace):
+    out = workspace / "run"
+    run_cli(*common_args(workspace, out))
+    summary = json.loads((out / "summary.json").read_text())
+    epochs = epochs_of(out)
+    assert [row["epoch"] for row in epochs] == [1, 2, 3, 4, 5, 6]
+    assert all(row["train_skipped"] == 1 for row in epochs)  # the corrupt file, skipped and counted
+    assert all(row["val_images"] == 24 for row in epochs)
+    assert summary["best_top1"] >= THRESHOLD, summary
+    assert summary["best_top1"] == max(row["val_top1"] for row in epochs)
+    assert summary["best_ema_top1"] == max(row["ema_top1"] for row in epochs)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["layer_decay"] == 0.7 and config["model_kwargs"] == MODEL_KWARGS
+    for name in ("checkpoint_last.pth", "checkpoint_best.pth", "checkpoint_best_ema.pth"):
+        assert (out / name).is_file()
+
+    shown = run_cli("--eval-only", "--checkpoint", str(out / "checkpoint_best.pth"), "--data",
+                    str(workspace / "data")).stdout
+    assert f"top-1 {summary['best_top1']:.2f}" in shown, shown
+    shown = run_cli("--eval-only", "--checkpoint", str(out / "checkpoint_best_ema.pth"), "--data",
+                    str(workspace / "data")).stdout
+    assert f"top-1 {summary['best_ema_top1']:.2f}" in shown, shown
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(workspace):
+    straight, split = workspace / "straight", workspace / "split"
+    tricks = ["--epochs", "3", "--mixup", "0.2", "--cutmix", "1.0", "--loss", "bce", "--opt", "lamb",
+              "--auto-augment", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--clip-grad", "5"]
+    run_cli(*common_args(workspace, straight), *tricks)
+    run_cli(*common_args(workspace, split), *tricks, "--stop-after-epoch", "2")
+    assert [row["epoch"] for row in epochs_of(split)] == [1, 2]
+    run_cli(*common_args(workspace, split), *tricks, "--resume", "auto")
+    assert [row["epoch"] for row in epochs_of(split)] == [1, 2, 3]
+    whole = torch.load(straight / "checkpoint_last.pth", weights_only=True)
+    resumed = torch.load(split / "checkpoint_last.pth", weights_only=True)
+    assert resumed["step"] == whole["step"] == 3 * 3
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+    for key, value in whole["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, msg=key)
+
+
+@pytest.mark.slow
+def test_linear_probe_trains_only_the_head(workspace):
+    out = workspace / "probe"
+    # no test recipe: the built-in linear-probe recipe supplies the hyper-parameters
+    run_cli(*common_args(workspace, out, recipe=False), "--linear-probe", "--epochs", "3", "--warmup-epochs", "1",
+            "--batch-size", "16", "--base-lr", "1.6", "--workers", "0", "--input-size", "32", "--device", "cpu",
+            "--model-kwargs", json.dumps(MODEL_KWARGS), "--no-progress")
+    record = torch.load(out / "checkpoint_last.pth", weights_only=True)
+    encoder = torch.load(workspace / "encoder.pth", weights_only=True)
+    for key, value in encoder.items():  # backbone frozen, BatchNorm statistics included
+        assert torch.equal(record["model"][f"backbone.{key}"], value), key
+    assert set(k for k in record["model"] if not k.startswith("backbone.")) == {
+        "head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked", "head.1.weight", "head.1.bias"}
+    assert record["config"]["opt"] == "lars" and record["config"]["mixup"] == 0.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_top1"] > 25.0
+
+
+def test_class_mismatch_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    write_images(tmp_path / "train", 1, rng)
+    write_images(tmp_path / "val", 1, rng)
+    (tmp_path / "val" / "purple").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "purple" / "0.png")
+    code = main(["--model", "resnet50", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+                 "--device", "cpu"])
+    assert code == 2
+    assert "only in val ['purple']" in capsys.readouterr().err
+
+
+def test_model_without_recipe_names_missing_options(tmp_path, capsys):
+    code = main(["--model", "resnet18", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no built-in recipe for model 'resnet18'" in err and "--base-lr" in err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes(workspace):
+    out = workspace / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "sparkmim.downstream_imagenet"]
+    run_cli(*common_args(workspace, out), "--epochs", "2", launcher=torchrun)
+    epochs = epochs_of(out)
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert all(row["val_images"] == 24 for row in epochs)  # each image once across both processes
+    assert epochs[-1]["step"] == 2 * (48 // 16)  # 49 files, 1 corrupt, global batch 16 = 2 x 8
+    assert (out / "log_rank1.txt").is_file()
+    assert (out / "checkpoint_last.pth").is_file()
