@@ -123,7 +123,7 @@ def test_linear_probe_trains_only_the_head(workspace):
     # no test recipe: the built-in linear-probe recipe supplies the hyper-parameters
     run_cli(*common_args(workspace, out, recipe=False), "--linear-probe", "--epochs", "3", "--warmup-epochs", "1",
             "--batch-size", "16", "--base-lr", "1.6", "--workers", "0", "--input-size", "32", "--device", "cpu",
-            "--model-kwargs", json.dumps(MODEL_KWARGS), "--no-progress")
+            "--model-kwargs", json.dumps(MODEL_KWARGS), "--no-progress", "--amp", "bf16", "--channels-last")
     record = torch.load(out / "checkpoint_last.pth", weights_only=True)
     encoder = torch.load(workspace / "encoder.pth", weights_only=True)
     for key, value in encoder.items():  # backbone frozen, BatchNorm statistics included
@@ -133,6 +133,27 @@ def test_linear_probe_trains_only_the_head(workspace):
     assert record["config"]["opt"] == "lars" and record["config"]["mixup"] == 0.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_top1"] > 25.0
+
+
+@pytest.mark.slow
+def test_convnext_from_official_style_release(workspace):
+    """A ConvNeXt from a facebookresearch-named file under 'model', with repeated augmentation."""
+    from sparkmim.convert import convnext_timm_to_fb
+
+    kwargs = {"depths": [1, 1, 2, 1], "dims": [8, 16, 32, 64]}
+    torch.manual_seed(0)
+    timm_state = timm.create_model("convnext_atto", num_classes=0, global_pool="", **kwargs).state_dict()
+    fb_state, _ = convnext_timm_to_fb(timm_state)
+    torch.save({"model": fb_state}, workspace / "convnext_1kpretrained_official_style.pth")
+    out = workspace / "convnext"
+    run_cli("--model", "convnext_atto", "--data", str(workspace / "data"), "--recipe", str(workspace / "recipe.yaml"),
+            "--weights", str(workspace / "convnext_1kpretrained_official_style.pth"), "--output-dir", str(out),
+            "--model-kwargs", json.dumps(kwargs), "--epochs", "2", "--repeated-aug", "3", "--loss", "softce",
+            "--mixup", "0.8")
+    log = (out / "log_rank0.txt").read_text()
+    assert "classifier left to train: head.fc.bias, head.fc.weight" in log
+    assert "layer7_decay" in log  # N = 6 for two third-stage blocks; the head is layer 7
+    assert [row["epoch"] for row in epochs_of(out)] == [1, 2]
 
 
 def test_class_mismatch_is_refused(tmp_path, capsys):
