@@ -85,12 +85,15 @@ def config_overrides(datasets: Sequence[CocoDataset]) -> List[str]:
 
 def register(datasets: Sequence[CocoDataset]) -> None:
     """Register the datasets with Detectron2 (in every process that builds data loaders)."""
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
     for dataset in datasets:
         if dataset.name in DatasetCatalog.list():
-            logger.info("dataset %s already registered", dataset.name)
+            registered = MetadataCatalog.get(dataset.name).get("json_file")
+            if registered != str(dataset.json_file):
+                raise DatasetSpecError(f"dataset name '{dataset.name}' is already registered for {registered}; "
+                                       f"choose another --dataset-name")
             continue
         register_coco_instances(dataset.name, {}, str(dataset.json_file), str(dataset.image_root))
         logger.info("registered dataset %s: %s (images in %s)", dataset.name, dataset.json_file, dataset.image_root)
