@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from sparkmim.utils.checkpoint import load_file, save_atomic, strip_prefix, unwrap_state_dict
+from sparkmim.convert import ConversionReport, KeyAccountingError, load_encoder_state_dict
+from sparkmim.utils.checkpoint import load_file, save_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ _UNMAPPABLE: Tuple[Tuple["re.Pattern[str]", str], ...] = (
 )
 
 
-class D2ConversionError(ValueError):
+class D2ConversionError(KeyAccountingError):
     """The state dict is not a ResNet that Detectron2's ResNet can hold; the message names the keys."""
 
 
@@ -68,6 +69,11 @@ class D2Conversion:
     model: Dict[str, np.ndarray]
     renamed: Dict[str, str] = field(default_factory=dict)  # timm key -> Detectron2 key
     dropped: List[str] = field(default_factory=list)  # timm keys left out on purpose (classifier)
+
+    def report(self) -> ConversionReport:
+        """The key accounting in the form every sparkmim converter reports it."""
+        return ConversionReport(converted=list(self.renamed), dropped=list(self.dropped),
+                                notes=["timm ResNet -> Detectron2 ResNet names"])
 
     def checkpoint(self) -> Dict[str, Any]:
         """The object Detectron2's ``DetectionCheckpointer`` expects inside a ``.pkl`` file."""
@@ -128,23 +134,16 @@ def timm_resnet_to_d2(state_dict: Mapping[str, torch.Tensor]) -> D2Conversion:
 
 
 def extract_timm_resnet(obj: Any) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Timm-named encoder weights from any loaded checkpoint object, plus the keys dropped on the way.
-
-    Uses the core's format detection (our full and encoder-only checkpoints, the reference release
-    files) when it is available; otherwise unwraps 'model'/'module'/'state_dict' containers and a
-    DDP 'module.' prefix."""
-    try:
-        from sparkmim.convert import load_encoder_state_dict  # the core's converter, when present
-    except ImportError:
-        state_dict = strip_prefix(unwrap_state_dict(obj), "module.")
-        return state_dict, []
+    """Timm-named encoder weights from any loaded checkpoint object (our full or encoder-only
+    checkpoints, the reference release files, wrapped or not), plus the keys dropped on the way
+    (pre-training decoder, classifier)."""
     state_dict, report = load_encoder_state_dict(obj)
-    return dict(state_dict), list(getattr(report, "dropped", []))
+    return dict(state_dict), list(report.dropped)
 
 
 def _check_target(path: Path) -> None:
     if Path(path).suffix != ".pkl":  # Detectron2 picks its loader by the file extension
-        raise D2ConversionError(f"Detectron2 reads converted weights from a '.pkl' file, got '{path}'")
+        raise ValueError(f"Detectron2 reads converted weights from a '.pkl' file, got '{path}'")
 
 
 def write_pkl(conversion: D2Conversion, path: Path) -> Path:
@@ -181,11 +180,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         conversion = convert_file(args.source, args.target, allow_unsafe=args.allow_unsafe)
-    except (D2ConversionError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except (KeyAccountingError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"spark-d2-convert: error: {error}", file=sys.stderr)
         return 2
-    dropped = ", ".join(conversion.dropped) if conversion.dropped else "none"
-    print(f"{args.target}: {len(conversion.model)} Detectron2 tensors; dropped: {dropped}")
+    print(f"{args.target}: {len(conversion.model)} Detectron2 tensors; dropped {len(conversion.dropped)} "
+          f"keys{': ' + _describe(conversion.dropped, limit=8) if conversion.dropped else ''}")
     return 0
 
 

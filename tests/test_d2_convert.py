@@ -123,3 +123,28 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(errors) == 3 and all(line.startswith("spark-d2-convert: error:") for line in errors)
     assert "deep stem" in errors[0] and "not found" in errors[1] and "'.pkl'" in errors[2]
     assert not (tmp_path / "x.pkl").exists()
+
+
+def test_cli_reads_a_full_pretraining_checkpoint(tmp_path, capsys):
+    """Our full SparK checkpoint: the encoder is converted, the decoder and densify layers dropped."""
+    from sparkmim import build_spark
+
+    torch.manual_seed(0)
+    spark = build_spark("resnet50", input_size=64)
+    source = tmp_path / "checkpoint.pth"
+    torch.save({"model": spark.state_dict(), "epoch": 1}, source)
+    target = tmp_path / "r50.pkl"
+    assert convert.main([str(source), str(target)]) == 0
+    with open(target, "rb") as handle:
+        model = pickle.load(handle)["model"]
+    encoder = spark.encoder.model.state_dict()
+    assert len(model) == 318
+    np.testing.assert_array_equal(model["res5.2.conv3.norm.running_var"], encoder["layer4.2.bn3.running_var"].numpy())
+    assert "decoder." in capsys.readouterr().out
+
+
+def test_error_is_a_key_accounting_error():
+    from sparkmim.convert import KeyAccountingError
+
+    with pytest.raises(KeyAccountingError):
+        timm_resnet_to_d2({"conv1.weight": torch.zeros(1), "attnpool.proj.weight": torch.zeros(1)})

@@ -74,6 +74,24 @@ def test_converted_weights_cover_the_backbone(converted, r50_model):
         np.testing.assert_array_equal(value.numpy(), conversion.model[key], err_msg=key)
 
 
+@pytest.mark.parametrize("depth", [101, 152])
+def test_deeper_configs_take_converted_weights(tmp_path, depth):
+    conversion = timm_resnet_to_d2(timm.create_model(f"resnet{depth}", pretrained=False).state_dict())
+    path = write_pkl(conversion, tmp_path / f"r{depth}.pkl")
+    cfg = get_cfg()
+    add_spark_config(cfg)
+    cfg.merge_from_file(str(resolve_config_file(f"mask_rcnn_R_{depth}_FPN_1x")))
+    cfg.merge_from_list(CPU_OPTS)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(path))
+    prefix = "backbone.bottom_up."
+    backbone = {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    assert sorted(backbone) == sorted(conversion.model)
+    key = "res4.20.conv2.weight"
+    np.testing.assert_array_equal(backbone[key].numpy(), conversion.model[key])
+    assert build_optimizer(cfg, model) is not None
+
+
 def test_optimizer_lr_factors(r50_model):
     cfg = make_cfg()
     optimizer = build_optimizer(cfg, r50_model)
