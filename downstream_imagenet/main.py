@@ -294,7 +294,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"best top-1 {summary['best_top1']:.2f}{ema_part}; checkpoints in {summary['output_dir']}")
         return 0
     except USER_ERRORS as error:
-        logger.error("%s", error)
         print(f"spark-finetune: error: {error}", file=sys.stderr)
         return 2
     finally:
