@@ -168,6 +168,18 @@ def test_class_mismatch_is_refused(tmp_path, capsys):
     assert "only in val ['purple']" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_weights_only_checkpoint(workspace, capsys):
+    from sparkmim.downstream_imagenet import checkpoints
+
+    config = {"model": "resnet18", "linear_probe": False}
+    record = checkpoints.weights_record({}, config, sorted(COLOURS), 1, {"top1": 1.0}, ema=False)
+    checkpoints.save(record, workspace / "wrong_kind", checkpoints.BEST)
+    code = main(common_args(workspace, workspace / "wrong_kind") + [
+        "--resume", str(workspace / "wrong_kind" / checkpoints.BEST)])
+    assert code == 2
+    assert "holds weights, expected training" in capsys.readouterr().err
+
+
 def test_model_without_recipe_names_missing_options(tmp_path, capsys):
     code = main(["--model", "resnet18", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert code == 2

@@ -75,6 +75,21 @@ def test_reference_official_style_convnext(tmp_path, wrapper):
     assert_loaded(model, timm_state)
 
 
+def test_reference_spark_style_with_decoder(tmp_path):
+    # *_withdecoder_1kpretrained_spark_style.pth: the whole reference model plus a config entry
+    encoder = encoder_state("resnet18", RESNET_KWARGS)
+    reference = {f"sparse_encoder.sp_cnn.{k}": v for k, v in encoder.items()}
+    reference.update({"dense_decoder.proj.weight": torch.zeros(3, 8, 1, 1), "mask_tokens.0": torch.zeros(1, 64, 1, 1),
+                      "densify_norms.0.weight": torch.ones(64), "imn_m": torch.zeros(1, 3, 1, 1)})
+    torch.save({"module": reference, "config": {"arch": "resnet18"}, "is_pretrain": True},
+               tmp_path / "res18_withdecoder_1kpretrained_spark_style.pth")
+    model = create_classifier("resnet18", 4, 0.0, RESNET_KWARGS)
+    report = load_pretrained(model, tmp_path / "res18_withdecoder_1kpretrained_spark_style.pth")
+    assert report.classifier_missing == ["fc.bias", "fc.weight"]
+    assert "dense_decoder.proj.weight" in report.dropped_by_converter
+    assert_loaded(model, encoder)
+
+
 def test_linear_probe_backbone_takes_the_encoder(tmp_path):
     source = encoder_state("resnet18", RESNET_KWARGS)
     torch.save(source, tmp_path / "encoder.pth")
