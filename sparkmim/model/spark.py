@@ -21,12 +21,14 @@ class SparKOutput:
     loss: mean per-patch-normalised L2 over masked patches (scalar, differentiable);
     active: bool (B, 1, h, w), True = visible; reconstruction: (B, 3, H, W) prediction de-normalised
     with each patch's own statistics, visible patches taken from the input (detached);
-    masked_input: the input with masked patches zeroed (detached)."""
+    masked_input: the input with masked patches zeroed (detached);
+    prediction: the decoder's raw output (B, 3, H, W), per-patch normalised space (differentiable)."""
 
     loss: torch.Tensor
     active: torch.Tensor
     reconstruction: torch.Tensor
     masked_input: torch.Tensor
+    prediction: torch.Tensor
 
 
 def _as_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -161,7 +163,8 @@ class SparK(nn.Module):
             predicted_pixels = unpatchify(prediction_bln * std + mean, self.downsample_ratio, h, w).to(images.dtype)
             reconstruction = torch.where(visible_pixels, images, predicted_pixels)
             masked_input = images * visible_pixels
-        return SparKOutput(loss=loss, active=active, reconstruction=reconstruction, masked_input=masked_input)
+        return SparKOutput(loss=loss, active=active, reconstruction=reconstruction, masked_input=masked_input,
+                           prediction=prediction)
 
 
 def build_spark(encoder: Union[str, nn.Module], input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,

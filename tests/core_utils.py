@@ -1,0 +1,67 @@
+"""Helpers shared by the core tests: building fixtures' models, masks, layer-output capture."""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from sparkmim import SparK, SparseEncoder
+from sparkmim.convert import load_state_dict_checked, spark_state_from_reference
+from sparkmim.convert.reference import build_kwargs_from_reference_config
+
+
+def spark_from_fixture(case: dict) -> SparK:
+    """Build the fixture's encoder as a timm model and import the reference checkpoint into SparK."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+    cfg = case["model_cfg"]
+    kwargs = dict(cfg["kwargs"])
+    if cfg["family"] == "resnet":
+        kwargs["block"] = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[kwargs["block"]]
+        model = ResNet(num_classes=0, global_pool="", **kwargs)
+    else:
+        model = ConvNeXt(num_classes=0, global_pool="", **kwargs)
+    state, _, config = spark_state_from_reference(case["state"])
+    spark = SparK(SparseEncoder(model), **build_kwargs_from_reference_config(config))
+    load_state_dict_checked(spark, state, "reference fixture",
+                            allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
+    return spark
+
+
+def random_mask(batch: int, h: int, w: int, visible: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(batch, h * w, generator=generator)
+    keep = scores.argsort(dim=1)[:, :visible]
+    return torch.zeros(batch, h * w, dtype=torch.bool).scatter_(1, keep, True).view(batch, 1, h, w)
+
+
+def is_channels_last_output(module: nn.Module) -> bool:
+    """Layers that produce (B, H, W, C) maps in timm CNNs: Linear and LayerNorm inside ConvNeXt-style blocks."""
+    from timm.layers.grn import GlobalResponseNorm
+    from timm.layers.norm import LayerNorm2d, LayerNorm2dFp32
+    if isinstance(module, GlobalResponseNorm):
+        return getattr(module, "channel_dim", 1) == -1
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.LayerNorm) and not isinstance(module, (LayerNorm2d, LayerNorm2dFp32)))
+
+
+def capture_layer_outputs(model: nn.Module) -> Tuple[Dict[str, Tuple[torch.Tensor, bool]], List]:
+    """Record every 4-D tensor output of every module (name -> (output, channels_last))."""
+    outputs: Dict[str, Tuple[torch.Tensor, bool]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        def hook(mod, _inputs, output, name=name):
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                outputs[name] = (output.detach().clone(), is_channels_last_output(mod))
+        handles.append(module.register_forward_hook(hook))
+    return outputs, handles
+
+
+def masked_part(output: torch.Tensor, channels_last: bool, active: torch.Tensor):
+    """The values of ``output`` at masked positions, or None if its grid does not align with the mask."""
+    height, width = (output.shape[1], output.shape[2]) if channels_last else output.shape[-2:]
+    mask_h, mask_w = active.shape[-2:]
+    if height < mask_h or height % mask_h or width % mask_w:
+        return None
+    full = active.repeat_interleave(height // mask_h, 2).repeat_interleave(width // mask_w, 3)
+    if channels_last:
+        full = full.permute(0, 2, 3, 1)
+    return output.masked_select(~full.expand_as(output))

@@ -1,0 +1,208 @@
+"""The sparse-encoder invariants, checked on many timm CNN families with tiny inputs."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from sparkmim import MaskNotSetError, UnsupportedLayerError, build_spark, make_sparse_encoder
+from sparkmim.sparse.norms import SparseBatchNorm2d
+from sparkmim.tests.core_utils import capture_layer_outputs, masked_part, random_mask
+
+# family -> the layer types it exercises
+FAMILIES = [
+    "resnet18",              # BasicBlock, BatchNorm2d, max pooling
+    "resnet26",              # Bottleneck
+    "seresnet18",            # squeeze-excitation (SEModule)
+    "ecaresnet26t",          # ECA attention, deep stem, avg-pool shortcut
+    "resnet50_gn",           # GroupNorm
+    "convnext_atto",         # LayerNorm channels-first and channels-last, Linear on feature maps
+    "convnextv2_atto",       # GlobalResponseNorm
+    "efficientnet_b0",       # BatchNormAct2d, SiLU, EfficientNet SqueezeExcite
+    "tf_efficientnet_b0",    # padding-same convolutions
+    "mobilenetv3_small_100", # hard-swish, hard-sigmoid SE
+    "regnety_002",           # RegNet with SE, BatchNormAct2d
+    "nf_resnet26",           # weight-standardised convolutions, no norm layers
+]
+SIZE = 64
+BATCH = 2
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    return build_spark(name, input_size=SIZE, decoder_width=64)
+
+
+def dense_twin(name: str, spark) -> nn.Module:
+    dense = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    dense.load_state_dict(spark.encoder.model.state_dict())
+    return dense
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param, build(request.param)
+
+
+def test_every_layer_output_is_zero_where_masked(family):
+    name, spark = family
+    spark.train()
+    active = random_mask(BATCH, SIZE // 32, SIZE // 32, visible=2, seed=1)
+    outputs, handles = capture_layer_outputs(spark.encoder.model)
+    try:
+        spark(torch.randn(BATCH, 3, SIZE, SIZE), active)
+    finally:
+        for handle in handles:
+            handle.remove()
+    checked = 0
+    for layer, (output, channels_last) in outputs.items():
+        masked = masked_part(output, channels_last, active)
+        if masked is None:
+            continue
+        checked += 1
+        assert torch.count_nonzero(masked) == 0, f"{name}: '{layer}' has non-zero values at masked positions"
+    assert checked > 10
+
+
+def test_masked_pixels_do_not_reach_visible_features_or_prediction(family):
+    name, spark = family
+    spark.eval()
+    active = random_mask(BATCH, SIZE // 32, SIZE // 32, visible=2, seed=2)
+    images = torch.randn(BATCH, 3, SIZE, SIZE)
+    pixels_visible = active.repeat_interleave(32, 2).repeat_interleave(32, 3)
+    altered = torch.where(pixels_visible, images, torch.randn_like(images) * 5)
+    with torch.no_grad():
+        first, second = spark(images, active), spark(altered, active)
+        features_first, features_second = spark.encode(images, active), spark.encode(altered, active)
+    for a, b in zip(features_first, features_second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(first.prediction, second.prediction, rtol=0, atol=0)
+    assert not torch.equal(first.loss, second.loss)  # only the target (masked pixels) changed
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_all_visible_equals_dense_timm_model(family, train):
+    name, spark = family
+    dense = dense_twin(name, spark)
+    spark.train(train)
+    dense.train(train)
+    images = torch.randn(BATCH, 3, SIZE, SIZE)
+    active = torch.ones(BATCH, 1, SIZE // 32, SIZE // 32, dtype=torch.bool)
+    spark_state = copy.deepcopy(spark.encoder.model.state_dict())
+    with torch.no_grad():
+        sparse_features = spark.encode(images, active)
+        dense_features = dense.forward_intermediates(images, indices=4, intermediates_only=True)
+    for level, (a, b) in enumerate(zip(sparse_features, dense_features)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{name} level {level}")
+    if train:  # running statistics move exactly as the dense BatchNorms' do
+        dense_state = dense.state_dict()
+        for key, value in spark.encoder.model.state_dict().items():
+            if "running" in key:
+                torch.testing.assert_close(value, dense_state[key], rtol=1e-4, atol=1e-5, msg=key)
+    spark.encoder.model.load_state_dict(spark_state)
+
+
+def test_encoder_state_dict_loads_into_timm(family):
+    name, spark = family
+    target = timm.create_model(name, pretrained=False)
+    result = target.load_state_dict(spark.encoder.model.state_dict(), strict=False)
+    classifier = target.default_cfg.get("classifier", "fc")
+    assert result.unexpected_keys == []
+    assert all(key.startswith(classifier) for key in result.missing_keys), result.missing_keys
+
+
+def test_feature_shapes_and_mask_count():
+    spark = build_spark("resnet18", input_size=(64, 96), mask_ratio=0.6, decoder_width=64)
+    images = torch.randn(3, 3, 64, 96)
+    out = spark(images)
+    assert out.active.shape == (3, 1, 2, 3)
+    assert out.active.flatten(1).sum(1).tolist() == [round(6 * 0.4)] * 3
+    assert out.reconstruction.shape == images.shape
+    features = spark.encode(images, out.active)
+    assert [f.shape[1:] for f in features] == [(64, 16, 24), (128, 8, 12), (256, 4, 6), (512, 2, 3)]
+
+
+@pytest.mark.parametrize("grid,ratio", [((7, 7), 0.6), ((12, 12), 0.75), ((2, 3), 0.5), ((5, 9), 0.3)])
+def test_mask_keeps_exact_number_of_patches(grid, ratio):
+    spark = build_spark("resnet18", input_size=64, mask_ratio=ratio, decoder_width=64)
+    h, w = grid
+    active = spark.mask(16, h, w, torch.device("cpu"))
+    assert active.dtype == torch.bool and active.shape == (16, 1, h, w)
+    assert set(active.flatten(1).sum(1).tolist()) == {round(h * w * (1 - ratio))}
+
+
+def test_loss_counts_masked_patches_only():
+    spark = build_spark("resnet18", input_size=64, decoder_width=64)
+    images = torch.randn(2, 3, 64, 64)
+    active = random_mask(2, 2, 2, visible=2, seed=3)
+    target, _, _ = spark.patch_targets(images)
+    prediction = target.clone()
+    visible = active.flatten(1)
+    prediction[visible] = 100.0  # garbage on visible patches is not penalised
+    assert spark.loss(prediction, target, active).item() == 0.0
+    prediction[~visible] += 1.0  # an error of 1 on every masked pixel gives exactly 1
+    assert spark.loss(prediction, target, active).item() == pytest.approx(1.0)
+
+
+def test_mask_context_cleared_after_forward_and_error():
+    spark = build_spark("resnet18", input_size=64, decoder_width=64)
+    spark(torch.randn(1, 3, 64, 64))
+    with pytest.raises(MaskNotSetError):
+        _ = spark.encoder.context.active
+    with pytest.raises(RuntimeError):
+        spark(torch.randn(1, 4, 64, 64))  # wrong channel count fails inside the encoder
+    with pytest.raises(MaskNotSetError):
+        _ = spark.encoder.context.active
+    with pytest.raises(MaskNotSetError):
+        spark.encoder.model(torch.randn(1, 3, 64, 64))  # sparse layers refuse to run without a mask
+
+
+def test_two_models_do_not_share_masks():
+    teacher = build_spark("resnet18", input_size=64, decoder_width=64).eval()
+    student = copy.deepcopy(teacher)
+    assert student.encoder.context is not teacher.encoder.context
+    images = torch.randn(2, 3, 64, 64)
+    mask_a = random_mask(2, 2, 2, visible=1, seed=4)
+    mask_b = random_mask(2, 2, 2, visible=3, seed=5)
+    with torch.no_grad():
+        alone = teacher.encode(images, mask_a)
+        # run the student with another mask in the middle of the teacher's forward
+        handle = teacher.encoder.model.layer2.register_forward_hook(lambda *_: student.encode(images, mask_b) and None)
+        interleaved = teacher.encode(images, mask_a)
+        handle.remove()
+    for a, b in zip(alone, interleaved):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _resnet_with(layer: nn.Module) -> nn.Module:
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    model.layer1[0].act1 = layer
+    return model
+
+
+@pytest.mark.parametrize("layer,message", [
+    (nn.Sigmoid(), "maps 0 to a non-zero"),
+    (nn.LocalResponseNorm(2), "no rule for this layer type"),
+])
+def test_unsupported_layers_are_refused_with_their_path(layer, message):
+    with pytest.raises(UnsupportedLayerError, match=rf"'layer1\.0\.act1' .*{message}"):
+        make_sparse_encoder(_resnet_with(layer))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(encoder="resnet18", input_size=70), "not a multiple of the encoder's total stride 32"),
+    (dict(encoder="resnet18", mask_ratio=1.0), r"mask_ratio must be in \(0, 1\)"),
+    (dict(encoder="no_such_net_xyz"), "unknown timm model 'no_such_net_xyz'"),
+])
+def test_build_errors_are_actionable(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_spark(**kwargs)
+
+
+def test_weights_are_shared_with_the_timm_model():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    bn_weight = model.bn1.weight
+    encoder = make_sparse_encoder(model)
+    assert isinstance(encoder.model.bn1, SparseBatchNorm2d)
+    assert encoder.model.bn1.weight is bn_weight

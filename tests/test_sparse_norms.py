@@ -1,0 +1,120 @@
+"""Masked statistics equal a reference that gathers the visible positions (no zero-filling)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sparkmim.sparse.context import MaskContext
+from sparkmim.sparse.norms import SparseBatchNorm2d, SparseGroupNorm, SparseLayerNorm2d
+from sparkmim.sparse.rules import VisibleMeanInput, VisibleMeanOutput
+from sparkmim.tests.core_utils import random_mask
+
+B, C, H, W, GRID = 3, 8, 12, 12, 3
+
+
+def setup(seed: int = 0):
+    torch.manual_seed(seed)
+    active = random_mask(B, GRID, GRID, visible=4, seed=seed)
+    context = MaskContext()
+    pixels = active.repeat_interleave(H // GRID, 2).repeat_interleave(W // GRID, 3)
+    x = torch.randn(B, C, H, W) * 3 + 1.5  # values under the mask are NOT zero: statistics must ignore them
+    return context, active, pixels, x
+
+
+def gather(x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)[pixels.squeeze(1)]  # (N_visible, C)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_matches_batchnorm1d_on_visible_positions(momentum):
+    context, active, pixels, x = setup()
+    reference = nn.BatchNorm1d(C, momentum=momentum)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5), reference.bias.uniform_(-1, 1)
+        reference.running_mean.uniform_(-1, 1), reference.running_var.uniform_(0.5, 2)
+    sparse = SparseBatchNorm2d.from_dense(nn.BatchNorm2d(C, momentum=momentum), context)
+    sparse.load_state_dict(reference.state_dict())
+    x_sparse, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(B, C, H, W)
+    for step in range(2):  # two steps: running statistics and the cumulative average both move
+        with context.use(active):
+            out = sparse(x_sparse)
+        out_ref = reference(gather(x_ref, pixels))
+        torch.testing.assert_close(gather(out, pixels), out_ref, rtol=1e-5, atol=1e-5)
+        assert torch.count_nonzero(out * ~pixels) == 0
+        (out * upstream).sum().backward()
+        (out_ref * gather(upstream, pixels)).sum().backward()
+        torch.testing.assert_close(x_sparse.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sparse.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sparse.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(sparse, name), getattr(reference, name), rtol=1e-6, atol=1e-6)
+    sparse.eval(), reference.eval()
+    with context.use(active), torch.no_grad():
+        torch.testing.assert_close(gather(sparse(x), pixels), reference(gather(x, pixels)), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_statistics_are_float32_under_bfloat16():
+    context, active, _, x = setup(1)
+    sparse = SparseBatchNorm2d(C, context)
+    with context.use(active):
+        out = sparse(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert sparse.running_mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_groupnorm_matches_groupnorm_on_visible_positions(groups):
+    context, active, pixels, x = setup(2)
+    dense = nn.GroupNorm(groups, C)
+    with torch.no_grad():
+        dense.weight.uniform_(0.5, 1.5), dense.bias.uniform_(-1, 1)
+    sparse = SparseGroupNorm(dense, context)
+    with context.use(active):
+        out = sparse(x)
+    assert torch.count_nonzero(out * ~pixels) == 0
+    for b in range(B):
+        visible = x[b].permute(1, 2, 0)[pixels[b, 0]]  # (n, C)
+        expected = F.group_norm(visible.t()[None, :, :, None], groups, dense.weight, dense.bias, dense.eps)
+        got = out[b].permute(1, 2, 0)[pixels[b, 0]]
+        torch.testing.assert_close(got, expected[0, :, :, 0].t(), rtol=1e-5, atol=1e-5)
+
+
+def test_layernorm_matches_layernorm_on_visible_positions():
+    context, active, pixels, x = setup(3)
+    sparse = SparseLayerNorm2d(C, context)
+    with torch.no_grad():
+        sparse.weight.uniform_(0.5, 1.5), sparse.bias.uniform_(-1, 1)
+    with context.use(active):
+        out = sparse(x)
+    assert torch.count_nonzero(out * ~pixels) == 0
+    expected = F.layer_norm(gather(x, pixels), (C,), sparse.weight, sparse.bias, sparse.eps)
+    torch.testing.assert_close(gather(out, pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_squeeze_excitation_pools_visible_positions_only():
+    from timm.layers.squeeze_excite import SEModule
+    context, active, pixels, x = setup(4)
+    x = x * pixels  # inside the encoder the input of an SE block is already zero where masked
+    se = SEModule(C, rd_ratio=0.5)
+    se.register_forward_pre_hook(VisibleMeanInput(context))
+    se.register_forward_hook(VisibleMeanOutput(context))
+    with context.use(active), torch.no_grad():
+        out = se(x)
+    visible_mean = x.sum(dim=(2, 3), keepdim=True) / pixels.sum(dim=(2, 3), keepdim=True)
+    with torch.no_grad():
+        gate = se.gate(se.fc2(se.act(se.bn(se.fc1(visible_mean)))))
+    torch.testing.assert_close(out, x * gate, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_context_upsamples_nearest_once_per_resolution():
+    context = MaskContext()
+    active = random_mask(2, 3, 4, visible=5, seed=5)
+    with context.use(active):
+        mask = context.mask(12, 16, torch.float32)
+        assert context.mask(12, 16, torch.float32) is mask
+        expected = active.repeat_interleave(4, 2).repeat_interleave(4, 3).float()
+        torch.testing.assert_close(mask, expected)
+        torch.testing.assert_close(context.mask(12, 16, torch.float32, channels_last=True), expected.permute(0, 2, 3, 1))
+        with pytest.raises(ValueError, match="not a whole multiple"):
+            context.mask(10, 16, torch.float32)
