@@ -61,6 +61,7 @@ DEFAULTS: Dict[str, Any] = {
     "sync_bn": True,
     "device": "auto",
     "workers": 8,
+    "eval_batch_size": None,
     "seed": 0,
     "log_interval": 50,
     "stop_after_epoch": None,
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
     add("--device", choices=CHOICES["device"])
     add("--workers", type=int, help="data-loading processes per training process")
+    add("--eval-batch-size", type=int, help="evaluation batch per process (default: the training "
+                                             "micro-batch; 128 with --eval-only)")
     add("--seed", type=int)
     add("--log-interval", type=int, help="steps between metric records")
     add("--stop-after-epoch", type=int, help="end this job after that epoch (time-limited jobs); the "

@@ -152,7 +152,8 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     mixup = create_mixup(config, len(classes))
     criterion = create_criterion(config, mixup is not None)
     loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
-    val_loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
+    val_loader = eval_loader(val_set, config, config["eval_batch_size"] or batch, dist_info.rank,
+                             dist_info.world_size)
     steps_per_epoch = len(loader) // config["accum_steps"]
     if steps_per_epoch == 0:
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
@@ -178,6 +179,8 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     step = record["step"] if record is not None else 0
     amp_dtype = AMP_DTYPES[config["amp"]]
     last_epoch = min(config["epochs"], config["stop_after_epoch"] or config["epochs"])
+    if start_epoch >= last_epoch:
+        logger.info("nothing to train: %d of %d epochs already done", start_epoch, last_epoch)
     for epoch in range(start_epoch, last_epoch):
         # random streams are a function of (seed, rank, epoch), so a resumed run continues exactly
         seed_everything(config["seed"] + dist_info.rank + 7919 * epoch)
@@ -266,7 +269,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     model.to(dist_info.device)
     if config["channels_last"]:
         model.to(memory_format=torch.channels_last)
-    batch = max(1, config["batch_size"] // dist_info.world_size // config["accum_steps"])
+    batch = config["eval_batch_size"] or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
     result = evaluate(model, loader, dist_info.device, AMP_DTYPES[config["amp"]], config["channels_last"])
     result["checkpoint"] = str(path)
