@@ -167,12 +167,35 @@ def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequen
     return outputs
 
 
+def sync_batchnorms(spark: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Cross-process BatchNorm statistics. On GPUs: the core's conversion (sparse BNs and the
+    decoder's BNs). On CPU, DDP refuses torch's SyncBatchNorm, so only the sparse BNs (encoder and
+    densify norms, which reduce with plain all_reduce) are synchronised."""
+    if device.type != "cpu":
+        from sparkmim import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(spark).to(device)
+    from sparkmim.sparse.norms import SparseBatchNorm2d
+
+    for module in spark.modules():
+        if isinstance(module, SparseBatchNorm2d):
+            module.sync = True
+    logger.warning("CPU processes: torch's SyncBatchNorm needs GPUs, so the decoder's BatchNorms keep "
+                   "per-process statistics; the sparse BatchNorms (encoder, densify) are synchronised")
+    return spark
+
+
 def state_checksums(module: torch.nn.Module) -> Tuple[float, float]:
-    """Sums of all parameters and of all floating buffers (BN running statistics): a cheap
+    """Sum of all parameters, and of the buffers of synchronised norms (running statistics): a cheap
     fingerprint logged by every rank, so replicas that drifted apart are visible in the logs."""
+    from sparkmim.sparse.norms import SparseBatchNorm2d
+
     with torch.no_grad():
         params = sum(float(p.double().sum()) for p in module.parameters())
-        buffers = sum(float(b.double().sum()) for b in module.buffers() if b.is_floating_point())
+        synced = [m for m in module.modules() if isinstance(m, torch.nn.SyncBatchNorm)
+                  or (isinstance(m, SparseBatchNorm2d) and getattr(m, "sync", False))]
+        buffers = sum(float(b.double().sum()) for m in synced for b in m.buffers(recurse=False)
+                      if b.is_floating_point())
     return params, buffers
 
 
@@ -214,9 +237,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         spark = spark.to(memory_format=torch.channels_last)
     model: torch.nn.Module = spark
     if dist_info.distributed:
-        from sparkmim import convert_sync_batchnorm
-
-        spark = convert_sync_batchnorm(spark).to(device)
+        spark = sync_batchnorms(spark, device)
         model = torch.nn.parallel.DistributedDataParallel(
             spark, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     if config["compile"]:
@@ -307,7 +328,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         del batches
 
     params_sum, buffers_sum = state_checksums(spark)
-    logger.info("rank %d state after step %d: parameter checksum %.12e, buffer checksum %.12e",
+    logger.info("rank %d state after step %d: parameter checksum %.12e, synchronised-norm buffer checksum %.12e",
                 dist_info.rank, result.step, params_sum, buffers_sum)
     if result.stopped_by_signal:
         if dist_info.is_main:
