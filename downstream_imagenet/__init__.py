@@ -1,0 +1,1 @@
+"""ImageNet classification fine-tuning and linear probing of SparK pre-trained timm CNNs (``spark-finetune``)."""
