@@ -174,12 +174,19 @@ def test_train_and_evaluate_on_tiny_coco(tmp_path, converted):
     final = output / "model_final.pth"
     assert final.is_file()
 
-    # --eval-only with the trained model, into a fresh folder
+    # --resume continues from the checkpoint, optimizer state included (evaluation left out here)
+    assert train_net.main(["--resume", *data_args, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(output),
+                           *CPU_OPTS, *TINY_RUN, "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()",
+                           "TEST.PRECISE_BN.ENABLED", "False"]) == 0
+    assert torch.load(final, map_location="cpu", weights_only=False)["iteration"] == 2
+    assert "Starting training from iteration 2" in (output / "log.txt").read_text()
+
+    # --eval-only with the trained model (3 iterations now), into a fresh folder
     evaluation = tmp_path / "eval"
     assert train_net.main(["--eval-only", *data_args, "MODEL.WEIGHTS", str(final), "OUTPUT_DIR", str(evaluation),
                            *CPU_OPTS, *TINY_RUN]) == 0
     again = json.loads((evaluation / "coco_results.json").read_text())
-    assert again["iteration"] == 2
+    assert again["iteration"] == 3
     assert math.isfinite(again["bbox"]["AP"]) and math.isfinite(again["segm"]["AP"])
 
 
