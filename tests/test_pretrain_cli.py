@@ -132,3 +132,27 @@ def test_unknown_recipe_and_missing_data(tmp_path, capsys):
     assert "does not exist" in line
     line = _error_line(capsys, ["data", "--recipe", "resnet5000"])
     assert "unknown recipe 'resnet5000'" in line
+
+
+def test_demo_runs_without_a_data_argument(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPARKMIM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo_run"
+    code = main(["--demo-images", "8", "--demo-image-size", "72", "--input-size", "64", "--batch-size", "4",
+                 "--epochs", "1", "--workers", "0", "--no-progress", "--no-tensorboard", "--output-dir", str(out)])
+    assert code == 0
+    assert len(list((tmp_path / "cache").glob("demo-*/*.png"))) == 8
+    assert load_file(out / "checkpoint_last.pth")["config"]["model"] == "test_resnet"  # the demo recipe
+    printed = capsys.readouterr().out
+    assert str((out / "reconstruction.png").resolve()) in printed
+
+
+@pytest.mark.parametrize("precision", [["--amp", "bf16", "--channels-last"], ["--amp", "fp16"]])
+def test_mixed_precision_runs(tmp_path, precision):
+    data = make_images(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    code = main([str(data), *TINY_ARGS, "--epochs", "1", "--num-vis", "0", "--no-tensorboard",
+                 "--output-dir", str(out), *precision])
+    assert code == 0
+    full = load_file(out / "checkpoint_last.pth")
+    assert (full["scaler"] is not None) == ("fp16" in precision)
+    assert all(torch.isfinite(v).all() for v in full["model"].values() if v.is_floating_point())
