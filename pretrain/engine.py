@@ -152,7 +152,7 @@ class Loop:
                             "skipped; checkpoint %s", epoch, step, self.total_steps, mean_loss, record["loss"],
                             skipped, path)
                 epoch_losses = []
-            if self.stop.should_stop(self.dist_info.device):
+            if step < self.total_steps and self.stop.should_stop(self.dist_info.device):
                 if bar is not None:
                     bar.close()
                 path = None if saved else self.save(step)
