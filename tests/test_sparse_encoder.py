@@ -206,3 +206,29 @@ def test_weights_are_shared_with_the_timm_model():
     encoder = make_sparse_encoder(model)
     assert isinstance(encoder.model.bn1, SparseBatchNorm2d)
     assert encoder.model.bn1.weight is bn_weight
+
+
+class InlineGlobalGate(nn.Module):
+    """An attention block sparkmim has no rule for: it pools over all positions in its own forward."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * torch.sigmoid(y.mean((2, 3), keepdim=True))
+
+
+def test_probe_names_a_block_with_inline_global_statistics():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    model.layer2[0].se = InlineGlobalGate(128)  # timm's BasicBlock calls .se when set
+    with pytest.raises(UnsupportedLayerError, match=r"'layer2\.0\.se' .*InlineGlobalGate.*change with the number of masked"):
+        make_sparse_encoder(model)
+
+
+def test_probe_accepts_a_block_with_a_rule():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    from timm.layers.squeeze_excite import SEModule
+    model.layer2[0].se = SEModule(128)
+    make_sparse_encoder(model)  # the same gating, but through a layer type with a visible-mean rule

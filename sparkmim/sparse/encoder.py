@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .context import MaskContext
+from .probe import verify_sparse_encoder
 from .rules import sparsify_
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class SparseEncoder(nn.Module):
     ``active``: bool (B, 1, H/r, W/r), True = visible, r = ``downsample_ratio``. Masked positions of
     every feature map (and of every layer output inside) are exactly zero."""
 
-    def __init__(self, model: nn.Module, sync_bn: bool = False) -> None:
+    def __init__(self, model: nn.Module, sync_bn: bool = False, verify: bool = True) -> None:
         super().__init__()
         if not hasattr(model, "forward_intermediates"):
             raise EncoderSpecError(f"{type(model).__name__} has no forward_intermediates(); use a timm >= 1.0.3 CNN")
@@ -101,6 +102,8 @@ class SparseEncoder(nn.Module):
             for module_name, module in model.named_modules() if id(module) not in called
             for key, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
         sparsify_(model, self.context, sync_bn=sync_bn, called=called)
+        if verify:
+            verify_sparse_encoder(model, self.context, self.in_chans, self.downsample_ratio)
         self.model = model
 
     def forward(self, images: torch.Tensor, active: torch.Tensor) -> List[torch.Tensor]:
@@ -111,12 +114,13 @@ class SparseEncoder(nn.Module):
 
 
 def make_sparse_encoder(model: Union[str, nn.Module], sync_bn: bool = False,
-                        model_kwargs: Optional[Dict[str, Any]] = None) -> SparseEncoder:
+                        model_kwargs: Optional[Dict[str, Any]] = None, verify: bool = True) -> SparseEncoder:
     """Turn a timm model (a registered name with kwargs, or a module) into a :class:`SparseEncoder`.
 
-    A module is converted in place: afterwards it only runs under a visible mask."""
+    A module is converted in place: afterwards it only runs under a visible mask. ``verify`` runs the
+    build-time probe of :mod:`sparkmim.sparse.probe` (two tiny eval-mode forwards)."""
     if isinstance(model, str):
         model = create_timm_encoder(model, **(model_kwargs or {}))
     elif model_kwargs:
         raise ValueError("model_kwargs only apply when the encoder is given by name")
-    return SparseEncoder(model, sync_bn=sync_bn)
+    return SparseEncoder(model, sync_bn=sync_bn, verify=verify)

@@ -50,20 +50,27 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
 class ReMaskOutput:
     """Forward hook: multiply a layer's output by the visible mask at the output's resolution."""
 
-    def __init__(self, context: MaskContext, channels_last: bool = False) -> None:
+    def __init__(self, context: MaskContext, path: str, channels_last: bool = False) -> None:
         self.context = context
+        self.path = path
         self.channels_last = channels_last
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output * self.context.mask_like(output, self.channels_last)
+        try:
+            mask = self.context.mask_like(output, self.channels_last)
+        except ValueError as error:
+            raise UnsupportedLayerError(
+                f"cannot make '{self.path}' ({type(module).__name__}) sparse: it runs on a map coarser than the "
+                f"mask grid, e.g. pooled inside an attention block sparkmim has no rule for ({error})") from error
+        return output * mask
 
 
 class ReMaskLinearOutput(ReMaskOutput):
     """Forward hook for ``nn.Linear``: feature maps in channels-last layout (B, H, W, C) are re-masked;
     other uses (pooled vectors) are left alone."""
 
-    def __init__(self, context: MaskContext) -> None:
-        super().__init__(context, channels_last=True)
+    def __init__(self, context: MaskContext, path: str) -> None:
+        super().__init__(context, path, channels_last=True)
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if output.dim() != 4:
@@ -111,6 +118,11 @@ def _maps_zero_to_zero(module: nn.Module) -> bool:
             return False
 
 
+def _is_empty_container(module: nn.Module) -> bool:
+    """An empty Sequential is an identity (timm uses one for plain shortcuts)."""
+    return isinstance(module, nn.Sequential) and len(module) == 0
+
+
 def _is_activation(module: nn.Module) -> bool:
     origin = type(module).__module__
     return origin.startswith("torch.nn.modules.activation") or origin.startswith("timm.layers.activations")
@@ -135,7 +147,8 @@ def sparsify_(model: nn.Module, context: MaskContext, sync_bn: bool = False,
 def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bool,
                  types: Dict[str, Tuple[Type[nn.Module], ...]], called: Optional[Set[int]]) -> Optional[nn.Module]:
     """Apply the rule for one module; return a replacement module or None (converted in place)."""
-    remask: Callable[[bool], None] = lambda channels_last: module.register_forward_hook(ReMaskOutput(context, channels_last))
+    remask: Callable[[bool], None] = lambda channels_last: module.register_forward_hook(
+        ReMaskOutput(context, path, channels_last))
     if isinstance(module, types["channel_attention"]):
         module.register_forward_pre_hook(VisibleMeanInput(context))
         module.register_forward_hook(VisibleMeanOutput(context))
@@ -156,8 +169,8 @@ def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bo
     elif isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         remask(False)
     elif isinstance(module, nn.Linear):
-        module.register_forward_hook(ReMaskLinearOutput(context))
-    elif isinstance(module, POINTWISE_SAFE + types["drop_path"]):
+        module.register_forward_hook(ReMaskLinearOutput(context, path))
+    elif isinstance(module, POINTWISE_SAFE + types["drop_path"]) or _is_empty_container(module):
         pass
     elif _is_activation(module):
         if not _maps_zero_to_zero(module):
