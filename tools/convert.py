@@ -1,0 +1,305 @@
+"""``spark-convert``: one weight converter for every checkpoint layout the project meets.
+
+``spark-convert SRC DST --to {timm,d2,mmdet,sparkmim} [--model NAME] [--check]`` recognises the
+source (our full or encoder-only checkpoints, the reference releases, plain timm or torchvision
+state dicts), converts it with the project's converters, prints the key report and exits non-zero
+when a key cannot be accounted for. ``spark-convert --inspect FILE`` says what a file is.
+
+Exit status: 0 done; 1 key accounting failed (unknown/missing keys, wrong model) or ``--check``
+failed; 2 the input cannot be used (missing file, unsafe pickle, not a checkpoint).
+"""
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from sparkmim.convert import KeyAccountingError
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
+
+from . import checks
+from .formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
+from .pkl_files import load_numpy_pickle
+
+logger = logging.getLogger("sparkmim.tools.convert")
+
+TARGETS = ("timm", "d2", "mmdet", "sparkmim")
+
+
+class UsageError(ValueError):
+    """The input cannot be used as given; reported in one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-convert",
+        description="Convert SparK / timm / torchvision / reference-release weights between the formats "
+                    "of timm, Detectron2, MMDetection and sparkmim, accounting for every key.")
+    parser.add_argument("source", nargs="?", type=Path, help="checkpoint to convert (.pth)")
+    parser.add_argument("target", nargs="?", type=Path, help="file to write")
+    parser.add_argument("--to", choices=TARGETS, help="target format: timm (encoder state dict), d2 "
+                        "(Detectron2 .pkl, ResNet), mmdet (MMDetection ConvNeXt backbone), sparkmim "
+                        "(whole SparK model when the source has a decoder, else the encoder)")
+    parser.add_argument("--model", default=None, help="timm model name of the weights (default: from the "
+                        "file's config, else found by matching the weights against common timm models)")
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help='extra timm.create_model arguments the weights were made with, e.g. \'{"channels": [8, 16, 32, 64]}\'')
+    parser.add_argument("--check", action="store_true",
+                        help="load the result into the target framework's model (when it is installed)")
+    parser.add_argument("--inspect", type=Path, metavar="FILE", help="say what FILE is and exit")
+    parser.add_argument("--allow-unsafe", action="store_true",
+                        help="load a file that needs full (code-executing) unpickling; only for files you trust")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def load_source(path: Path, allow_unsafe: bool) -> Any:
+    if not path.is_file():
+        raise UsageError(f"file not found: {path}")
+    if path.suffix == ".pkl":
+        try:
+            return load_numpy_pickle(path)
+        except Exception as error:  # a .pkl that is not a plain numpy pickle
+            if not allow_unsafe:
+                raise UsageError(f"{path} is not a plain pickle of arrays ({error}); pass --allow-unsafe only "
+                                 "if you trust it") from error
+    try:
+        return load_file(path, allow_unsafe=allow_unsafe)
+    except UnsafeCheckpointError as error:
+        raise UsageError(str(error).replace("pass the allow-unsafe option", "pass --allow-unsafe")) from error
+    except Exception as error:
+        raise UsageError(f"cannot read {path} as a checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+
+
+def _model_kwargs(text: Optional[str]) -> Dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--model-kwargs is not valid JSON ({error.msg}): {text}") from error
+    if not isinstance(value, dict):
+        raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"drop_path_rate\": 0.1}'")
+    return value
+
+
+def _parameters(state: Dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+
+
+def describe(path: Path, obj: Any, info: Optional[SourceInfo], model_arg: Optional[str]) -> Dict[str, Any]:
+    """The facts ``--inspect`` prints."""
+    if isinstance(obj, dict) and obj.get("matching_heuristics") is not None and isinstance(obj.get("model"), dict):
+        return {"file": str(path), "format": "detectron2-pkl",
+                "description": "Detectron2 weights (.pkl, numpy arrays; MODEL.WEIGHTS)",
+                "tensors": len(obj["model"]), "author": obj.get("__author__")}
+    assert info is not None
+    facts = {"file": str(path), "format": info.format, "description": info.description,
+             "model": info.model, "model_from": info.model_from or None,
+             "encoder_tensors": len(info.encoder), "encoder_parameters": _parameters(info.encoder),
+             "has_decoder": info.has_decoder, "classifier_keys": info.classifier,
+             "dropped_keys": len(info.report.dropped)}
+    if isinstance(obj, dict) and obj.get("format") == "sparkmim-pretrain":
+        facts.update({"epoch": obj.get("epoch"), "step": obj.get("step")})
+    if info.spark_config:
+        facts["config"] = {k: v for k, v in info.spark_config.items()
+                           if k in ("model", "input_size", "mask_ratio", "decoder_width", "densify_norm", "reference")}
+    if info.model:
+        problems = check_against_model(info.encoder, info.model, info.model_kwargs)
+        facts["fits_model"] = not problems
+        if problems:
+            facts["problems"] = problems
+    targets = ["timm", "sparkmim"]
+    if info.model and info.model.startswith("resnet") and not info.model.endswith("d"):
+        targets.append("d2")
+    if info.model and "convnext" in info.model:
+        targets.append("mmdet")
+    facts["convertible_to"] = targets
+    return facts
+
+
+def print_facts(facts: Dict[str, Any]) -> None:
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        print(f"{key:<{width}}  {value}")
+
+
+def require_model(info: SourceInfo) -> str:
+    """Every encoder key must belong to a known timm model: the accounting for timm-named files."""
+    if not info.model:
+        raise KeyAccountingError("cannot tell which timm model these weights belong to (the file has no config "
+                                 "and matches none of the common models); pass --model NAME")
+    problems = check_against_model(info.encoder, info.model, info.model_kwargs)
+    if problems:
+        raise KeyAccountingError(f"the weights do not fit timm '{info.model}' (model from {info.model_from}): "
+                                 + "; ".join(problems))
+    return info.model
+
+
+def write_timm(info: SourceInfo, target: Path) -> Dict[str, Any]:
+    save_atomic({k: v.detach().cpu() for k, v in info.encoder.items()}, target)
+    return {"written": str(target), "tensors": len(info.encoder), "converted": len(info.encoder)}
+
+
+def write_sparkmim(info: SourceInfo, target: Path) -> Dict[str, Any]:
+    """Whole-model weights when the source has a decoder (reference release or ours), else the
+    encoder-only checkpoint (which is a timm state dict)."""
+    if not info.has_decoder:
+        logger.info("the source has no decoder: writing the encoder-only checkpoint (timm names)")
+        return write_timm(info, target)
+    config = dict(info.spark_config)
+    if "reference" in config:
+        from sparkmim.convert import build_kwargs_from_reference_config
+
+        config = build_kwargs_from_reference_config(config.pop("reference"))
+    config["model"] = info.model
+    payload = {"format": WEIGHTS_FORMAT, "model": {k: v.detach().cpu() for k, v in info.spark_state.items()},
+               "config": {k: config[k] for k in ("model", "input_size", "mask_ratio", "decoder_width",
+                                                 "densify_norm") if k in config}}
+    save_atomic(payload, target)
+    return {"written": str(target), "tensors": len(payload["model"]), "converted": len(payload["model"])}
+
+
+def write_d2(info: SourceInfo, target: Path) -> Dict[str, Any]:
+    from sparkmim.downstream_d2.convert import timm_resnet_to_d2, write_pkl
+
+    if target.suffix != ".pkl":
+        raise UsageError(f"Detectron2 reads converted weights from a '.pkl' file; name the target e.g. {target.with_suffix('.pkl')}")
+    conversion = timm_resnet_to_d2(info.encoder)
+    info.report.dropped.extend(conversion.dropped)
+    write_pkl(conversion, target)
+    return {"written": str(target), "tensors": len(conversion.model), "converted": len(conversion.renamed)}
+
+
+def write_mmdet(info: SourceInfo, target: Path) -> Dict[str, Any]:
+    """The MMDetection converter: mmpretrain ConvNeXt names under ``backbone.`` (mmengine's
+    ``Pretrained`` initialiser layout)."""
+    if not checks.installed("sparkmim.downstream_mmdet.convert"):
+        raise UsageError("the MMDetection converter (sparkmim.downstream_mmdet.convert) is not available in "
+                         "this installation; --to mmdet needs it")
+    from sparkmim.downstream_mmdet.convert import timm_convnext_to_mmpretrain, write_checkpoint
+
+    conversion = timm_convnext_to_mmpretrain(info.encoder)
+    info.report.dropped.extend(conversion.dropped)
+    info.report.notes.extend(conversion.notes)
+    write_checkpoint(conversion, target)
+    return {"written": str(target), "tensors": len(conversion.backbone), "converted": len(conversion.renamed)}
+
+
+def run_check(to: str, info: SourceInfo, target: Path) -> checks.CheckResult:
+    if to in ("timm", "sparkmim"):
+        if to == "sparkmim" and info.has_decoder:
+            return check_sparkmim(target)
+        return checks.check_timm(info.encoder, info.model, info.model_kwargs)
+    if to == "d2":
+        return checks.check_d2(target, info.model)
+    from sparkmim.utils.checkpoint import unwrap_state_dict
+
+    return checks.check_mmdet(unwrap_state_dict(load_file(target)), info.model)
+
+
+def check_sparkmim(target: Path) -> checks.CheckResult:
+    """Rebuild the SparK model from the written file's config and load every tensor."""
+    from sparkmim import build_spark
+    from sparkmim.convert import load_state_dict_checked
+
+    payload = load_file(target)
+    config = payload["config"]
+    spark = build_spark(config["model"], **{k: v for k, v in config.items() if k != "model"})
+    try:
+        load_state_dict_checked(spark, payload["model"], f"{target}")
+    except KeyAccountingError as error:
+        return checks.CheckResult("failed", str(error))
+    return checks.CheckResult("ok", f"loaded into a sparkmim SparK({config['model']}) built from the file's config")
+
+
+def convert(args: argparse.Namespace) -> int:
+    obj = load_source(args.source, args.allow_unsafe)
+    if isinstance(obj, dict) and obj.get("matching_heuristics") is not None:
+        raise UsageError(f"{args.source} is a Detectron2 .pkl (an output format); convert the original checkpoint")
+    try:
+        info = recognise(obj, args.model)
+    except ValueError as error:
+        raise UsageError(f"{args.source} is not a checkpoint this tool knows ({error})") from error
+    info.model_kwargs.update(_model_kwargs(args.model_kwargs))
+    logger.info("%s: %s", args.source, info.description)
+    model = require_model(info)
+    if args.to == "d2" and not model.startswith("resnet"):
+        raise UsageError(f"--to d2 converts ResNets (Detectron2's ResNet backbone); this file is a {model}")
+    if args.to == "mmdet" and "convnext" not in model:
+        raise UsageError(f"--to mmdet converts ConvNeXts (mmpretrain's ConvNeXt backbone); this file is a {model}")
+    args.target.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"timm": write_timm, "d2": write_d2, "mmdet": write_mmdet, "sparkmim": write_sparkmim}[args.to]
+    written = writer(info, args.target)
+    report = {"source": str(args.source), "format": info.format, "model": model, "model_from": info.model_from,
+              "to": args.to, "dropped": sorted(set(info.report.dropped)), "errors": [], **written,
+              "notes": [n for n in info.report.notes if "per-stage" in n]}
+    status = 0
+    if args.check:
+        result = run_check(args.to, info, args.target)
+        report["check"] = {"status": result.status, "message": result.message}
+        status = 1 if result.status == "failed" else 0
+    print_report(report, args.json)
+    return status
+
+
+def print_report(report: Dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    dropped: List[str] = report["dropped"]
+    lines = [f"source     {report['source']}  [{report['format']}]",
+             f"model      {report['model']}  (from {report['model_from']})",
+             f"target     {report['written']}  [--to {report['to']}, {report['tensors']} tensors]",
+             f"converted  {report['converted']} keys",
+             f"dropped    {len(dropped)} keys" + (f": {', '.join(dropped[:10])}" + (" ..." if len(dropped) > 10 else "")
+                                                 if dropped else ""),
+             "errors     none"]
+    lines += [f"note       {note}" for note in report.get("notes", [])]
+    if "check" in report:
+        lines.append(f"check      {report['check']['status']}: {report['check']['message']}")
+    print("\n".join(lines))
+
+
+def inspect(args: argparse.Namespace) -> int:
+    obj = load_source(args.inspect, args.allow_unsafe)
+    info = None
+    if not (isinstance(obj, dict) and obj.get("matching_heuristics") is not None):
+        try:
+            info = recognise(obj, args.model)
+        except ValueError as error:
+            raise UsageError(f"{args.inspect} is not a checkpoint this tool knows ({error})") from error
+        info.model_kwargs.update(_model_kwargs(args.model_kwargs))
+    facts = describe(args.inspect, obj, info, args.model)
+    if args.json:
+        print(json.dumps(facts, indent=2, default=str))
+    else:
+        print_facts(facts)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.inspect is None and (args.source is None or args.target is None or args.to is None):
+        parser.error("give SRC DST --to FORMAT, or --inspect FILE")
+    try:
+        return inspect(args) if args.inspect is not None else convert(args)
+    except UsageError as error:
+        print(f"spark-convert: error: {error}", file=sys.stderr)
+        return 2
+    except KeyAccountingError as error:
+        print(f"spark-convert: key accounting failed: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

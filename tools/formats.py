@@ -1,0 +1,223 @@
+"""Recognise what a loaded checkpoint object is, and bring its encoder weights to timm names.
+
+The core's :func:`sparkmim.convert.load_encoder_state_dict` does the conversions it knows (our
+checkpoints, the reference releases); this module adds the recognition step the converter CLI needs
+(which layout, which timm model, is there a decoder) and the one layout the core does not read:
+torchvision's ConvNeXt (torchvision's ResNet already uses timm's names)."""
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from sparkmim.convert import (CLASSIFIER_PREFIXES, ConversionReport, KeyAccountingError,
+                              load_encoder_state_dict, spark_state_from_reference)
+from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
+
+# format names (stable strings, shown to users and used by tests)
+SPARKMIM_FULL = "sparkmim-pretrain"        # our resumable pre-training checkpoint
+SPARKMIM_WEIGHTS = "sparkmim-weights"      # our whole-model weights file (spark-convert --to sparkmim)
+SPARKMIM_FINETUNED = "sparkmim-finetune"   # a spark-finetune checkpoint (classifier trained)
+REFERENCE_WITH_DECODER = "reference-withdecoder-spark-style"
+FB_CONVNEXT = "facebookresearch-convnext"  # the reference's *_official_style.pth
+TORCHVISION_CONVNEXT = "torchvision-convnext"
+TIMM = "timm"                              # timm names: our encoder-only file, *_timm_style.pth, torchvision ResNet
+
+DESCRIPTIONS = {
+    SPARKMIM_FULL: "sparkmim full pre-training checkpoint (SparK model with decoder, optimizer, config)",
+    SPARKMIM_WEIGHTS: "sparkmim SparK model weights (encoder, densify layers and decoder, with config)",
+    SPARKMIM_FINETUNED: "spark-finetune checkpoint (fine-tuned classifier network)",
+    REFERENCE_WITH_DECODER: "SparK reference release *_withdecoder_1kpretrained_spark_style.pth (whole model)",
+    FB_CONVNEXT: "ConvNeXt in facebookresearch names (the reference release *_1kpretrained_official_style.pth)",
+    TORCHVISION_CONVNEXT: "torchvision ConvNeXt state dict",
+    TIMM: "timm-named state dict (our encoder-only checkpoint, the reference *_1kpretrained_timm_style.pth, "
+          "a timm model, or a torchvision ResNet, whose names equal timm's)",
+}
+
+WEIGHTS_FORMAT = SPARKMIM_WEIGHTS
+
+# timm models tried when a state dict does not say which model it belongs to
+CANDIDATE_MODELS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200",
+    "resnet26", "resnet50d", "resnet101d", "resnet152d", "resnet200d",
+    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
+    "convnext_base", "convnext_large", "convnext_xlarge",
+    "convnextv2_atto", "convnextv2_nano", "convnextv2_tiny", "convnextv2_base", "convnextv2_large",
+    "test_resnet", "test_convnext",
+)
+
+
+@dataclass
+class SourceInfo:
+    """What a checkpoint is: its layout, the timm model (when known) and what it carries."""
+
+    format: str
+    encoder: Dict[str, torch.Tensor]
+    report: ConversionReport
+    model: Optional[str] = None
+    model_from: str = ""                     # where the model name came from (config, matching, --model)
+    spark_state: Optional[Dict[str, torch.Tensor]] = None   # whole SparK model in sparkmim names, if any
+    spark_config: Dict[str, Any] = field(default_factory=dict)
+    classifier: List[str] = field(default_factory=list)     # classifier keys found (dropped)
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.format]
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.spark_state is not None
+
+
+# --- torchvision ConvNeXt -------------------------------------------------------------------------
+
+_TV_CONVNEXT_RULES: Sequence[Tuple[str, str]] = (
+    (r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
+    (r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", "conv_dw"),
+    (r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", "norm"),
+    (r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", "mlp.fc1"),
+    (r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", "mlp.fc2"),
+    (r"features\.(\d+)\.(\d+)\.layer_scale", "gamma"),
+    (r"features\.(\d+)\.([01])\.(weight|bias)", "downsample"),
+    (r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
+    (r"classifier\.2\.(weight|bias)", r"head.fc.\1"),
+)
+
+
+def is_torchvision_convnext(keys) -> bool:
+    return any(re.fullmatch(r"features\.\d+\.\d+\.block\.0\.weight", k) for k in keys)
+
+
+def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+    """torchvision ``features.<i>`` numbering: odd i = stage (i-1)/2 blocks, even i > 0 = the
+    downsampling (LayerNorm, conv) in front of stage i/2."""
+    out: Dict[str, torch.Tensor] = {}
+    report, unmapped = ConversionReport(), []
+    for key, value in state.items():
+        for pattern, target in _TV_CONVNEXT_RULES:
+            match = re.fullmatch(pattern, key)
+            if not match:
+                continue
+            if target.startswith(("stem", "head")):
+                new_key = match.expand(target)
+            elif target == "downsample":
+                index = int(match[1])
+                if index % 2 or index == 0:
+                    continue
+                new_key = f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
+            else:
+                index = int(match[1])
+                if index % 2 == 0:
+                    continue
+                suffix = "" if target == "gamma" else f".{match[3]}"
+                new_key = f"stages.{(index - 1) // 2}.blocks.{match[2]}.{target}{suffix}"
+                if target == "gamma":
+                    value = value.reshape(-1)  # torchvision stores it as (C, 1, 1)
+            out[new_key] = value
+            report.converted.append(key)
+            break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        shown = ", ".join(sorted(unmapped)[:12])
+        raise KeyAccountingError(f"torchvision ConvNeXt -> timm: {len(unmapped)} key(s) cannot be mapped: {shown}")
+    return out, report
+
+
+# --- model identification -------------------------------------------------------------------------
+
+def _model_shapes(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Tuple[int, ...]]:
+    """Key -> shape of a timm model, built on the meta device (no memory, no init cost)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **dict(model_kwargs or {}))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _without_classifier(keys) -> set:
+    return {k for k in keys if not k.startswith(CLASSIFIER_PREFIXES)}
+
+
+def check_against_model(encoder: Mapping[str, torch.Tensor], model: str,
+                        model_kwargs: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Problems (missing / unexpected / wrong shape) of timm-named encoder weights for ``model``;
+    the classifier may be absent, BatchNorm batch counters too."""
+    shapes = _model_shapes(model, model_kwargs)
+    expected = _without_classifier(shapes)
+    problems = []
+    missing = sorted(k for k in expected - set(encoder) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(encoder) - set(shapes))
+    wrong = sorted(f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in encoder.items()
+                   if k in shapes and tuple(v.shape) != shapes[k])
+    if missing:
+        problems.append(f"missing for {model}: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"not in {model}: " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
+    if wrong:
+        problems.append("shape mismatch (file vs model): " + ", ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    return problems
+
+
+def identify_model(encoder: Mapping[str, torch.Tensor], candidates: Sequence[str] = CANDIDATE_MODELS) -> Optional[str]:
+    """The first candidate timm model whose keys and shapes the weights fill exactly."""
+    keys = set(encoder)
+    for name in candidates:
+        shapes = _model_shapes(name)
+        wanted = {k for k in _without_classifier(shapes) if not k.endswith("num_batches_tracked")}
+        if not wanted <= keys or not keys <= set(shapes):
+            continue
+        if all(tuple(encoder[k].shape) == shapes[k] for k in keys):
+            return name
+    return None
+
+
+# --- recognition ----------------------------------------------------------------------------------
+
+def _spark_model_name(config: Mapping[str, Any]) -> Optional[str]:
+    name = config.get("model")
+    return str(name) if isinstance(name, str) and name else None
+
+
+def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
+    """Classify a loaded checkpoint object and extract timm-named encoder weights from it.
+
+    ``model`` (a timm name) overrides what the file says; otherwise the name comes from the file's
+    config or from matching the weights against :data:`CANDIDATE_MODELS`."""
+    if isinstance(obj, Mapping) and obj.get("format") in (SPARKMIM_FULL, SPARKMIM_WEIGHTS):
+        config = dict(obj.get("config") or {})
+        encoder, report = load_encoder_state_dict({"model": obj["model"]})
+        info = SourceInfo(obj["format"], encoder, report, spark_state=dict(obj["model"]), spark_config=config)
+        info.model, info.model_from = _spark_model_name(config), "the checkpoint's config"
+    elif isinstance(obj, Mapping) and "arch" in obj and "classes" in obj and isinstance(obj.get("model"), Mapping):
+        encoder, report = load_encoder_state_dict({"model": obj["model"]})
+        info = SourceInfo(SPARKMIM_FINETUNED, encoder, report)
+        info.model, info.model_from = str(obj["arch"]), "the checkpoint's record"
+        info.model_kwargs = dict((obj.get("config") or {}).get("model_kwargs") or {})
+    else:
+        state = strip_prefix(unwrap_state_dict(obj), "module.")
+        if any(k.startswith("sparse_encoder.sp_cnn.") for k in state):
+            spark_state, ref_report, config = spark_state_from_reference(obj)
+            encoder, report = load_encoder_state_dict(obj)
+            info = SourceInfo(REFERENCE_WITH_DECODER, encoder, report, spark_state=spark_state,
+                              spark_config={"reference": config})
+        elif any(k.startswith("downsample_layers.") for k in state):
+            encoder, report = load_encoder_state_dict(obj)
+            info = SourceInfo(FB_CONVNEXT, encoder, report)
+        elif is_torchvision_convnext(state):
+            renamed, report = torchvision_convnext_to_timm(state)
+            encoder, inner = load_encoder_state_dict(renamed)
+            report.dropped.extend(inner.dropped)
+            report.notes.append("torchvision ConvNeXt names")
+            info = SourceInfo(TORCHVISION_CONVNEXT, encoder, report)
+        else:
+            encoder, report = load_encoder_state_dict(obj)
+            info = SourceInfo(TIMM, encoder, report)
+    info.classifier = [k for k in info.report.dropped if k.startswith(CLASSIFIER_PREFIXES)]
+    if model:
+        info.model, info.model_from = model, "--model"
+    elif info.model is None:
+        info.model = identify_model(info.encoder)
+        info.model_from = "matching the weights against timm models" if info.model else ""
+    return info
