@@ -11,7 +11,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from sparkmim.convert import CLASSIFIER_PREFIXES, KeyAccountingError, load_state_dict_checked
+from sparkmim.convert import KeyAccountingError, load_state_dict_checked
+
+from .formats import OPTIONAL_PREFIXES
 
 
 @dataclass
@@ -32,7 +34,7 @@ def check_timm(encoder: Mapping[str, torch.Tensor], model: str,
     net = timm.create_model(model, pretrained=False, **dict(model_kwargs or {}))
     try:
         load_state_dict_checked(net, encoder, f"weights for {model}",
-                                allowed_missing=CLASSIFIER_PREFIXES + ("num_batches_tracked",))
+                                allowed_missing=OPTIONAL_PREFIXES)
     except KeyAccountingError as error:
         return CheckResult("failed", str(error))
     missing = sorted(k for k in net.state_dict() if k not in encoder)

@@ -36,15 +36,24 @@ DESCRIPTIONS = {
 
 WEIGHTS_FORMAT = SPARKMIM_WEIGHTS
 
-# timm models tried when a state dict does not say which model it belongs to
-CANDIDATE_MODELS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200",
-    "resnet26", "resnet50d", "resnet101d", "resnet152d", "resnet200d",
-    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
-    "convnext_base", "convnext_large", "convnext_xlarge",
-    "convnextv2_atto", "convnextv2_nano", "convnextv2_tiny", "convnextv2_base", "convnextv2_large",
-    "test_resnet", "test_convnext",
-)
+# keys a pre-trained encoder file may lack: the classifier and a classifier-side norm (ConvNeXt's
+# head.norm, absent from the reference's encoders: the feature forward never runs it)
+OPTIONAL_PREFIXES = tuple(CLASSIFIER_PREFIXES) + ("head.norm.",)
+
+# the layouts of the common ResNets ((blocks per stage), bottleneck) and ConvNeXts ((blocks), stem width)
+RESNET_BLOCKS = {
+    ((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((2, 2, 2, 2), True): "resnet26",
+    ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152",
+    ((3, 24, 36, 3), True): "resnet200",
+}
+CONVNEXT_LAYOUT = {
+    ((2, 2, 6, 2), 40): "convnext_atto", ((2, 2, 6, 2), 48): "convnext_femto", ((2, 2, 6, 2), 64): "convnext_pico",
+    ((2, 2, 8, 2), 80): "convnext_nano", ((3, 3, 9, 3), 96): "convnext_tiny", ((3, 3, 27, 3), 96): "convnext_small",
+    ((3, 3, 27, 3), 128): "convnext_base", ((3, 3, 27, 3), 192): "convnext_large",
+    ((3, 3, 27, 3), 256): "convnext_xlarge",
+}
+# tried in turn when the layout suggests nothing (or the suggestion does not fit): timm's tiny test models
+CANDIDATE_MODELS = ("test_resnet", "test_convnext", "test_convnext2", "test_convnext3")
 
 
 @dataclass
@@ -136,16 +145,12 @@ def _model_shapes(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _without_classifier(keys) -> set:
-    return {k for k in keys if not k.startswith(CLASSIFIER_PREFIXES)}
-
-
 def check_against_model(encoder: Mapping[str, torch.Tensor], model: str,
                         model_kwargs: Optional[Mapping[str, Any]] = None) -> List[str]:
     """Problems (missing / unexpected / wrong shape) of timm-named encoder weights for ``model``;
     the classifier may be absent, BatchNorm batch counters too."""
     shapes = _model_shapes(model, model_kwargs)
-    expected = _without_classifier(shapes)
+    expected = {k for k in shapes if not k.startswith(OPTIONAL_PREFIXES)}
     problems = []
     missing = sorted(k for k in expected - set(encoder) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(encoder) - set(shapes))
@@ -160,12 +165,45 @@ def check_against_model(encoder: Mapping[str, torch.Tensor], model: str,
     return problems
 
 
+def _blocks_per_stage(keys, pattern: str) -> Tuple[int, ...]:
+    counts: Dict[int, set] = {}
+    for key in keys:
+        match = re.match(pattern, key)
+        if match:
+            counts.setdefault(int(match[1]), set()).add(int(match[2]))
+    return tuple(len(counts[i]) for i in sorted(counts))
+
+
+def guess_model(encoder: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """A timm name from the layout alone (block counts, widths), without building models."""
+    keys = list(encoder)
+    if "conv1.weight" in encoder or "conv1.0.weight" in encoder:
+        blocks = _blocks_per_stage(keys, r"layer(\d)\.(\d+)\.")
+        bottleneck = any(k.endswith(".conv3.weight") for k in keys)
+        name = RESNET_BLOCKS.get((blocks, bottleneck))
+        return f"{name}d" if name and "conv1.0.weight" in encoder else name
+    if "stem.0.weight" in encoder and any(k.startswith("stages.0.blocks.") for k in keys):
+        blocks = _blocks_per_stage(keys, r"stages\.(\d)\.blocks\.(\d+)\.")
+        width = int(encoder["stem.0.weight"].shape[0])
+        name = CONVNEXT_LAYOUT.get((blocks, width))
+        if name and any(".grn." in k for k in keys):
+            name = name.replace("convnext_", "convnextv2_")
+        return name
+    return None
+
+
 def identify_model(encoder: Mapping[str, torch.Tensor], candidates: Sequence[str] = CANDIDATE_MODELS) -> Optional[str]:
-    """The first candidate timm model whose keys and shapes the weights fill exactly."""
+    """The timm model whose keys and shapes the weights fill exactly: first the name the layout
+    suggests, then each candidate in turn (models are built on the meta device, no memory used)."""
+    guess = guess_model(encoder)
+    ordered = ([guess] if guess else []) + [c for c in candidates if c != guess]
     keys = set(encoder)
-    for name in candidates:
-        shapes = _model_shapes(name)
-        wanted = {k for k in _without_classifier(shapes) if not k.endswith("num_batches_tracked")}
+    for name in ordered:
+        try:
+            shapes = _model_shapes(name)
+        except RuntimeError:  # a name this timm version does not know
+            continue
+        wanted = {k for k in shapes if not k.startswith(OPTIONAL_PREFIXES) and not k.endswith("num_batches_tracked")}
         if not wanted <= keys or not keys <= set(shapes):
             continue
         if all(tuple(encoder[k].shape) == shapes[k] for k in keys):
@@ -202,6 +240,8 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(REFERENCE_WITH_DECODER, encoder, report, spark_state=spark_state,
                               spark_config={"reference": config})
+            if isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
+                info.model, info.model_from = obj["arch"], "the release's 'arch' entry"
         elif any(k.startswith("downsample_layers.") for k in state):
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(FB_CONVNEXT, encoder, report)

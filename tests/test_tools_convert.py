@@ -1,0 +1,232 @@
+"""spark-convert: every source layout is recognised and converted with its keys accounted for.
+
+The source files are made here from real timm/torchvision models and real SparK models, in the
+layouts our pipelines and the reference release write."""
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+from sparkmim import build_spark
+from sparkmim.convert import convnext_timm_to_fb
+from sparkmim.tools.convert import main
+
+DECODER_TO_REFERENCE = [
+    (r"decoder\.stages\.(\d+)\.upsample\.", r"dense_decoder.dec.\1.up_sample."),
+    (r"decoder\.stages\.(\d+)\.conv1\.", r"dense_decoder.dec.\1.conv.0."),
+    (r"decoder\.stages\.(\d+)\.bn1\.", r"dense_decoder.dec.\1.conv.1."),
+    (r"decoder\.stages\.(\d+)\.conv2\.", r"dense_decoder.dec.\1.conv.3."),
+    (r"decoder\.stages\.(\d+)\.bn2\.", r"dense_decoder.dec.\1.conv.4."),
+    (r"decoder\.proj\.", r"dense_decoder.proj."),
+]
+
+
+def reference_release(spark, arch: str, input_size: int) -> dict:
+    """A SparK model in the reference's ``*_withdecoder_1kpretrained_spark_style.pth`` layout."""
+    state = spark.state_dict()
+    encoder = {k[len("encoder.model."):]: v for k, v in state.items()
+               if k.startswith("encoder.model.") and not k.startswith("encoder.model.head.")}
+    if "convnext" in arch:
+        encoder, _ = convnext_timm_to_fb(encoder)
+    module = {f"sparse_encoder.sp_cnn.{k}": v for k, v in encoder.items()}
+    for key, value in state.items():
+        if not key.startswith("encoder."):
+            for pattern, target in DECODER_TO_REFERENCE:
+                key = re.sub(pattern, target, key)
+            module[key] = value
+    module.update(imn_m=torch.zeros(1, 3, 1, 1), imn_s=torch.ones(1, 3, 1, 1), norm_black=torch.zeros(1, 3, 8, 8))
+    module["config"] = {"mask_ratio": spark.mask_ratio, "densify_norm_str": spark.densify_norm, "sbn": False,
+                        "hierarchy": 4, "sparse_encoder.input_size": input_size,
+                        "dense_decoder.width": spark.decoder.width}
+    return {"module": module, "arch": arch, "input_size": input_size, "epoch": 1599, "is_pretrain": True}
+
+
+def our_full_checkpoint(spark, model: str, path: Path) -> Path:
+    from sparkmim.pretrain.checkpointing import gather_rng_states, save_full
+
+    optimizer = torch.optim.SGD(spark.parameters(), lr=0.1)
+    config = {"model": model, "input_size": list(spark.input_size), "mask_ratio": spark.mask_ratio,
+              "decoder_width": spark.decoder.width, "densify_norm": "auto"}
+    return save_full(path, model_state=spark.state_dict(), optimizer=optimizer, scaler=None, epoch=1, step=4,
+                     rng=gather_rng_states(), sampler={"step": 4}, config=config)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One file per supported source layout."""
+    root = tmp_path_factory.mktemp("convert")
+    torch.manual_seed(0)
+    spark = build_spark("test_resnet", input_size=64, decoder_width=32)
+    our_full_checkpoint(spark, "test_resnet", root / "checkpoint_last.pth")
+    torch.save(spark.encoder.model.state_dict(), root / "test_resnet_encoder_timm.pth")
+    torch.save(reference_release(spark, "test_resnet", 64), root / "res_withdecoder_1kpretrained_spark_style.pth")
+    resnet18 = timm.create_model("resnet18").state_dict()
+    torch.save({k: v for k, v in resnet18.items() if not k.startswith("fc.")},
+               root / "resnet18_1kpretrained_timm_style.pth")
+    cnx = timm.create_model("test_convnext").state_dict()
+    fb, _ = convnext_timm_to_fb({k: v for k, v in cnx.items() if not k.startswith("head.")})
+    torch.save({"module": fb}, root / "cnx_1kpretrained_official_style.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), root / "torchvision_resnet18.pth")
+    torch.save(torchvision.models.convnext_tiny().state_dict(), root / "torchvision_convnext_tiny.pth")
+    return root
+
+
+def inspect(path: Path, capsys, *extra: str) -> dict:
+    assert main(["--inspect", str(path), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name, fmt, model, decoder", [
+    ("checkpoint_last.pth", "sparkmim-pretrain", "test_resnet", True),
+    ("test_resnet_encoder_timm.pth", "timm", "test_resnet", False),
+    ("res_withdecoder_1kpretrained_spark_style.pth", "reference-withdecoder-spark-style", "test_resnet", True),
+    ("resnet18_1kpretrained_timm_style.pth", "timm", "resnet18", False),
+    ("cnx_1kpretrained_official_style.pth", "facebookresearch-convnext", "test_convnext", False),
+    ("torchvision_resnet18.pth", "timm", "resnet18", False),
+    ("torchvision_convnext_tiny.pth", "torchvision-convnext", "convnext_tiny", False),
+])
+def test_inspect_recognises_each_layout(files, capsys, name, fmt, model, decoder):
+    facts = inspect(files / name, capsys)
+    assert (facts["format"], facts["model"], facts["has_decoder"], facts["fits_model"]) == (fmt, model, decoder, True)
+
+
+@pytest.mark.parametrize("name, model", [
+    ("checkpoint_last.pth", "test_resnet"), ("res_withdecoder_1kpretrained_spark_style.pth", "test_resnet"),
+    ("cnx_1kpretrained_official_style.pth", "test_convnext"), ("torchvision_resnet18.pth", "resnet18"),
+])
+def test_to_timm_loads_into_timm_with_only_the_head_missing(files, tmp_path, capsys, name, model):
+    target = tmp_path / "out.pth"
+    assert main([str(files / name), str(target), "--to", "timm", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "check      ok" in out and "errors     none" in out
+    state = torch.load(target, weights_only=True)
+    net = timm.create_model(model)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("fc.", "head.")) for k in missing), missing
+
+
+def test_converted_values_are_the_source_values(files, tmp_path):
+    """torchvision ConvNeXt -> timm: same forward output as torchvision's own model."""
+    torch.manual_seed(0)
+    source = torchvision.models.convnext_tiny().eval()
+    torch.save(source.state_dict(), tmp_path / "tv.pth")
+    assert main([str(tmp_path / "tv.pth"), str(tmp_path / "timm.pth"), "--to", "timm"]) == 0
+    net = timm.create_model("convnext_tiny").eval()
+    state = torch.load(tmp_path / "timm.pth", weights_only=True)
+    net.load_state_dict({**state, "head.fc.weight": source.classifier[2].weight,
+                         "head.fc.bias": source.classifier[2].bias})
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(images), source(images), rtol=1e-4, atol=1e-4)
+
+
+def test_report_lists_dropped_keys_of_a_full_checkpoint(files, tmp_path, capsys):
+    assert main([str(files / "checkpoint_last.pth"), str(tmp_path / "enc.pth"), "--to", "timm", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == [] and report["converted"] == len(torch.load(tmp_path / "enc.pth", weights_only=True))
+    assert any(k.startswith("decoder.") for k in report["dropped"])
+    assert any(k.startswith("mask_tokens.") for k in report["dropped"])
+
+
+def test_to_sparkmim_imports_the_reference_whole_model(files, tmp_path, capsys):
+    target = tmp_path / "spark_weights.pth"
+    assert main([str(files / "res_withdecoder_1kpretrained_spark_style.pth"), str(target), "--to", "sparkmim",
+                 "--check"]) == 0
+    assert "check      ok: loaded into a sparkmim SparK(test_resnet)" in capsys.readouterr().out
+    payload = torch.load(target, weights_only=True)
+    assert payload["format"] == "sparkmim-weights" and payload["config"]["model"] == "test_resnet"
+    assert payload["config"]["input_size"] == 64 and payload["config"]["decoder_width"] == 32
+    assert inspect(target, capsys)["format"] == "sparkmim-weights"
+
+
+def test_unknown_key_is_an_error_naming_it(files, tmp_path, capsys):
+    state = torch.load(files / "resnet18_1kpretrained_timm_style.pth", weights_only=True)
+    state["layer9.0.conv1.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "odd.pth")
+    assert main([str(tmp_path / "odd.pth"), str(tmp_path / "out.pth"), "--to", "timm", "--model", "resnet18"]) == 1
+    assert "layer9.0.conv1.weight" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+    # without --model, weights that match no known model must not be written blindly either
+    assert main([str(tmp_path / "odd.pth"), str(tmp_path / "out.pth"), "--to", "timm"]) == 1
+    assert "pass --model" in capsys.readouterr().err
+
+
+def test_unknown_convnext_key_is_reported(files, tmp_path, capsys):
+    fb = torch.load(files / "cnx_1kpretrained_official_style.pth", weights_only=True)["module"]
+    fb["stages.0.0.extra_scale"] = torch.ones(3)
+    torch.save(fb, tmp_path / "odd_cnx.pth")
+    assert main([str(tmp_path / "odd_cnx.pth"), str(tmp_path / "out.pth"), "--to", "timm"]) == 1
+    assert "stages.0.0.extra_scale" in capsys.readouterr().err
+
+
+def test_unsafe_file_needs_the_explicit_flag(files, tmp_path, capsys):
+    state = torch.load(files / "resnet18_1kpretrained_timm_style.pth", weights_only=True)
+    torch.save({"state_dict": state, "args": argparse_namespace()}, tmp_path / "unsafe.pth")
+    assert main([str(tmp_path / "unsafe.pth"), str(tmp_path / "out.pth"), "--to", "timm"]) == 2
+    assert "--allow-unsafe" in capsys.readouterr().err
+    assert main([str(tmp_path / "unsafe.pth"), str(tmp_path / "out.pth"), "--to", "timm", "--allow-unsafe"]) == 0
+
+
+def argparse_namespace():
+    import argparse
+
+    return argparse.Namespace(lr=0.1)  # an arbitrary class: weights-only unpickling refuses it
+
+
+def test_to_d2_writes_a_detectron2_pkl(files, tmp_path, capsys):
+    target = tmp_path / "r18.pkl"
+    assert main([str(files / "torchvision_resnet18.pth"), str(target), "--to", "d2"]) == 0
+    with target.open("rb") as handle:
+        payload = pickle.load(handle)
+    assert payload["matching_heuristics"] is True
+    assert isinstance(payload["model"]["res2.0.conv1.weight"], np.ndarray)
+    assert len(payload["model"]) == 120  # 20 convs x (weight + 5 BN tensors), classifier dropped
+    capsys.readouterr()
+    assert inspect(target, capsys)["format"] == "detectron2-pkl"
+    assert main([str(files / "cnx_1kpretrained_official_style.pth"), str(tmp_path / "x.pkl"), "--to", "d2"]) == 2
+    assert "ResNets" in capsys.readouterr().err
+
+
+def test_d2_check_loads_into_mask_rcnn(tmp_path, capsys):
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed (installed from source); --check "
+                                             "for d2 cannot load into Mask R-CNN here")
+    torch.save(timm.create_model("resnet50").state_dict(), tmp_path / "r50.pth")
+    assert main([str(tmp_path / "r50.pth"), str(tmp_path / "r50.pkl"), "--to", "d2", "--check"]) == 0
+    assert "check      ok: loaded into Detectron2 Mask R-CNN R50-FPN" in capsys.readouterr().out
+
+
+def test_to_mmdet_uses_the_mmdetection_converter(files, tmp_path, capsys):
+    pytest.importorskip("sparkmim.downstream_mmdet.convert", reason="the MMDetection converter is not in this tree")
+    target = tmp_path / "cnx_mmdet.pth"
+    assert main([str(files / "cnx_1kpretrained_official_style.pth"), str(target), "--to", "mmdet", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "per-stage output norms" in out and re.search(r"check      (ok|skipped)", out)
+    state = torch.load(target, weights_only=True)["state_dict"]
+    assert "backbone.downsample_layers.0.0.weight" in state
+    assert main([str(files / "torchvision_resnet18.pth"), str(tmp_path / "x.pth"), "--to", "mmdet"]) == 2
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.pth"), str(tmp_path / "o.pth"), "--to", "timm"]) == 2
+    assert "file not found" in capsys.readouterr().err
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    assert main(["--inspect", str(tmp_path / "text.pth")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "o.pth")])  # no target, no --to
+
+
+def test_console_entry_point_runs(files):
+    result = subprocess.run([sys.executable, "-m", "sparkmim.tools.convert", "--inspect",
+                             str(files / "resnet18_1kpretrained_timm_style.pth")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"model\s+resnet18", result.stdout)
