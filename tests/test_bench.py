@@ -1,0 +1,125 @@
+"""spark-bench: the naive oracle agrees with SparK, the dense floor is dense, and every subcommand runs.
+
+Tiny timm models on CPU; no speed assertions (timings on a shared machine prove nothing)."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sparkmim import build_spark
+from sparkmim.sparse.norms import SparseBatchNorm2d
+from sparkmim.tools import bench
+from sparkmim.tools.bench_dense import build_dense
+from sparkmim.tools.bench_naive import NaiveBatchNorm, NaiveSparK, naive_like
+
+TINY = ["--model", "resnet18", "--size", "64", "--batch", "2", "--decoder-width", "64", "--threads", "1"]
+
+
+def _grads(model: nn.Module) -> dict:
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_naive_reference_matches_spark_loss_and_grads(name):
+    torch.manual_seed(0)
+    spark = build_spark(name, input_size=64, decoder_width=64).double().train()
+    naive = naive_like(spark, name).double().train()
+    images = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    active = spark.mask(3, 2, 2, images.device)
+    loss_a = spark(images, active).loss
+    loss_c = naive(images, active)
+    torch.testing.assert_close(loss_c, loss_a, rtol=1e-10, atol=0)
+    loss_a.backward()
+    loss_c.backward()
+    grads_a, grads_c = _grads(spark), _grads(naive)
+    assert set(grads_a) == set(grads_c)
+    for key, grad in grads_a.items():
+        torch.testing.assert_close(grads_c[key], grad, rtol=1e-7, atol=1e-12 * (grad.abs().max().item() + 1), msg=key)
+    # the running statistics of the visible-only BatchNorms move identically
+    state_a, state_c = spark.state_dict(), naive.state_dict()
+    for key in state_a:
+        if key.endswith("running_var"):
+            torch.testing.assert_close(state_c[key], state_a[key], rtol=1e-9, atol=1e-12, msg=key)
+
+
+def test_naive_reference_uses_gather_norms_and_differs_on_another_mask():
+    torch.manual_seed(0)
+    spark = build_spark("resnet18", input_size=64, decoder_width=64).double()
+    naive = naive_like(spark, "resnet18").double()
+    assert isinstance(naive, NaiveSparK)
+    assert any(isinstance(m, NaiveBatchNorm) for m in naive.modules())
+    assert not any(isinstance(m, SparseBatchNorm2d) for m in naive.modules())
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    active = torch.tensor([[True, False], [False, True]]).expand(2, 1, 2, 2)
+    other = ~active
+    assert not torch.allclose(naive(images, active), spark(images, other).loss)
+
+
+def test_dense_floor_is_dense_and_trains():
+    torch.manual_seed(0)
+    floor = build_dense("resnet18", input_size=64, decoder_width=64)
+    assert not any(isinstance(m, (SparseBatchNorm2d, NaiveBatchNorm)) for m in floor.modules())
+    assert floor.densify_norm == "bn"
+    loss = floor(torch.randn(2, 3, 64, 64))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in floor.parameters())
+    with pytest.raises(ValueError, match="multiple of the encoder's stride"):
+        build_dense("resnet18", input_size=70)
+
+
+def test_step_benchmark_runs_all_variants(tmp_path, capsys):
+    out = tmp_path / "step.json"
+    code = bench.main(["step", *TINY, "--warmup", "1", "--steps", "2", "--repeats", "1", "--in-process",
+                       "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "(a) sparkmim SparK" in printed and "(b) dense floor" in printed and "(c) naive reference" in printed
+    payload = json.loads(out.read_text())
+    assert {run["variant"] for run in payload["runs"]} == {"spark", "dense", "naive"}
+    assert all(len(run["step_times_s"]) == 2 and run["median_s"] > 0 for run in payload["runs"])
+    assert set(payload["summary"]["ratios"]) >= {"a/b", "c/a"}
+
+
+def test_step_benchmark_isolated_worker_reports_memory(tmp_path):
+    out = tmp_path / "step.json"
+    code = bench.main(["step", *TINY, "--variants", "b", "--warmup", "0", "--steps", "1", "--repeats", "1",
+                       "--json", str(out)])
+    assert code == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["variant"] == "dense" and run["threads"] == 1
+    assert run["peak_memory_mib"] is None or run["peak_memory_mib"] > 0
+
+
+def test_bad_input_is_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["step", "--variants", "x"])
+    assert bench.main(["step", *TINY, "--precision", "fp32", "--size", "70", "--variants", "a", "--in-process",
+                       "--repeats", "1", "--steps", "1", "--warmup", "0"]) == 2
+    assert "spark-bench: error:" in capsys.readouterr().err
+
+
+def test_profile_compares_spark_with_dense(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert bench.main(["profile", *TINY, "--warmup", "1", "--profile-steps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for variant in ("spark", "dense"):
+        assert set(report[variant]["phases_ms"]) == {"forward", "backward", "optimizer"}
+        assert report[variant]["step_ms"] > 0 and report[variant]["forward_layers_ms"]["BatchNorm"] > 0
+    assert "ATen ops by self CPU time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_end_to_end_runs_spark_pretrain_on_jpegs(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    code = bench.main(["e2e", "--work-dir", str(tmp_path / "work"), "--num-images", "12", "--image-size", "72",
+                       "--model", "resnet18", "--size", "64", "--batch", "4", "--workers", "1", "--threads", "1",
+                       "--warmup", "1", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert len(list((tmp_path / "work" / "images").glob("*.jpg"))) == 12
+    assert report["end_to_end"]["steps"] == 3
+    for part in ("loader", "step", "end_to_end"):
+        assert report[part]["images_per_s"] > 0
+    assert report["verdict"].split()[0] in {"loading-bound", "compute-bound", "contention:"}

@@ -1,0 +1,156 @@
+"""spark-bench: how fast is sparkmim's SparK next to the dense network and a naive masked reference?
+
+Subcommands::
+
+    spark-bench step     time a full training step of (a) sparkmim SparK, (b) the dense floor and
+                         (c) the naive reference, interleaved and repeated; prints images/s, median
+                         step time, peak memory and the ratios a/b and c/a
+    spark-bench profile  torch.profiler of (a) against (b): where the extra time of (a) goes
+    spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
+                         loading or compute bounds it
+
+See docs/benchmarks.md for the measured tables and exact commands.
+"""
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .bench_step import PRECISIONS, VARIANTS, StepConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _add_step_options(parser: argparse.ArgumentParser) -> None:
+    defaults = StepConfig()
+    parser.add_argument("--model", default=defaults.model, help="timm model name (default: resnet50)")
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--size", type=int, default=defaults.size, help="input resolution in pixels")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=defaults.precision)
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps per run")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps per run")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--decoder-width", type=int, default=defaults.decoder_width)
+    parser.add_argument("--drop-path", type=float, default=defaults.drop_path)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def _step_config(args: argparse.Namespace) -> StepConfig:
+    return StepConfig(model=args.model, batch=args.batch, size=args.size, precision=args.precision,
+                      device=args.device, channels_last=args.channels_last, compile=args.compile,
+                      warmup=args.warmup, steps=args.steps, threads=args.threads, seed=args.seed,
+                      decoder_width=args.decoder_width, drop_path=args.drop_path)
+
+
+def _variants(text: str) -> List[str]:
+    aliases = {label: name for name, label in VARIANTS.items()}
+    chosen = [aliases.get(part.strip(), part.strip()) for part in text.split(",") if part.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; use a,b,c or spark,dense,naive")
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spark-bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    step = sub.add_parser("step", help="time a training step of a, b, c (interleaved, repeated)")
+    _add_step_options(step)
+    step.add_argument("--variants", type=_variants, default=list(VARIANTS), help="subset, e.g. a,b (default a,b,c)")
+    step.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the variants")
+    step.add_argument("--in-process", action="store_true",
+                      help="run every variant in this process (faster start; CPU peak memory then reads n/a)")
+    step.add_argument("--json", type=Path, default=None, help="also write all runs and the summary here")
+
+    profile = sub.add_parser("profile", help="torch.profiler of (a) against (b)")
+    _add_step_options(profile)
+    profile.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
+    profile.add_argument("--top", type=int, default=20, help="rows per table")
+    profile.add_argument("--json", type=Path, default=None)
+
+    e2e = sub.add_parser("e2e", help="spark-pretrain end to end on a folder of JPEGs")
+    e2e.add_argument("--data", type=Path, default=None,
+                     help="folder of images (default: generate --num-images JPEGs into --work-dir)")
+    e2e.add_argument("--work-dir", type=Path, required=True, help="where generated images and the run go")
+    e2e.add_argument("--num-images", type=int, default=64)
+    e2e.add_argument("--image-size", type=int, default=320, help="side of the generated JPEGs")
+    e2e.add_argument("--model", default="resnet50")
+    e2e.add_argument("--size", type=int, default=224)
+    e2e.add_argument("--batch", type=int, default=8)
+    e2e.add_argument("--workers", type=int, default=2)
+    e2e.add_argument("--device", default="cpu")
+    e2e.add_argument("--threads", type=int, default=None)
+    e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
+    e2e.add_argument("--json", type=Path, default=None)
+
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--variant", required=True, choices=list(VARIANTS))
+    worker.add_argument("--config-json", required=True)
+    return parser
+
+
+def _write_json(path: Optional[Path], payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
+
+
+def _run_step(args: argparse.Namespace) -> int:
+    from .bench_compare import format_table, run_interleaved, summarise
+    config = _step_config(args)
+    results = run_interleaved(args.variants, config, args.repeats, isolate=not args.in_process)
+    summary = summarise(results)
+    print(format_table(summary, config))
+    _write_json(args.json, {"summary": summary, "runs": results})
+    return 0
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from .bench_profile import format_profile, profile_variants
+    config = _step_config(args)
+    report = profile_variants(config, args.profile_steps)
+    print(format_profile(report, args.top))
+    _write_json(args.json, report)
+    return 0
+
+
+def _run_e2e(args: argparse.Namespace) -> int:
+    from .bench_e2e import E2EConfig, format_e2e, run_e2e
+    config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
+                       image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
+                       workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup)
+    report = run_e2e(config)
+    print(format_e2e(report))
+    _write_json(args.json, report)
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from .bench_compare import WORKER_MARK
+    from .bench_step import measure
+    known = {f.name for f in fields(StepConfig)}
+    config = StepConfig(**{k: v for k, v in json.loads(args.config_json).items() if k in known})
+    print(WORKER_MARK + json.dumps(measure(args.variant, config)), flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    handlers = {"step": _run_step, "profile": _run_profile, "e2e": _run_e2e, "worker": _run_worker}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, RuntimeError) as error:
+        print(f"spark-bench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

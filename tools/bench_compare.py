@@ -1,0 +1,105 @@
+"""Run the step benchmark for several variants, interleaved and repeated, and summarise it.
+
+Why interleaved: on a shared or thermally throttled machine the speed drifts over minutes; running
+a, b, c one after the other within each repeat (rotating the order) and taking ratios per repeat
+makes a/b and c/a robust to that drift. Each run goes to a fresh Python process by default, so peak
+memory is that variant's alone and no allocator cache carries over.
+"""
+import json
+import logging
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict
+from typing import Any, Dict, List, Sequence
+
+from .bench_step import VARIANTS, StepConfig, measure
+
+logger = logging.getLogger(__name__)
+
+WORKER_MARK = "SPARK_BENCH_RESULT "
+
+
+def run_isolated(variant: str, config: StepConfig) -> Dict[str, Any]:
+    """Measure one variant in a fresh Python process (``spark-bench worker``)."""
+    command = [sys.executable, "-m", "sparkmim.tools.bench", "worker", "--variant", variant,
+               "--config-json", json.dumps(asdict(config))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(WORKER_MARK):
+            return json.loads(line[len(WORKER_MARK):])
+    raise RuntimeError(f"benchmark worker for '{variant}' failed (exit {done.returncode}): "
+                       f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}")
+
+
+def run_interleaved(variants: Sequence[str], config: StepConfig, repeats: int,
+                    isolate: bool = True) -> List[Dict[str, Any]]:
+    """All runs, repeat by repeat; the variant order rotates by one each repeat."""
+    results = []
+    for repeat in range(repeats):
+        order = list(variants[repeat % len(variants):]) + list(variants[:repeat % len(variants)])
+        for variant in order:
+            result = run_isolated(variant, config) if isolate else measure(variant, config)
+            result["repeat"] = repeat
+            logger.info("repeat %d/%d %s: median %.4f s", repeat + 1, repeats, variant, result["median_s"])
+            results.append(result)
+    return results
+
+
+def _spread(values: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per variant: spread over repeats of the per-run median step time, images/s and peak memory;
+    ratios a/b and c/a computed within each repeat, then their spread."""
+    by_variant: Dict[str, List[Dict[str, Any]]] = {}
+    for result in results:
+        by_variant.setdefault(result["variant"], []).append(result)
+    batch = results[0]["config"]["batch"]
+    summary: Dict[str, Any] = {"variants": {}, "ratios": {}}
+    for variant, runs in by_variant.items():
+        medians = [run["median_s"] for run in runs]
+        memory = [run["peak_memory_mib"] for run in runs if run["peak_memory_mib"] is not None]
+        summary["variants"][variant] = {
+            "label": VARIANTS[variant], "step_s": _spread(medians),
+            "images_per_s": batch / statistics.median(medians),
+            "peak_memory_mib": statistics.median(memory) if memory else None,
+            "memory_kind": runs[0]["memory_kind"]}
+    per_repeat: Dict[int, Dict[str, float]] = {}
+    for result in results:
+        per_repeat.setdefault(result["repeat"], {})[result["variant"]] = result["median_s"]
+    for name, top, bottom in (("a/b", "spark", "dense"), ("c/a", "naive", "spark")):
+        values = [times[top] / times[bottom] for times in per_repeat.values() if top in times and bottom in times]
+        if values:
+            summary["ratios"][name] = _spread(values)
+    memory = {v: s["peak_memory_mib"] for v, s in summary["variants"].items()}
+    if memory.get("spark") and memory.get("dense"):
+        summary["ratios"]["memory a/b"] = {"median": memory["spark"] / memory["dense"]}
+    return summary
+
+
+def format_table(summary: Dict[str, Any], config: StepConfig) -> str:
+    """A Markdown table of the summary (what ``spark-bench step`` prints)."""
+    lines = [f"model {config.model}, {config.size} px, batch {config.batch}, {config.precision}, "
+             f"device {config.device}, channels_last {config.channels_last}, compile {config.compile}, "
+             f"threads {config.threads or 'default'}, {config.warmup} warm-up + {config.steps} timed steps per run",
+             "",
+             "| variant | step time median [min, max] (s) | images/s | peak memory (MiB) | runs |",
+             "|---|---|---|---|---|"]
+    names = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
+    for variant in ("spark", "dense", "naive"):
+        stats = summary["variants"].get(variant)
+        if stats is None:
+            continue
+        step = stats["step_s"]
+        memory = f"{stats['peak_memory_mib']:.0f}" if stats["peak_memory_mib"] is not None else "n/a"
+        lines.append(f"| {names[variant]} | {step['median']:.3f} [{step['min']:.3f}, {step['max']:.3f}] | "
+                     f"{stats['images_per_s']:.2f} | {memory} | {step['n']} |")
+    lines += ["", "| ratio | median | min | max |", "|---|---|---|---|"]
+    for name, stats in summary["ratios"].items():
+        if "min" in stats:
+            lines.append(f"| {name} | {stats['median']:.3f} | {stats['min']:.3f} | {stats['max']:.3f} |")
+        else:
+            lines.append(f"| {name} | {stats['median']:.3f} | | |")
+    return "\n".join(lines)

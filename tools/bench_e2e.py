@@ -1,0 +1,155 @@
+"""End-to-end images/s of spark-pretrain on a folder of JPEGs, and what bounds it.
+
+Three measurements with the same model, batch and resolution:
+
+1. loader alone: spark-pretrain's own dataset, batch sampler and DataLoader (decode, random resized
+   crop, flip, normalise) iterated without a model;
+2. step alone: the training step of sparkmim's SparK on synthetic images (``bench_step``);
+3. end to end: the real ``spark-pretrain`` command for one epoch, its per-step rate read from the
+   run's metrics.jsonl (each logged step includes fetching its batch).
+
+If the loader alone is slower than the step alone, loading bounds training; if it is faster and the
+end-to-end rate is close to the step alone, compute does. In between, both compete for the same
+CPU cores (the usual case on a small CPU machine).
+"""
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CLOSE = 0.15  # relative gap under which two rates count as the same
+
+
+@dataclass
+class E2EConfig:
+    work_dir: Path
+    data: Optional[Path] = None
+    num_images: int = 64
+    image_size: int = 320
+    model: str = "resnet50"
+    size: int = 224
+    batch: int = 8
+    workers: int = 2
+    device: str = "cpu"
+    threads: Optional[int] = None
+    warmup: int = 2
+    seed: int = 0
+
+
+def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
+    """``count`` JPEGs of ``size`` x ``size`` (spark-pretrain's procedural demo pictures), made once."""
+    from sparkmim.pretrain.demo_data import render_image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / f"img_{index:05d}.jpg"
+        image = render_image(rng, size)
+        if not path.exists():
+            image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def time_loader(paths: List[Path], config: E2EConfig, batches: int) -> Dict[str, Any]:
+    """Images/s of spark-pretrain's data pipeline alone (the first batch, with worker start-up, excluded)."""
+    from torch.utils.data import DataLoader
+
+    from sparkmim.pretrain.data import PretrainImages, StepBatchSampler, collate
+    sampler = StepBatchSampler(len(paths), config.batch, config.batch, rank=0, world_size=1, seed=config.seed)
+    loader = DataLoader(PretrainImages(paths, (config.size, config.size), config.seed), batch_sampler=sampler,
+                        num_workers=config.workers, collate_fn=collate)
+    iterator = iter(loader)
+    next(iterator)
+    tick = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    elapsed = time.perf_counter() - tick
+    del iterator
+    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers}
+
+
+def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
+    """Images/s of the SparK training step alone (synthetic images already on the device)."""
+    from .bench_step import StepConfig, measure
+    result = measure("spark", StepConfig(model=config.model, batch=config.batch, size=config.size,
+                                         device=config.device, threads=config.threads, warmup=config.warmup,
+                                         steps=steps, seed=config.seed))
+    return {"images_per_s": result["images_per_s"], "median_s": result["median_s"], "steps": steps}
+
+
+def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, Any]:
+    """Run ``spark-pretrain`` for ``epochs`` and read its per-step rate from metrics.jsonl."""
+    run_dir = config.work_dir / "run"
+    command = [sys.executable, "-m", "sparkmim.pretrain", "--data", str(data), "--model", config.model,
+               "--input-size", str(config.size), "--batch-size", str(config.batch), "--epochs", str(epochs),
+               "--warmup-epochs", "0", "--workers", str(config.workers), "--device", config.device,
+               "--output-dir", str(run_dir), "--no-progress", "--no-tensorboard", "--seed", str(config.seed)]
+    env = dict(os.environ)
+    if config.threads:
+        env["OMP_NUM_THREADS"] = str(config.threads)
+    tick = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - tick
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
+        raise RuntimeError(f"spark-pretrain failed (exit {done.returncode}): {tail}")
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "step"' in line or '"kind":"step"' in line]
+    rates = [record["img_per_s"] for record in steps[config.warmup:]] or [record["img_per_s"] for record in steps]
+    step_times = [config.batch / rate for rate in rates]
+    return {"images_per_s": config.batch / statistics.median(step_times), "steps": len(steps),
+            "steps_used": len(rates), "wall_s": wall, "command": " ".join(["spark-pretrain"] + command[3:])}
+
+
+def verdict(loader: float, step: float, end_to_end: float) -> str:
+    """Which side bounds the end-to-end rate (see the module docstring)."""
+    if loader < step * (1 - CLOSE):
+        return "loading-bound (the loader alone is slower than the step alone)"
+    if end_to_end >= step * (1 - CLOSE):
+        return "compute-bound (end-to-end matches the step alone; the loader keeps up)"
+    return ("contention: the loader alone is fast enough, but loading and compute share the CPU cores, "
+            "so end-to-end is below both")
+
+
+def run_e2e(config: E2EConfig) -> Dict[str, Any]:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.data is None:
+        paths = make_jpeg_folder(config.work_dir / "images", config.num_images, config.image_size, config.seed)
+        data = config.work_dir / "images"
+    else:
+        from sparkmim.pretrain.data import list_images
+        data, paths = config.data, list_images(str(config.data))
+    steps = max(1, len(paths) // config.batch - config.warmup)
+    loader = time_loader(paths, config, batches=max(2, steps))
+    step = time_step(config, steps=max(2, steps))
+    end_to_end = run_pretrain(data, config)
+    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
+            "images": len(paths), "loader": loader, "step": step, "end_to_end": end_to_end,
+            "verdict": verdict(loader["images_per_s"], step["images_per_s"], end_to_end["images_per_s"])}
+
+
+def format_e2e(report: Dict[str, Any]) -> str:
+    config = report["config"]
+    return "\n".join([
+        f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
+        f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
+        "",
+        "| measurement | images/s |", "|---|---|",
+        f"| loader alone ({report['loader']['workers']} workers) | {report['loader']['images_per_s']:.2f} |",
+        f"| training step alone (synthetic input) | {report['step']['images_per_s']:.2f} |",
+        f"| spark-pretrain end to end ({report['end_to_end']['steps_used']} steps) | "
+        f"{report['end_to_end']['images_per_s']:.2f} |",
+        "", f"verdict: {report['verdict']}"])
