@@ -168,21 +168,11 @@ def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequen
 
 
 def sync_batchnorms(spark: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Cross-process BatchNorm statistics. On GPUs: the core's conversion (sparse BNs and the
-    decoder's BNs). On CPU, DDP refuses torch's SyncBatchNorm, so only the sparse BNs (encoder and
-    densify norms, which reduce with plain all_reduce) are synchronised."""
-    if device.type != "cpu":
-        from sparkmim import convert_sync_batchnorm
+    """Cross-process BatchNorm statistics for the sparse BNs (encoder, densify) and the decoder's BNs
+    (torch's SyncBatchNorm on GPUs, the core's gloo-capable version on CPU)."""
+    from sparkmim import convert_sync_batchnorm
 
-        return convert_sync_batchnorm(spark).to(device)
-    from sparkmim.sparse.norms import SparseBatchNorm2d
-
-    for module in spark.modules():
-        if isinstance(module, SparseBatchNorm2d):
-            module.sync = True
-    logger.warning("CPU processes: torch's SyncBatchNorm needs GPUs, so the decoder's BatchNorms keep "
-                   "per-process statistics; the sparse BatchNorms (encoder, densify) are synchronised")
-    return spark
+    return convert_sync_batchnorm(spark.to(device))
 
 
 def state_checksums(module: torch.nn.Module) -> Tuple[float, float]:

@@ -30,8 +30,9 @@ def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path
     assert states[0][0] == states[1][0] == 2
     # gradients are averaged by DDP: identical weights on both ranks after the steps
     assert states[0][1] == pytest.approx(states[1][1], rel=1e-9, abs=1e-9)
-    # each rank saw different images, so the running statistics of its sparse BatchNorms (encoder and
-    # densify norms; buffers are not broadcast) agree only because they were reduced across processes
+    # each rank saw different images, so the running statistics of its BatchNorms (sparse ones in the encoder
+    # and densify norms, dense ones in the decoder; buffers are not broadcast) agree only because they were
+    # reduced across processes
     assert states[0][2] != 0.0
     assert states[0][2] == pytest.approx(states[1][2], rel=1e-9, abs=1e-9)
 

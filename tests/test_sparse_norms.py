@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparkmim.sparse.context import MaskContext
-from sparkmim.sparse.norms import SparseBatchNorm2d, SparseGroupNorm, SparseLayerNorm2d
+from sparkmim.sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseGroupNorm, SparseLayerNorm2d
 from sparkmim.sparse.rules import VisibleMeanInput, VisibleMeanOutput
 from sparkmim.tests.core_utils import random_mask
 
@@ -118,3 +118,32 @@ def test_mask_context_upsamples_nearest_once_per_resolution():
         torch.testing.assert_close(context.mask(12, 16, torch.float32, channels_last=True), expected.permute(0, 2, 3, 1))
         with pytest.raises(ValueError, match="not a whole multiple"):
             context.mask(10, 16, torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_cross_process_statistics_equal_single_process_on_the_whole_batch(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    result_file = tmp_path / "errors.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                "-m", "sparkmim.tests.sync_norm_worker", str(result_file)],
+                               env=env, capture_output=True, text=True, timeout=280)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    errors = json.loads(result_file.read_text())
+    assert errors["sparse"] < 1e-5 and errors["dense"] < 1e-5, errors
+
+
+def test_cross_process_batchnorm_alone_equals_batchnorm2d():
+    torch.manual_seed(0)
+    dense = nn.BatchNorm2d(C)
+    reference = nn.BatchNorm2d(C)
+    reference.load_state_dict(dense.state_dict())
+    ours = CrossProcessBatchNorm2d.from_dense(dense)
+    x = torch.randn(B, C, H, W) * 2 + 1
+    torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, reference.running_var, rtol=1e-6, atol=1e-6)

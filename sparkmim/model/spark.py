@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from ..sparse.encoder import SparseEncoder, make_sparse_encoder
-from ..sparse.norms import SparseBatchNorm2d, SparseLayerNorm2d
+from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLayerNorm2d
 from .decoder import LightDecoder
 from .patches import patchify, unpatchify
 
@@ -181,10 +181,24 @@ def build_spark(encoder: Union[str, nn.Module], input_size: Union[int, Sequence[
                  densify_norm=densify_norm, sync_bn=sync_bn)
 
 
+def _replace_batchnorms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, CrossProcessBatchNorm2d.from_dense(child))
+        else:
+            _replace_batchnorms(child)
+
+
 def convert_sync_batchnorm(spark: SparK) -> SparK:
-    """Reduce BatchNorm statistics across processes: sparse BNs (encoder and densify) and the decoder's BNs."""
+    """Reduce BatchNorm statistics across processes: sparse BNs (encoder and densify) and the decoder's BNs.
+
+    Call after moving the model to its device: on GPUs the decoder gets torch's SyncBatchNorm; on CPU
+    (where DDP refuses SyncBatchNorm) it gets :class:`CrossProcessBatchNorm2d`, which reduces over gloo."""
     for module in spark.modules():
         if isinstance(module, SparseBatchNorm2d):
             module.sync = True
-    spark.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(spark.decoder)
+    if next(spark.decoder.parameters()).is_cuda:
+        spark.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(spark.decoder)
+    else:
+        _replace_batchnorms(spark.decoder)
     return spark

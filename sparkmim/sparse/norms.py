@@ -99,10 +99,13 @@ class SparseBatchNorm2d(nn.Module):
         self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
         self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
 
+    def _mask(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.context.mask_like(x, dtype=dtype)
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         dtype = _statistics_dtype(x)
         x32 = x.to(dtype)
-        mask = self.context.mask_like(x, dtype=dtype)
+        mask = self._mask(x, dtype)
         if self.training or not self.track_running_stats:
             group = (self.process_group or dist.group.WORLD) if _should_sync(self.sync) else None
             out, mean, var, count = MaskedBatchNormFunction.apply(x32, mask, self.weight, self.bias, self.eps, group)
@@ -120,6 +123,21 @@ class SparseBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._normalize(x)
+
+
+class CrossProcessBatchNorm2d(SparseBatchNorm2d):
+    """A dense BatchNorm2d whose statistics are reduced across processes on any backend (gloo too).
+
+    torch's SyncBatchNorm only runs on GPUs; this is the same computation with every position
+    visible, used for SparK's dense decoder when training with several CPU processes."""
+
+    @classmethod
+    def from_dense(cls, dense: nn.modules.batchnorm._BatchNorm, context: Optional[MaskContext] = None,
+                   sync: bool = True) -> "CrossProcessBatchNorm2d":
+        return super().from_dense(dense, context, sync=True)
+
+    def _mask(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.ones(x.shape[0], 1, x.shape[2], x.shape[3], dtype=dtype, device=x.device)
 
 
 class SparseBatchNormAct2d(SparseBatchNorm2d):
