@@ -1,0 +1,75 @@
+"""spark-viz on tiny real checkpoints (ours and the reference layout), and the sparse-conv demo."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparkmim import build_spark
+from sparkmim.tests.test_tools_convert import our_full_checkpoint, reference_release
+from sparkmim.tools import spconv_demo
+from sparkmim.tools.viz import load_images, load_spark, main, reconstruct
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("viz")
+    torch.manual_seed(0)
+    spark = build_spark("test_resnet", input_size=64, decoder_width=32)
+    our_full_checkpoint(spark, "test_resnet", root / "checkpoint_last.pth")
+    torch.save(reference_release(spark, "test_resnet", 64), root / "ref_withdecoder_1kpretrained_spark_style.pth")
+    torch.save(spark.encoder.model.state_dict(), root / "encoder.pth")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (150, 201, 3), dtype=np.uint8)).save(root / "wide.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 61), dtype=np.uint8)).save(root / "small_gray.png")
+    return root
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint_last.pth", "ref_withdecoder_1kpretrained_spark_style.pth"])
+def test_grid_png_has_one_row_per_image(workspace, tmp_path, checkpoint):
+    out = tmp_path / "grid.png"
+    assert main([str(workspace / checkpoint), str(workspace / "wide.jpg"), str(workspace / "small_gray.png"),
+                 "--out", str(out), "--mask-ratio", "0.75", "--seed", "3"]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.size == (900, 490)  # 4 panels x 2 rows of 2.2 in at 100 dpi, plus margins
+    assert main([str(workspace / checkpoint), str(workspace / "wide.jpg"), "--out", str(tmp_path / "one.png")]) == 0
+    with Image.open(tmp_path / "one.png") as image:
+        assert image.size == (900, 270)
+
+
+def test_panels_are_consistent(workspace):
+    """Visible patches of the last panel are the input; masked ones are the reconstruction panel."""
+    spark = load_spark(workspace / "checkpoint_last.pth", None, allow_unsafe=False)
+    images = load_images([workspace / "wide.jpg", workspace / "small_gray.png"], (64, 96))
+    assert images.shape == (2, 3, 64, 96)
+    original, masked, predicted, pasted = reconstruct(spark, images, 0.5, seed=1)
+    visible = masked.ne(0).any(dim=1, keepdim=True).expand_as(original)
+    assert 0.3 < visible.float().mean() < 0.7
+    torch.testing.assert_close(pasted[visible], original[visible])
+    torch.testing.assert_close(pasted[~visible], predicted[~visible])
+    again = reconstruct(spark, images, 0.5, seed=1)
+    torch.testing.assert_close(again[3], pasted)  # the seed fixes the mask
+
+
+def test_errors_are_one_line(workspace, tmp_path, capsys):
+    assert main([str(workspace / "encoder.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "holds no decoder" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "at least one image" in capsys.readouterr().err
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert main([str(workspace / "checkpoint_last.pth"), str(tmp_path / "bad.jpg"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path / "x.png"),
+                 "--input-size", "70"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_spconv_demo(workspace, tmp_path):
+    dense, sparse = spconv_demo.energy_curves(spconv_demo.load_image(workspace / "wide.jpg", 0),
+                                              spconv_demo.pixel_mask(0), 5)
+    assert all(value == 0.0 for value in sparse)  # the mask pattern survives every stage
+    assert dense[0] == 0.0 and dense[-1] > 0.3 and list(dense) == sorted(dense)  # and vanishes in the dense net
+    out = tmp_path / "demo.png"
+    assert main(["--spconv-demo", "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1380, 580)

@@ -1,0 +1,172 @@
+"""``spark-viz``: what a pre-trained SparK model reconstructs, and why the sparse conv matters.
+
+``spark-viz CHECKPOINT IMAGE... --out grid.png [--mask-ratio R --seed S]`` loads a full checkpoint
+(``spark-pretrain``'s ``checkpoint_last.pth``, a ``spark-convert --to sparkmim`` file, or the
+reference release ``*_withdecoder_1kpretrained_spark_style.pth``) and draws one row per image:
+input | masked input | reconstruction | reconstruction with the visible patches pasted back. Runs
+on CPU; images of any size are resized and centre-cropped to the model's input size.
+
+``spark-viz --spconv-demo [IMAGE] --out demo.png`` draws the paper's "mask pattern vanishing"
+illustration (see :mod:`sparkmim.tools.spconv_demo`).
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from sparkmim.convert import KeyAccountingError
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
+from sparkmim.utils.images import UnreadableImageError, load_rgb
+
+logger = logging.getLogger("sparkmim.tools.viz")
+
+
+class VizError(ValueError):
+    """A problem the user can fix; reported in one line (exit status 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spark-viz",
+        description="Draw SparK reconstructions (input | masked | reconstruction | reconstruction + visible) "
+                    "from a full checkpoint, or the sparse-vs-dense conv illustration (--spconv-demo).")
+    parser.add_argument("inputs", nargs="*", metavar="CHECKPOINT IMAGE",
+                        help="the checkpoint, then one or more images (with --spconv-demo: at most one image)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--mask-ratio", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mask")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
+                        help="one size or HEIGHT WIDTH, multiples of 32 (default: the checkpoint's)")
+    parser.add_argument("--model", default=None, help="timm model name, when the file does not say")
+    parser.add_argument("--allow-unsafe", action="store_true",
+                        help="load a checkpoint that needs full (code-executing) unpickling; only for files you trust")
+    parser.add_argument("--spconv-demo", action="store_true",
+                        help="draw the 'mask pattern vanishing' illustration instead (no checkpoint needed)")
+    parser.add_argument("--layers", type=int, default=5, help="--spconv-demo: CNN stages, each halving the "
+                        "resolution (1-5)")
+    return parser
+
+
+def _build_kwargs(info: Any) -> Dict[str, Any]:
+    config = dict(info.spark_config)
+    if "reference" in config:
+        from sparkmim.convert import build_kwargs_from_reference_config
+
+        return build_kwargs_from_reference_config(config["reference"])
+    kwargs = {k: config[k] for k in ("input_size", "mask_ratio", "decoder_width", "densify_norm") if k in config}
+    if isinstance(kwargs.get("input_size"), list):
+        kwargs["input_size"] = tuple(kwargs["input_size"])
+    return kwargs
+
+
+def load_spark(path: Path, model: Optional[str], allow_unsafe: bool) -> torch.nn.Module:
+    """A SparK model with every tensor from the file (only modules the forward never runs may be absent)."""
+    from sparkmim import build_spark
+    from sparkmim.convert import load_state_dict_checked
+
+    from .formats import recognise
+
+    try:
+        obj = load_file(path, allow_unsafe=allow_unsafe)
+    except UnsafeCheckpointError as error:
+        raise VizError(str(error).replace("pass the allow-unsafe option", "pass --allow-unsafe")) from error
+    except FileNotFoundError as error:
+        raise VizError(str(error)) from error
+    try:
+        info = recognise(obj, model)
+    except (ValueError, KeyAccountingError) as error:
+        raise VizError(f"{path} is not a checkpoint spark-viz can read ({error})") from error
+    if not info.has_decoder:
+        raise VizError(f"{path} holds no decoder ({info.description}); spark-viz needs a full checkpoint: "
+                       "spark-pretrain's checkpoint_last.pth or a *_withdecoder_* release file")
+    if not info.model:
+        raise VizError(f"{path} does not say which timm model it holds; pass --model NAME")
+    spark = build_spark(info.model, **_build_kwargs(info))
+    try:
+        load_state_dict_checked(spark, info.spark_state, str(path),
+                                allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
+    except KeyAccountingError as error:
+        raise VizError(str(error)) from error
+    return spark.eval()
+
+
+def load_images(paths: Sequence[Path], size: Tuple[int, int]) -> torch.Tensor:
+    from sparkmim.pretrain.data import eval_image
+
+    tensors = []
+    for path in paths:
+        try:
+            tensors.append(eval_image(load_rgb(path), size))
+        except (UnreadableImageError, OSError) as error:
+            raise VizError(f"cannot read image {path} ({error})") from error
+    return torch.stack(tensors)
+
+
+def _size(value: Optional[List[int]], default: Tuple[int, int]) -> Tuple[int, int]:
+    if not value:
+        return default
+    height, width = (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise VizError(f"--input-size {height} {width}: each side must be a positive multiple of 32")
+    return height, width
+
+
+def reconstruct(spark: torch.nn.Module, images: torch.Tensor, mask_ratio: float, seed: int) -> List[torch.Tensor]:
+    """The four panels. The reconstruction panel is the decoder's prediction de-normalised with each
+    patch's own mean and std (as the loss sees it), on every patch."""
+    from sparkmim.model.patches import patchify, unpatchify
+    from sparkmim.pretrain.main import fixed_mask
+
+    ratio = spark.downsample_ratio
+    height, width = images.shape[-2:]
+    active = fixed_mask(images.shape[0], (height, width), mask_ratio, seed, stride=ratio)
+    with torch.no_grad():
+        output = spark(images, active=active)
+        _, mean, std = spark.patch_targets(images)
+        predicted = unpatchify(patchify(output.prediction.float(), ratio) * std + mean, ratio,
+                               height // ratio, width // ratio)
+    return [images, output.masked_input, predicted, output.reconstruction]
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.spconv_demo:
+        from .spconv_demo import draw_demo
+
+        if len(args.inputs) > 1:
+            raise VizError("--spconv-demo takes at most one image")
+        try:
+            return draw_demo(Path(args.inputs[0]) if args.inputs else None, args.out, layers=args.layers, seed=args.seed)
+        except (ValueError, OSError) as error:
+            raise VizError(str(error)) from error
+    if len(args.inputs) < 2:
+        raise VizError("give a checkpoint and at least one image: spark-viz CHECKPOINT IMAGE... --out grid.png")
+    spark = load_spark(Path(args.inputs[0]), args.model, args.allow_unsafe)
+    size = _size(args.input_size, tuple(spark.input_size))
+    mask_ratio = spark.mask_ratio if args.mask_ratio is None else args.mask_ratio
+    if not 0.0 < mask_ratio < 1.0:
+        raise VizError(f"--mask-ratio must be strictly between 0 and 1, got {mask_ratio}")
+    images = load_images([Path(p) for p in args.inputs[1:]], size)
+    panels = reconstruct(spark, images, mask_ratio, args.seed)
+    from sparkmim.pretrain.pictures import plot_reconstructions
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return plot_reconstructions([p.detach().float().cpu() for p in panels], args.out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = run(args)
+    except VizError as error:
+        print(f"spark-viz: error: {error}", file=sys.stderr)
+        return 2
+    print(f"spark-viz: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
