@@ -43,7 +43,7 @@ def runs(tmp_path):
     write_d2(tmp_path / "b" / "coco101", "/configs/mask_rcnn_R_101_FPN_2x.yaml", 44.0, 39.9)
     (tmp_path / "b" / "mmdet").mkdir()
     (tmp_path / "b" / "mmdet" / "coco_results.json").write_text(json.dumps({
-        "framework": "mmdetection", "config": "mask_rcnn_convnext_base_fpn_3x", "coco/bbox_mAP": 0.515,
+        "framework": "mmdetection", "config": "convnext-b", "epoch": 36, "coco/bbox_mAP": 0.515,
         "coco/segm_mAP": 0.452, "coco/bbox_mAP_75": 0.561}))
     write_pretrain(tmp_path / "a" / "pretrain", "resnet50")
     return tmp_path

@@ -35,17 +35,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _best_imagenet(results: List[ImageNetResult], model: str, size: int) -> Optional[ImageNetResult]:
+def _best_imagenet(results: List[ImageNetResult], model: str, size: int) -> Tuple[Optional[ImageNetResult], list]:
+    """The best run for a paper row, and all runs for it (shown once, in that row)."""
     matches = [r for r in results if r.model == model and (r.input_size or 224) == size and r.best is not None]
-    return max(matches, key=lambda r: r.best) if matches else None
+    return (max(matches, key=lambda r: r.best) if matches else None), matches
 
 
 def imagenet_section(paper: Dict[str, Any], results: Results, pairs: List[Tuple[str, Optional[float], float]]) -> str:
     rows, used = [], set()
     for row in paper["imagenet"]["rows"]:
-        ours = _best_imagenet(results.imagenet, row["model"], row["input_size"])
+        ours, matches = _best_imagenet(results.imagenet, row["model"], row["input_size"])
+        used.update(id(r) for r in matches)
         if ours is not None:
-            used.add(id(ours))
             pairs.append((f"{row['label']} top-1", row["spark"], ours.best))
         rows.append([row["label"], str(row["input_size"]), fmt(row["supervised"]), fmt(row["spark"]),
                      fmt(ours.best if ours else None, 2), diff(ours.best if ours else None, row["spark"]),
@@ -62,10 +63,11 @@ def imagenet_section(paper: Dict[str, Any], results: Results, pairs: List[Tuple[
     return text
 
 
-def _best_coco(results: List[CocoResult], model: str, schedule: str, frameworks: Tuple[str, ...]) -> Optional[CocoResult]:
+def _best_coco(results: List[CocoResult], model: str, schedule: str,
+               frameworks: Tuple[str, ...]) -> Tuple[Optional[CocoResult], list]:
     matches = [r for r in results if r.model == model and r.schedule == schedule and r.box is not None
                and r.framework.lower().startswith(frameworks)]
-    return max(matches, key=lambda r: r.box) if matches else None
+    return (max(matches, key=lambda r: r.box) if matches else None), matches
 
 
 def coco_section(key: str, frameworks: Tuple[str, ...], paper: Dict[str, Any], results: Results,
@@ -73,9 +75,10 @@ def coco_section(key: str, frameworks: Tuple[str, ...], paper: Dict[str, Any], r
     section = paper[key]
     rows = []
     for row in section["rows"]:
-        ours = _best_coco(results.coco, section["model"], row["schedule"], frameworks) if row.get("ours") else None
+        ours, matches = _best_coco(results.coco, section["model"], row["schedule"], frameworks) \
+            if row.get("ours") else (None, [])
+        used.update(id(r) for r in matches)
         if ours is not None:
-            used.add(id(ours))
             pairs.append((f"{section['model']} {row['schedule']} AP box", row["box"], ours.box))
             if ours.mask is not None:
                 pairs.append((f"{section['model']} {row['schedule']} AP mask", row["mask"], ours.mask))
@@ -183,7 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.output:
         args.output.write_text(markdown)
     if args.plot:
-        print(f"\nchart: {plot(pairs, args.plot)}")
+        if any(ours is not None for _, _, ours in pairs):
+            print(f"\nchart: {plot(pairs, args.plot)}")
+        else:
+            print("\nno top-1 or AP results yet: no chart written")
     return 0
 
 

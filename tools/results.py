@@ -156,6 +156,9 @@ def _model_and_schedule(payload: Mapping[str, Any]) -> Tuple[Optional[str], Opti
     if schedule is None:
         found = _SCHEDULE.search(Path(str(payload.get("config", ""))).stem)
         schedule = found[1] if found else None
+    epoch = payload.get("epoch")
+    if schedule is None and isinstance(epoch, int) and epoch > 0 and epoch % 12 == 0:
+        schedule = f"{epoch // 12}x"  # MMDetection schedules: 12 epochs per "x"
     return model, schedule
 
 

@@ -1,0 +1,116 @@
+"""Tiny generated datasets for the pipelines' smoke mode (``--smoke``), in the real on-disk layouts.
+
+``python -m sparkmim.tools.smoke_data images=DIR``       a folder of images (pre-training)
+``python -m sparkmim.tools.smoke_data imagefolder=DIR``  DIR/train/<class>/, DIR/val/<class>/ (ImageNet layout)
+``python -m sparkmim.tools.smoke_data coco=DIR``         DIR/annotations/instances_{train,val}2017.json,
+                                                          DIR/train2017/, DIR/val2017/ (COCO layout)
+
+The images are learnable on purpose (smooth gradients, solid-colour classes, filled shapes with
+exact polygons), so a smoke run exercises real data paths, not just noise."""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {"blue": (30, 40, 220), "red": (220, 30, 30)}
+CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "triangle"}]
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> Path:
+    """Smooth colour gradients (pre-training only needs images)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        a, b, c = rng.uniform(-3, 3, size=(3, 3))
+        pixels = np.stack([np.sin(a[i] * xs + b[i] * ys + c[i]) for i in range(3)], axis=-1)
+        Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(folder / f"{index:04d}.png")
+    return folder
+
+
+def write_imagefolder(root: Path, per_class: int, size: int, seed: int) -> Path:
+    """train/ and val/ with one folder per class (solid colours with pixel noise)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(2, per_class // 2))):
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (size, size, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+def _coco_split(root: Path, split: str, count: int, size: int, rng: np.random.Generator) -> None:
+    images_dir = root / f"{split}2017"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images: List[dict] = []
+    annotations: List[dict] = []
+    for image_id in range(1, count + 1):
+        image = Image.fromarray(rng.integers(0, 60, (size, size, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(image)
+        x, y = (int(v) for v in rng.integers(size // 16, size // 3, 2))
+        w, h = size * 3 // 8, size * 5 // 16
+        shapes = [(1, [x, y, x + w, y, x + w, y + h, x, y + h]),
+                  (2, [size * 9 // 16, size * 9 // 16, size * 15 // 16, size * 9 // 16, size * 3 // 4, size * 15 // 16])]
+        for category, polygon in shapes:
+            draw.polygon(polygon, fill=(200, 40, 40) if category == 1 else (40, 200, 40))
+            xs, ys = polygon[0::2], polygon[1::2]
+            area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "segmentation": [[float(v) for v in polygon]], "iscrowd": 0, "area": area,
+                                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]})
+        file_name = f"{image_id:012d}.jpg"
+        image.save(images_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    payload = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+    (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(payload))
+
+
+def write_coco(root: Path, train: int, val: int, size: int, seed: int) -> Path:
+    """A COCO-layout dataset with two categories (box, triangle) and polygon masks."""
+    rng = np.random.default_rng(seed)
+    _coco_split(root, "train", train, size, rng)
+    _coco_split(root, "val", val, size, rng)
+    return root
+
+
+DEFAULTS = {"images": (16, 72), "imagefolder": (8, 40), "coco": (4, 128)}  # (count, size) per kind
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparkmim.tools.smoke_data",
+                                     description="Write tiny generated datasets for a pipeline smoke run.")
+    parser.add_argument("specs", nargs="+", metavar="KIND=FOLDER",
+                        help="images=DIR, imagefolder=DIR or coco=DIR (several at once are fine)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="images (per class for imagefolder, training images for coco)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    jobs = []
+    for spec in args.specs:
+        kind, _, folder = spec.partition("=")
+        if kind not in DEFAULTS or not folder:
+            parser.error(f"'{spec}': expected KIND=FOLDER with KIND one of {', '.join(DEFAULTS)}")
+        jobs.append((kind, Path(folder)))
+    for kind, folder in jobs:
+        count = args.count or DEFAULTS[kind][0]
+        size = args.size or DEFAULTS[kind][1]
+        if kind == "images":
+            write_images(folder, count, size, args.seed)
+        elif kind == "imagefolder":
+            write_imagefolder(folder, count, size, args.seed)
+        else:
+            write_coco(folder, count, max(2, count // 2), size, args.seed)
+        print(f"wrote a tiny {kind} dataset to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
