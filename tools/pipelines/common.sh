@@ -57,15 +57,19 @@ require_dir() {  # require_dir WHAT DIR
 # has_module PYTHON MODULE: is the module importable by that interpreter?
 has_module() { "$1" -c "import $2" >/dev/null 2>&1; }
 
-# launch MODULE ARGS...: one process, or torchrun with GPUS processes per node on NODES nodes
-launch() {
+# launch_with PYTHON MODULE ARGS...: one process, or torchrun with GPUS processes per node on NODES nodes
+launch_with() {
+  local python="$1"
+  shift
   if ((GPUS * NODES > 1)); then
-    "$PYTHON" -m torch.distributed.run --nproc_per_node "$GPUS" --nnodes "$NODES" --node_rank "$NODE_RANK" \
+    "$python" -m torch.distributed.run --nproc_per_node "$GPUS" --nnodes "$NODES" --node_rank "$NODE_RANK" \
       --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m "$@"
   else
-    "$PYTHON" -m "$@"
+    "$python" -m "$@"
   fi
 }
+
+launch() { launch_with "$PYTHON" "$@"; }
 
 # run_stage NAME OUTPUT COMMAND...: skip when done before, else run with a log, stop on failure
 run_stage() {
