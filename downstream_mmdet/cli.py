@@ -68,6 +68,12 @@ def _classes(text: Optional[str]) -> Optional[List[str]]:
     return names
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def launcher(args: argparse.Namespace) -> str:
     """torchrun sets WORLD_SIZE: use the 'pytorch' launcher then unless one was chosen."""
     if args.launcher == "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -90,6 +96,8 @@ def load_config(args: argparse.Namespace, training: bool) -> Any:
         logger.info("%d classes: %s", len(classes), ", ".join(classes))
     apply_loader(cfg, getattr(args, "batch_size", None), args.workers, training)
     cfg.launcher = launcher(args)
+    if not _cuda_available() and cfg.get("env_cfg", {}).get("dist_cfg") is not None:
+        cfg.env_cfg.dist_cfg.backend = "gloo"  # NCCL needs GPUs: CPU processes talk over gloo
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     work_dir = args.work_dir or Path("work_dirs") / path.stem
