@@ -140,7 +140,9 @@ def test_to_sparkmim_imports_the_reference_whole_model(files, tmp_path, capsys):
     target = tmp_path / "spark_weights.pth"
     assert main([str(files / "res_withdecoder_1kpretrained_spark_style.pth"), str(target), "--to", "sparkmim",
                  "--check"]) == 0
-    assert "check      ok: loaded into a sparkmim SparK(test_resnet)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "check      ok: loaded into a sparkmim SparK(test_resnet)" in out
+    assert "dropped    4 keys: config, imn_m, imn_s, norm_black" in out  # the decoder is kept
     payload = torch.load(target, weights_only=True)
     assert payload["format"] == "sparkmim-weights" and payload["config"]["model"] == "test_resnet"
     assert payload["config"]["input_size"] == 64 and payload["config"]["decoder_width"] == 32

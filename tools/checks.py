@@ -60,7 +60,6 @@ def check_d2(pkl_path: Path, model: str) -> CheckResult:
     from detectron2.modeling import build_model
 
     from sparkmim.downstream_d2.config import add_spark_config, resolve_config_file
-    from sparkmim.downstream_d2.convert import timm_resnet_to_d2  # noqa: F401  (same package, fails early if broken)
 
     cfg = get_cfg()
     add_spark_config(cfg)

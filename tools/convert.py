@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -92,7 +91,7 @@ def _parameters(state: Dict[str, torch.Tensor]) -> int:
     return sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
 
 
-def describe(path: Path, obj: Any, info: Optional[SourceInfo], model_arg: Optional[str]) -> Dict[str, Any]:
+def describe(path: Path, obj: Any, info: Optional[SourceInfo]) -> Dict[str, Any]:
     """The facts ``--inspect`` prints."""
     if isinstance(obj, dict) and obj.get("matching_heuristics") is not None and isinstance(obj.get("model"), dict):
         return {"file": str(path), "format": "detectron2-pkl",
@@ -154,6 +153,7 @@ def write_sparkmim(info: SourceInfo, target: Path) -> Dict[str, Any]:
     if not info.has_decoder:
         logger.info("the source has no decoder: writing the encoder-only checkpoint (timm names)")
         return write_timm(info, target)
+    info.report.dropped = list(info.spark_dropped)  # the whole model is kept
     config = dict(info.spark_config)
     if "reference" in config:
         from sparkmim.convert import build_kwargs_from_reference_config
@@ -278,7 +278,7 @@ def inspect(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UsageError(f"{args.inspect} is not a checkpoint this tool knows ({error})") from error
         info.model_kwargs.update(_model_kwargs(args.model_kwargs))
-    facts = describe(args.inspect, obj, info, args.model)
+    facts = describe(args.inspect, obj, info)
     if args.json:
         print(json.dumps(facts, indent=2, default=str))
     else:

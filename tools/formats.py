@@ -69,6 +69,7 @@ class SourceInfo:
     spark_config: Dict[str, Any] = field(default_factory=dict)
     classifier: List[str] = field(default_factory=list)     # classifier keys found (dropped)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    spark_dropped: List[str] = field(default_factory=list)   # keys left out of spark_state (unused buffers)
 
     @property
     def description(self) -> str:
@@ -239,7 +240,7 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
             spark_state, ref_report, config = spark_state_from_reference(obj)
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(REFERENCE_WITH_DECODER, encoder, report, spark_state=spark_state,
-                              spark_config={"reference": config})
+                              spark_config={"reference": config}, spark_dropped=list(ref_report.dropped))
             if isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
                 info.model, info.model_from = obj["arch"], "the release's 'arch' entry"
         elif any(k.startswith("downsample_layers.") for k in state):
