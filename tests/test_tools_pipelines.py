@@ -109,3 +109,24 @@ def test_convnext_coco_smoke(tmp_path):
     assert stages_done(work) == {"data", "pretrain", "convert", "mmdet", "mmdet_eval"}
     results = json.loads((work / "mmdet_eval" / "coco_results.json").read_text())
     assert math.isfinite(results["bbox"]["AP"]) and math.isfinite(results["segm"]["AP"])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_imagenet_smoke_with_two_processes(tmp_path):
+    """--gpus N > 1 launches every training stage with torchrun (gloo on CPU here)."""
+    work = tmp_path / "work"
+    done = run_pipeline("imagenet.sh", "--smoke", "--work", str(work),
+                        env={"SMOKE_GPUS": "2", "MASTER_PORT": str(free_port())})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 process(es) x 1 node(s)" in done.stdout
+    assert "spark-pretrain: 2 process(es)" in (work / "logs" / "pretrain.log").read_text()
+    assert (work / "eval" / "eval.jsonl").is_file()
