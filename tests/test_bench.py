@@ -123,3 +123,11 @@ def test_end_to_end_runs_spark_pretrain_on_jpegs(tmp_path, capsys):
     for part in ("loader", "step", "end_to_end"):
         assert report[part]["images_per_s"] > 0
     assert report["verdict"].split()[0] in {"loading-bound", "compute-bound", "contention:"}
+
+
+def test_norm_microbenchmark_runs():
+    from sparkmim.tools import bench_norm
+    rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2)
+    assert [(r["channels"], r["side"]) for r in rows] == [(8, 14), (16, 7)]
+    assert all(r["masked_ms"] > 0 and r["native_ms"] > 0 for r in rows)
+    assert "masked/native" in bench_norm.format_norms(rows, 2)

@@ -8,6 +8,7 @@ Subcommands::
     spark-bench profile  torch.profiler of (a) against (b): where the extra time of (a) goes
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
                          loading or compute bounds it
+    spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
 
 See docs/benchmarks.md for the measured tables and exact commands.
 """
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
     e2e.add_argument("--json", type=Path, default=None)
 
+    norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
+    norm.add_argument("--batch", type=int, default=8)
+    norm.add_argument("--device", default="cpu")
+    norm.add_argument("--threads", type=int, default=None)
+    norm.add_argument("--repeats", type=int, default=10)
+    norm.add_argument("--json", type=Path, default=None)
+
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--variant", required=True, choices=list(VARIANTS))
     worker.add_argument("--config-json", required=True)
@@ -132,6 +140,18 @@ def _run_e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_norm(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench_norm import RESNET50_SHAPES, format_norms, time_norms
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device)
+    print(format_norms(rows, args.batch))
+    _write_json(args.json, {"batch": args.batch, "device": args.device, "rows": rows})
+    return 0
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .bench_compare import WORKER_MARK
     from .bench_step import measure
@@ -144,7 +164,8 @@ def _run_worker(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handlers = {"step": _run_step, "profile": _run_profile, "e2e": _run_e2e, "worker": _run_worker}
+    handlers = {"step": _run_step, "profile": _run_profile, "e2e": _run_e2e, "norm": _run_norm,
+                "worker": _run_worker}
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError) as error:

@@ -17,7 +17,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sparkmim.model.decoder import LightDecoder
 from sparkmim.model.patches import patchify
