@@ -127,7 +127,7 @@ mmdet_data=(--data-root "$COCO")
 # shellcheck disable=SC2206
 mmdet_opts=($MMDET_ARGS)
 run_stage mmdet "$WORK/mmdet/last_checkpoint" launch_with "$MMDET_PYTHON" sparkmim.downstream_mmdet.train \
-  "$MMDET_CONFIG" --pretrained "$BACKBONE" "${mmdet_data[@]}" --work-dir "$WORK/mmdet" --resume "${mmdet_opts[@]}"
+  "$MMDET_CONFIG" --pretrained "$BACKBONE" "${mmdet_data[@]}" --work-dir "$WORK/mmdet" --resume auto "${mmdet_opts[@]}"
 final_checkpoint="$(cat "$WORK/mmdet/last_checkpoint")"
 test_opts=()
 if ((SMOKE)); then test_opts=(--workers 0); fi
