@@ -28,5 +28,5 @@ def _packages() -> list:
 setup(
     packages=_packages(),
     package_dir=PACKAGE_ROOTS,
-    package_data={"": ["*.yaml", "*.yml", "*.json", "*.sh", "*.md", "recipes/*", "configs/**/*"]},
+    package_data={"": ["*.yaml", "*.yml", "*.json", "*.sh", "*.md", "recipes/*", "configs/**/*", "pipelines/*.sh"]},
 )

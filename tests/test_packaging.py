@@ -28,3 +28,5 @@ def test_wheel_contains_every_module(tmp_path):
     missing = sorted(expected - names)
     assert not missing, f"modules missing from the wheel: {missing}"
     assert any(n.startswith("sparkmim/pretrain/recipes/") and n.endswith(".yaml") for n in names)
+    for script in (ROOT / "tools" / "pipelines").glob("*.sh"):
+        assert f"sparkmim/tools/pipelines/{script.name}" in names, script.name

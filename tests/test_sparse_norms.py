@@ -147,3 +147,18 @@ def test_cross_process_batchnorm_alone_equals_batchnorm2d():
     x = torch.randn(B, C, H, W) * 2 + 1
     torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.running_var, reference.running_var, rtol=1e-6, atol=1e-6)
+
+
+def test_batchnorm_channels_last_equals_contiguous():
+    context, active, _, x = setup(6)
+    upstream = torch.randn(B, C, H, W)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        norm = SparseBatchNorm2d(C, context)
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_()
+        with context.use(active):
+            out = norm(xi)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), xi.grad, norm.weight.grad, norm.running_var.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
