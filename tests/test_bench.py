@@ -20,7 +20,7 @@ def _grads(model: nn.Module) -> dict:
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("convnext_atto", marks=pytest.mark.slow)])
 def test_naive_reference_matches_spark_loss_and_grads(name):
     torch.manual_seed(0)
     spark = build_spark(name, input_size=64, decoder_width=64).double().train()
