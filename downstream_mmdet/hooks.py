@@ -20,14 +20,15 @@ class CocoResultsHook(Hook):
         self.path = Path(path)
         self.info = dict(info or {})
 
-    def _write(self, runner: Any, metrics: Optional[Dict[str, Any]], split: str) -> None:
+    def _write(self, runner: Any, metrics: Optional[Dict[str, Any]], **info: Any) -> None:
         if runner.rank != 0 or not metrics:
             return
-        write_results(metrics, self.path, split=split, epoch=runner.epoch, iteration=runner.iter, **self.info)
+        write_results(metrics, self.path, **info, **self.info)
         logger.info("COCO AP written to %s", self.path)
 
     def after_val_epoch(self, runner: Any, metrics: Optional[Dict[str, Any]] = None) -> None:
-        self._write(runner, metrics, "val")
+        self._write(runner, metrics, split="val", epoch=runner.epoch, iteration=runner.iter)
 
     def after_test_epoch(self, runner: Any, metrics: Optional[Dict[str, Any]] = None) -> None:
-        self._write(runner, metrics, "test")
+        # no epoch/iteration here: reading them would build the training loop (and its data)
+        self._write(runner, metrics, split="test")
