@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the MMDetection tests (tests/mmdet, plus the converter tests) inside the detection environment.
+# Run the MMDetection tests (tests/mmdet, the converter tests and the ConvNeXt COCO pipeline smoke run)
+# inside the detection environment.
 #   bash tools/setup_mmdet_env.sh && bash tools/run_mmdet_tests.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +14,4 @@ fi
   echo "run_mmdet_tests: $venv lacks mmcv ops / mmdet / mmengine / mmpretrain; re-run tools/setup_mmdet_env.sh" >&2
   exit 2
 }
-exec "$venv/bin/python" -m pytest tests/mmdet tests/test_mmdet_convert.py -q "$@"
+exec "$venv/bin/python" -m pytest tests/mmdet tests/test_mmdet_convert.py "tests/test_tools_pipelines.py::test_convnext_coco_smoke" -q "$@"

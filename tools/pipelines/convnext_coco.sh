@@ -123,7 +123,15 @@ param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin
 PYCONFIG
 fi
 
-mmdet_data=(--data-root "$COCO")
+if ((SMOKE)); then
+  # the generated set has its own classes: pass it as a custom COCO-format dataset (classes from the json)
+  mmdet_eval_data=(--val-json "$COCO/annotations/instances_val2017.json" --val-images "$COCO/val2017")
+  mmdet_data=(--train-json "$COCO/annotations/instances_train2017.json" --train-images "$COCO/train2017"
+              "${mmdet_eval_data[@]}")
+else
+  mmdet_data=(--data-root "$COCO")
+  mmdet_eval_data=("${mmdet_data[@]}")
+fi
 # shellcheck disable=SC2206
 mmdet_opts=($MMDET_ARGS)
 run_stage mmdet "$WORK/mmdet/last_checkpoint" launch_with "$MMDET_PYTHON" sparkmim.downstream_mmdet.train \
@@ -132,7 +140,7 @@ final_checkpoint="$(cat "$WORK/mmdet/last_checkpoint")"
 test_opts=()
 if ((SMOKE)); then test_opts=(--workers 0); fi
 run_stage mmdet_eval "$WORK/mmdet_eval/coco_results.json" launch_with "$MMDET_PYTHON" sparkmim.downstream_mmdet.test \
-  "$MMDET_CONFIG" "$final_checkpoint" "${mmdet_data[@]}" --work-dir "$WORK/mmdet_eval" "${test_opts[@]}"
+  "$MMDET_CONFIG" "$final_checkpoint" "${mmdet_eval_data[@]}" --work-dir "$WORK/mmdet_eval" "${test_opts[@]}"
 
 report_stage
 log "finished; COCO AP in $WORK/mmdet_eval/coco_results.json"
