@@ -1,11 +1,13 @@
-"""Helpers shared by the core tests: building fixtures' models, masks, layer-output capture."""
+"""Helpers shared by the tests: building fixtures' models, masks, layer-output capture, writing a
+model in the reference release layout."""
+import re
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
 from sparkmim import SparK, SparseEncoder
-from sparkmim.convert import load_state_dict_checked, spark_state_from_reference
+from sparkmim.convert import convnext_timm_to_fb, load_state_dict_checked, spark_state_from_reference
 from sparkmim.convert.reference import build_kwargs_from_reference_config
 
 
@@ -65,3 +67,34 @@ def masked_part(output: torch.Tensor, channels_last: bool, active: torch.Tensor)
     if channels_last:
         full = full.permute(0, 2, 3, 1)
     return output.masked_select(~full.expand_as(output))
+
+
+_DECODER_TO_REFERENCE = [
+    (r"decoder\.stages\.(\d+)\.upsample\.", r"dense_decoder.dec.\1.up_sample."),
+    (r"decoder\.stages\.(\d+)\.conv1\.", r"dense_decoder.dec.\1.conv.0."),
+    (r"decoder\.stages\.(\d+)\.bn1\.", r"dense_decoder.dec.\1.conv.1."),
+    (r"decoder\.stages\.(\d+)\.conv2\.", r"dense_decoder.dec.\1.conv.3."),
+    (r"decoder\.stages\.(\d+)\.bn2\.", r"dense_decoder.dec.\1.conv.4."),
+    (r"decoder\.proj\.", r"dense_decoder.proj."),
+]
+
+
+def reference_release(spark: SparK, arch: str, input_size: int = 224) -> dict:
+    """A SparK model in the reference's ``*_withdecoder_1kpretrained_spark_style.pth`` layout (what its
+    training saved: facebookresearch names for ConvNeXt, no encoder head, unused buffers, a config)."""
+    state = spark.state_dict()
+    encoder = {k[len("encoder.model."):]: v for k, v in state.items()
+               if k.startswith("encoder.model.") and not k.startswith("encoder.model.head.")}
+    if "convnext" in arch:
+        encoder, _ = convnext_timm_to_fb(encoder)
+    module = {f"sparse_encoder.sp_cnn.{k}": v for k, v in encoder.items()}
+    for key, value in state.items():
+        if not key.startswith("encoder."):
+            for pattern, target in _DECODER_TO_REFERENCE:
+                key = re.sub(pattern, target, key)
+            module[key] = value
+    module.update(imn_m=torch.zeros(1, 3, 1, 1), imn_s=torch.ones(1, 3, 1, 1), norm_black=torch.zeros(1, 3, 8, 8))
+    module["config"] = {"mask_ratio": spark.mask_ratio, "densify_norm_str": spark.densify_norm, "sbn": False,
+                        "hierarchy": 4, "sparse_encoder.input_size": input_size,
+                        "dense_decoder.width": spark.decoder.width}
+    return {"module": module, "arch": arch, "input_size": input_size, "epoch": 1599, "is_pretrain": True}

@@ -17,37 +17,8 @@ import torchvision
 
 from sparkmim import build_spark
 from sparkmim.convert import convnext_timm_to_fb
+from sparkmim.tests.core_utils import reference_release
 from sparkmim.tools.convert import main
-
-DECODER_TO_REFERENCE = [
-    (r"decoder\.stages\.(\d+)\.upsample\.", r"dense_decoder.dec.\1.up_sample."),
-    (r"decoder\.stages\.(\d+)\.conv1\.", r"dense_decoder.dec.\1.conv.0."),
-    (r"decoder\.stages\.(\d+)\.bn1\.", r"dense_decoder.dec.\1.conv.1."),
-    (r"decoder\.stages\.(\d+)\.conv2\.", r"dense_decoder.dec.\1.conv.3."),
-    (r"decoder\.stages\.(\d+)\.bn2\.", r"dense_decoder.dec.\1.conv.4."),
-    (r"decoder\.proj\.", r"dense_decoder.proj."),
-]
-
-
-def reference_release(spark, arch: str, input_size: int) -> dict:
-    """A SparK model in the reference's ``*_withdecoder_1kpretrained_spark_style.pth`` layout."""
-    state = spark.state_dict()
-    encoder = {k[len("encoder.model."):]: v for k, v in state.items()
-               if k.startswith("encoder.model.") and not k.startswith("encoder.model.head.")}
-    if "convnext" in arch:
-        encoder, _ = convnext_timm_to_fb(encoder)
-    module = {f"sparse_encoder.sp_cnn.{k}": v for k, v in encoder.items()}
-    for key, value in state.items():
-        if not key.startswith("encoder."):
-            for pattern, target in DECODER_TO_REFERENCE:
-                key = re.sub(pattern, target, key)
-            module[key] = value
-    module.update(imn_m=torch.zeros(1, 3, 1, 1), imn_s=torch.ones(1, 3, 1, 1), norm_black=torch.zeros(1, 3, 8, 8))
-    module["config"] = {"mask_ratio": spark.mask_ratio, "densify_norm_str": spark.densify_norm, "sbn": False,
-                        "hierarchy": 4, "sparse_encoder.input_size": input_size,
-                        "dense_decoder.width": spark.decoder.width}
-    return {"module": module, "arch": arch, "input_size": input_size, "epoch": 1599, "is_pretrain": True}
-
 
 def our_full_checkpoint(spark, model: str, path: Path) -> Path:
     from sparkmim.pretrain.checkpointing import gather_rng_states, save_full
