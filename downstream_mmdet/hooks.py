@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional
 
 from mmengine.hooks import Hook
 
-from .results import write_results
+from .results import no_detection_metrics, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,11 @@ class CocoResultsHook(Hook):
         self.info = dict(info or {})
 
     def _write(self, runner: Any, metrics: Optional[Dict[str, Any]], **info: Any) -> None:
-        if runner.rank != 0 or not metrics:
+        if runner.rank != 0:
             return
+        if not metrics:
+            logger.warning("the evaluation produced no detections; writing AP 0 for every metric")
+            metrics, info = no_detection_metrics(), dict(info, detections=0)
         write_results(metrics, self.path, **info, **self.info)
         logger.info("COCO AP written to %s", self.path)
 

@@ -38,6 +38,14 @@ def ap_table(metrics: Mapping[str, Any]) -> Dict[str, Dict[str, Optional[float]]
     return table
 
 
+def no_detection_metrics() -> Dict[str, float]:
+    """What COCO evaluation of a model without a single detection amounts to: every AP is 0.
+
+    mmdet's CocoMetric returns no metrics at all in that case (an untrained or collapsed model);
+    the results file must still say what happened rather than be missing."""
+    return {f"coco/{task}_{suffix}": 0.0 for task in TASKS for suffix in METRIC_NAMES}
+
+
 def write_results(metrics: Mapping[str, Any], path: Path, **info: Any) -> Path:
     """Write the AP table atomically to ``path``; ``info`` adds run facts (config, weights, epoch)."""
     payload = {"framework": "mmdetection", **info, **ap_table(metrics)}

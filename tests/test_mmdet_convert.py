@@ -127,3 +127,13 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("spark-mmdet-convert: error:") for line in err)
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_no_detections_give_zero_ap_not_a_missing_file(tmp_path):
+    import json
+
+    from sparkmim.downstream_mmdet.results import no_detection_metrics, write_results
+    path = write_results(no_detection_metrics(), tmp_path / "coco_results.json", detections=0)
+    table = json.loads(path.read_text())
+    assert table["detections"] == 0
+    assert table["bbox"] == table["segm"] == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": 0.0, "APl": 0.0}
