@@ -39,6 +39,7 @@ DEFAULTS: Dict[str, Any] = {
     "compile": False,
     "device": "auto",
     "workers": None,           # data-loading processes; None = min(8, cpu count)
+    "decode_on_device": False, # decode JPEGs (and crop/resize) on the training device, e.g. nvJPEG on a GPU
     "seed": 0,
     "output_dir": None,        # None = runs/spark_<model>
     "resume": None,            # checkpoint path or 'auto' (the run folder's last checkpoint)
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_const", const=True, default=None)
     parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--decode-on-device", action="store_const", const=True, default=None,
+                        help="workers only read files; JPEGs are decoded, cropped and resized on the training "
+                             "device (nvJPEG on a GPU; on a CPU device, in the training process)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto'")

@@ -45,7 +45,7 @@ class Loop:
     optimizer: torch.optim.Optimizer
     scaler: Optional[Any]
     schedule: Schedule
-    batches: Iterator[Tuple[torch.Tensor, List[int]]]
+    batches: Iterator[Any]   # loader batches; ``(images, failed)`` unless ``prepare_batch`` converts them
     accumulation: int
     steps_per_epoch: int
     total_steps: int
@@ -58,6 +58,9 @@ class Loop:
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     progress: bool = True
+    # loader batch -> (images, failed); None when the loader already yields that (the CPU path).
+    # The device-decoding path passes its decoder here (see ``device_decode.DeviceDecoder``).
+    prepare_batch: Optional[Callable[[Any], Tuple[torch.Tensor, List[int]]]] = None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -74,7 +77,8 @@ class Loop:
         lr, wd = self.schedule.apply(self.optimizer, step)
         loss_sum = torch.zeros((), device=self.dist_info.device)
         for micro in range(self.accumulation):
-            images, failed = next(self.batches)
+            batch = next(self.batches)
+            images, failed = self.prepare_batch(batch) if self.prepare_batch is not None else batch
             self.skips.report(failed)
             images = images.to(self.dist_info.device, non_blocking=True)
             if self.channels_last:

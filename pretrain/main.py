@@ -27,6 +27,7 @@ from .config import DEFAULTS, check_model_name, normalise_size, peak_lr, resolve
 from .data import (DataError, PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
+from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
 from .optim import Schedule, build_optimizer
 from .pictures import plot_loss_curve, plot_reconstructions
@@ -189,6 +190,23 @@ def state_checksums(module: torch.nn.Module) -> Tuple[float, float]:
     return params, buffers
 
 
+def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sampler: StepBatchSampler, workers: int,
+                 device: torch.device, decode_on_device: bool) -> Tuple[DataLoader, Optional[DeviceDecoder]]:
+    """The training DataLoader, and the callable that turns its batches into device images (device
+    decoding) or None (the CPU path: workers decode and augment, batches are ready tensors)."""
+    generator = torch.Generator().manual_seed(seed)
+    if decode_on_device:
+        dataset = EncodedImages(paths, size, seed)
+        logger.info("data: JPEGs decoded on %s (workers read bytes and draw crops; other formats decoded in "
+                    "the workers)", device)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_encoded,
+                            generator=generator)
+        return loader, DeviceDecoder(dataset, device)
+    loader = DataLoader(PretrainImages(paths, size, seed), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda", generator=generator)
+    return loader, None
+
+
 def _changed_options(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs"}
     return [k for k in DEFAULTS if k not in ignore and saved.get(k) != current.get(k)]
@@ -268,9 +286,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
     sampler.start_step = start_step
     workers = config["workers"] if config["workers"] is not None else min(8, os.cpu_count() or 1)
-    loader = DataLoader(PretrainImages(paths, size, seed), batch_sampler=sampler, num_workers=int(workers),
-                        collate_fn=collate, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(seed))
+    loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), device,
+                                         bool(config["decode_on_device"]))
     batches = iter(loader)
 
     if rng_states is not None:
@@ -311,7 +328,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                         accumulation=per_rank // micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                         global_batch=global_batch, dist_info=dist_info, metrics=metrics,
                         skips=SkipReporter(paths), stop=stop, save=save, amp_dtype=amp_dtype,
-                        channels_last=bool(config["channels_last"]), progress=bool(config["progress"]))
+                        channels_last=bool(config["channels_last"]), progress=bool(config["progress"]),
+                        prepare_batch=prepare_batch)
             result = loop.run(start_step)
     finally:
         metrics.close()
