@@ -125,6 +125,21 @@ def test_end_to_end_runs_spark_pretrain_on_jpegs(tmp_path, capsys):
     assert report["verdict"].split()[0] in {"loading-bound", "compute-bound", "contention:"}
 
 
+@pytest.mark.slow
+def test_end_to_end_with_device_decoding_reports_both_loader_rates(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    code = bench.main(["e2e", "--work-dir", str(tmp_path / "work"), "--num-images", "8", "--image-size", "72",
+                       "--model", "resnet18", "--size", "64", "--batch", "4", "--workers", "1", "--threads", "1",
+                       "--warmup", "0", "--decode-on-device", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["loader"]["decode_on_device"] is False and report["loader_device"]["decode_on_device"] is True
+    assert report["loader"]["images_per_s"] > 0 and report["loader_device"]["images_per_s"] > 0
+    assert "--decode-on-device" in report["end_to_end"]["command"] and report["end_to_end"]["steps"] == 2
+    printed = capsys.readouterr().out
+    assert "PIL decode in workers" in printed and "JPEG decode on cpu (decode_jpeg)" in printed
+
+
 def test_norm_microbenchmark_runs():
     from sparkmim.tools import bench_norm
     rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2)

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--device", default="cpu")
     e2e.add_argument("--threads", type=int, default=None)
     e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
+    e2e.add_argument("--decode-on-device", action="store_true",
+                     help="also time the loader with JPEG decoding on --device, and run spark-pretrain with it")
     e2e.add_argument("--json", type=Path, default=None)
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
@@ -133,7 +135,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
     from .bench_e2e import E2EConfig, format_e2e, run_e2e
     config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
-                       workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup)
+                       workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
+                       decode_on_device=args.decode_on_device)
     report = run_e2e(config)
     print(format_e2e(report))
     _write_json(args.json, report)

@@ -3,7 +3,9 @@
 Three measurements with the same model, batch and resolution:
 
 1. loader alone: spark-pretrain's own dataset, batch sampler and DataLoader (decode, random resized
-   crop, flip, normalise) iterated without a model;
+   crop, flip, normalise) iterated without a model; with ``decode_on_device`` also the device-decoding
+   path (workers read bytes and draw crops; decode, resize and normalise on ``device``, which on a CPU
+   device happens in the measuring process), and the end-to-end run then uses that path;
 2. step alone: the training step of sparkmim's SparK on synthetic images (``bench_step``);
 3. end to end: the real ``spark-pretrain`` command for one epoch, its per-step rate read from the
    run's metrics.jsonl (each logged step includes fetching its batch).
@@ -45,6 +47,7 @@ class E2EConfig:
     threads: Optional[int] = None
     warmup: int = 2
     seed: int = 0
+    decode_on_device: bool = False
 
 
 def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
@@ -62,22 +65,44 @@ def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List
     return paths
 
 
-def time_loader(paths: List[Path], config: E2EConfig, batches: int) -> Dict[str, Any]:
-    """Images/s of spark-pretrain's data pipeline alone (the first batch, with worker start-up, excluded)."""
+def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_device: bool = False) -> Dict[str, Any]:
+    """Images/s of spark-pretrain's data pipeline alone (the first batch, with worker start-up, excluded).
+
+    With ``decode_on_device`` each batch also goes through the device decoder, as in training, so the
+    rate is that of finished (B, 3, H, W) images on ``config.device``."""
     from torch.utils.data import DataLoader
 
     from sparkmim.pretrain.data import PretrainImages, StepBatchSampler, collate
+    from sparkmim.pretrain.device_decode import DeviceDecoder, EncodedImages, collate_encoded
+    size = (config.size, config.size)
     sampler = StepBatchSampler(len(paths), config.batch, config.batch, rank=0, world_size=1, seed=config.seed)
-    loader = DataLoader(PretrainImages(paths, (config.size, config.size), config.seed), batch_sampler=sampler,
-                        num_workers=config.workers, collate_fn=collate)
+    if decode_on_device:
+        dataset = EncodedImages(paths, size, config.seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_encoded)
+        prepare = DeviceDecoder(dataset, config.device)
+    else:
+        loader = DataLoader(PretrainImages(paths, size, config.seed), batch_sampler=sampler,
+                            num_workers=config.workers, collate_fn=collate)
+        prepare = None
+    device = torch.device(config.device)
     iterator = iter(loader)
-    next(iterator)
+
+    def fetch() -> torch.Tensor:
+        batch = next(iterator)
+        images = prepare(batch)[0] if prepare is not None else batch[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return images
+
+    fetch()
     tick = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        fetch()
     elapsed = time.perf_counter() - tick
     del iterator
-    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers}
+    path = f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
+    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
+            "decode_on_device": decode_on_device, "path": path}
 
 
 def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
@@ -96,6 +121,8 @@ def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, An
                "--input-size", str(config.size), "--batch-size", str(config.batch), "--epochs", str(epochs),
                "--warmup-epochs", "0", "--workers", str(config.workers), "--device", config.device,
                "--output-dir", str(run_dir), "--no-progress", "--no-tensorboard", "--seed", str(config.seed)]
+    if config.decode_on_device:
+        command.append("--decode-on-device")
     env = dict(os.environ)
     if config.threads:
         env["OMP_NUM_THREADS"] = str(config.threads)
@@ -134,22 +161,29 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
         data, paths = config.data, list_images(str(config.data))
     steps = max(1, len(paths) // config.batch - config.warmup)
     loader = time_loader(paths, config, batches=max(2, steps))
+    loader_device = (time_loader(paths, config, batches=max(2, steps), decode_on_device=True)
+                     if config.decode_on_device else None)
     step = time_step(config, steps=max(2, steps))
     end_to_end = run_pretrain(data, config)
+    used = loader_device if loader_device is not None else loader
     return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
-            "images": len(paths), "loader": loader, "step": step, "end_to_end": end_to_end,
-            "verdict": verdict(loader["images_per_s"], step["images_per_s"], end_to_end["images_per_s"])}
+            "images": len(paths), "loader": loader, "loader_device": loader_device, "step": step,
+            "end_to_end": end_to_end,
+            "verdict": verdict(used["images_per_s"], step["images_per_s"], end_to_end["images_per_s"])}
 
 
 def format_e2e(report: Dict[str, Any]) -> str:
     config = report["config"]
+    loaders = [report["loader"]] + ([report["loader_device"]] if report.get("loader_device") else [])
+    used = loaders[-1]["path"]
+    rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {loader['images_per_s']:.2f} |"
+            for loader in loaders]
     return "\n".join([
         f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
         f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
         "",
-        "| measurement | images/s |", "|---|---|",
-        f"| loader alone ({report['loader']['workers']} workers) | {report['loader']['images_per_s']:.2f} |",
+        "| measurement | images/s |", "|---|---|", *rows,
         f"| training step alone (synthetic input) | {report['step']['images_per_s']:.2f} |",
-        f"| spark-pretrain end to end ({report['end_to_end']['steps_used']} steps) | "
+        f"| spark-pretrain end to end, {used} ({report['end_to_end']['steps_used']} steps) | "
         f"{report['end_to_end']['images_per_s']:.2f} |",
-        "", f"verdict: {report['verdict']}"])
+        "", f"verdict (for {used}): {report['verdict']}"])
