@@ -140,6 +140,17 @@ def test_end_to_end_with_device_decoding_reports_both_loader_rates(tmp_path, cap
     assert "PIL decode in workers" in printed and "JPEG decode on cpu (decode_jpeg)" in printed
 
 
+def test_loader_only_compares_both_loading_paths(tmp_path, capsys):
+    out = tmp_path / "loader.json"
+    assert bench.main(["e2e", "--work-dir", str(tmp_path / "work"), "--num-images", "6", "--image-size", "48",
+                       "--size", "32", "--batch", "2", "--workers", "0", "--warmup", "0", "--decode-on-device",
+                       "--loader-only", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["loader"]["images_per_s"] > 0 and report["loader_device"]["images_per_s"] > 0
+    assert "step" not in report and "end_to_end" not in report
+    assert "loader only" in capsys.readouterr().out
+
+
 def test_norm_microbenchmark_runs():
     from sparkmim.tools import bench_norm
     rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2)

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
     e2e.add_argument("--decode-on-device", action="store_true",
                      help="also time the loader with JPEG decoding on --device, and run spark-pretrain with it")
+    e2e.add_argument("--loader-only", action="store_true", help="time the loader(s) only: no model, no run")
     e2e.add_argument("--json", type=Path, default=None)
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
@@ -136,7 +137,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
     config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
                        workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
-                       decode_on_device=args.decode_on_device)
+                       decode_on_device=args.decode_on_device, loader_only=args.loader_only)
     report = run_e2e(config)
     print(format_e2e(report))
     _write_json(args.json, report)

@@ -48,6 +48,7 @@ class E2EConfig:
     warmup: int = 2
     seed: int = 0
     decode_on_device: bool = False
+    loader_only: bool = False   # measure 1. only (no model: cheap, and enough to compare loading paths)
 
 
 def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
@@ -163,13 +164,16 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
     loader = time_loader(paths, config, batches=max(2, steps))
     loader_device = (time_loader(paths, config, batches=max(2, steps), decode_on_device=True)
                      if config.decode_on_device else None)
+    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
+              "images": len(paths), "loader": loader, "loader_device": loader_device}
+    if config.loader_only:
+        return report
     step = time_step(config, steps=max(2, steps))
     end_to_end = run_pretrain(data, config)
     used = loader_device if loader_device is not None else loader
-    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
-            "images": len(paths), "loader": loader, "loader_device": loader_device, "step": step,
-            "end_to_end": end_to_end,
-            "verdict": verdict(used["images_per_s"], step["images_per_s"], end_to_end["images_per_s"])}
+    report.update(step=step, end_to_end=end_to_end,
+                  verdict=verdict(used["images_per_s"], step["images_per_s"], end_to_end["images_per_s"]))
+    return report
 
 
 def format_e2e(report: Dict[str, Any]) -> str:
@@ -178,11 +182,13 @@ def format_e2e(report: Dict[str, Any]) -> str:
     used = loaders[-1]["path"]
     rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {loader['images_per_s']:.2f} |"
             for loader in loaders]
+    head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
+            f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
+            "", "| measurement | images/s |", "|---|---|", *rows]
+    if "step" not in report:
+        return "\n".join(head + ["", "loader only: no training step or spark-pretrain run measured"])
     return "\n".join([
-        f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
-        f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
-        "",
-        "| measurement | images/s |", "|---|---|", *rows,
+        *head,
         f"| training step alone (synthetic input) | {report['step']['images_per_s']:.2f} |",
         f"| spark-pretrain end to end, {used} ({report['end_to_end']['steps_used']} steps) | "
         f"{report['end_to_end']['images_per_s']:.2f} |",
