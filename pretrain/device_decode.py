@@ -4,7 +4,7 @@ On a GPU, the CPU loader (PIL decode + resize in worker processes) can bound tra
 path moves the expensive part to the device: the loader workers only read each file's bytes, parse
 its header for the size, and draw the crop box and flip; the training process then decodes the whole
 micro-batch with ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on CUDA), and crops,
-resizes (bicubic, antialiased), flips and normalises there.
+resizes (bicubic, antialiased, uint8 like PIL), flips and normalises there.
 
 The same code runs on a CPU device (decoding then happens on the CPU, in the training process), which
 is how it is tested. The crop box and flip come from the same per-sample RNG as the CPU path
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
+from torchvision.transforms.v2 import functional as TF2
 
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 
@@ -164,7 +164,7 @@ class DeviceDecoder:
         samples = list(batch.samples)
         decoded = self._decode(samples, failed)
         resized = [self._crop_resize_flip(image, sample.box, sample.flip) for image, sample in zip(decoded, samples)]
-        images = torch.stack(resized)
+        images = torch.stack(resized).float()
         return images.sub_(self.mean).div_(self.std), failed
 
     def _decode(self, samples: List[EncodedSample], failed: List[int]) -> List[torch.Tensor]:
@@ -209,10 +209,9 @@ class DeviceDecoder:
         return replacement
 
     def _crop_resize_flip(self, image: torch.Tensor, box: Box, flip: bool) -> torch.Tensor:
+        """uint8 in, uint8 out, like PIL: torchvision resizes uint8 natively on CPU (SIMD) and via
+        float with clamping and rounding on a GPU."""
         top, left, height, width = box
-        crop = image[:, top:top + height, left:left + width].unsqueeze(0).float()
-        out = F.interpolate(crop, size=self.dataset.size, mode="bicubic", align_corners=False, antialias=True)
-        out = out.clamp_(0.0, 255.0)  # bicubic overshoots; PIL's uint8 output is clamped too
-        if flip:
-            out = out.flip(-1)
-        return out[0]
+        out = TF2.resized_crop(image, top, left, height, width, list(self.dataset.size),
+                               interpolation=TF2.InterpolationMode.BICUBIC, antialias=True)
+        return TF2.horizontal_flip(out) if flip else out

@@ -18,11 +18,11 @@ from sparkmim.tests.pretrain_fixtures import (TINY_ARGS, make_images, read_rows,
                                               step_losses)
 from sparkmim.utils.checkpoint import load_file
 
-# Why pixels differ: JPEG decoding is bit-identical on CPU (libjpeg-turbo in both), but PIL's bicubic
-# resize rounds to uint8 after each of its two passes, while torch's antialiased bicubic (the same
-# a = -0.5 kernel) stays in float. Measured on these smooth images (0-255 scale): mean |difference|
-# 0.29, max 1.07; on sharp-edged pictures (the demo set), max up to about 6 where crops are upsampled.
-MEAN_TOLERANCE_255 = 0.6
+# Why pixels differ at all: on CPU, JPEG decoding is bit-identical (libjpeg-turbo in both paths), and
+# both resize uint8 with an antialiased a = -0.5 bicubic kernel, but Pillow's and torch's fixed-point
+# arithmetic round differently. Measured on these images (0-255 scale): mean |difference| 0.014-0.055,
+# max 2; on the sharp-edged demo pictures at 224 px, mean 0.008, 0.8 % of values off by one, max 9.
+MEAN_TOLERANCE_255 = 0.15
 MAX_TOLERANCE_255 = 3.0
 SIZE = (48, 64)
 
