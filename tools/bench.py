@@ -5,6 +5,8 @@ Subcommands::
     spark-bench step     time a full training step of (a) sparkmim SparK, (b) the dense floor and
                          (c) the naive reference, interleaved and repeated; prints images/s, median
                          step time, peak memory and the ratios a/b and c/a
+    spark-bench paired   the same variants in one process, steps alternating: per-round ratios that
+                         hold on a machine shared with other jobs (no memory figures)
     spark-bench profile  torch.profiler of (a) against (b): where the extra time of (a) goes
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
                          loading or compute bounds it
@@ -70,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run every variant in this process (faster start; CPU peak memory then reads n/a)")
     step.add_argument("--json", type=Path, default=None, help="also write all runs and the summary here")
 
+    paired = sub.add_parser("paired", help="a/b (and c/a) from alternating steps in one process")
+    _add_step_options(paired)
+    paired.add_argument("--variants", type=_variants, default=["spark", "dense"], help="subset (default a,b)")
+    paired.add_argument("--rounds", type=int, default=10, help="alternating rounds (one step of each variant)")
+    paired.add_argument("--json", type=Path, default=None)
+
     profile = sub.add_parser("profile", help="torch.profiler of (a) against (b)")
     _add_step_options(profile)
     profile.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
@@ -123,6 +131,15 @@ def _run_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_paired(args: argparse.Namespace) -> int:
+    from .bench_paired import format_paired, measure_paired
+    config = _step_config(args)
+    report = measure_paired(args.variants, config, args.rounds)
+    print(format_paired(report, config))
+    _write_json(args.json, report)
+    return 0
+
+
 def _run_profile(args: argparse.Namespace) -> int:
     from .bench_profile import format_profile, profile_variants
     config = _step_config(args)
@@ -168,8 +185,8 @@ def _run_worker(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handlers = {"step": _run_step, "profile": _run_profile, "e2e": _run_e2e, "norm": _run_norm,
-                "worker": _run_worker}
+    handlers = {"step": _run_step, "paired": _run_paired, "profile": _run_profile, "e2e": _run_e2e,
+                "norm": _run_norm, "worker": _run_worker}
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError) as error:

@@ -1,11 +1,13 @@
 """SparK: mask -> sparse encode -> densify -> decode -> loss on masked patches (one method each)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from ..sparse.context import upsample_mask
 from ..sparse.encoder import SparseEncoder, make_sparse_encoder
 from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLayerNorm2d
 from .decoder import LightDecoder
@@ -19,16 +21,37 @@ class SparKOutput:
     """What one SparK forward produces.
 
     loss: mean per-patch-normalised L2 over masked patches (scalar, differentiable);
-    active: bool (B, 1, h, w), True = visible; reconstruction: (B, 3, H, W) prediction de-normalised
-    with each patch's own statistics, visible patches taken from the input (detached);
-    masked_input: the input with masked patches zeroed (detached);
-    prediction: the decoder's raw output (B, 3, H, W), per-patch normalised space (differentiable)."""
+    active: bool (B, 1, h, w), True = visible;
+    prediction: the decoder's raw output (B, 3, H, W), per-patch normalised space (differentiable).
+
+    ``reconstruction`` (the prediction de-normalised with each patch's own statistics, visible
+    patches taken from the input) and ``masked_input`` (the input with masked patches zeroed) are
+    detached image-size tensors that only visualisation needs; they are computed on first access
+    rather than in every training step."""
 
     loss: torch.Tensor
     active: torch.Tensor
-    reconstruction: torch.Tensor
-    masked_input: torch.Tensor
     prediction: torch.Tensor
+    images: torch.Tensor = field(repr=False)
+    patch_mean: torch.Tensor = field(repr=False)
+    patch_std: torch.Tensor = field(repr=False)
+    patch_size: int = field(repr=False, default=32)
+
+    def _visible_pixels(self) -> torch.Tensor:
+        return upsample_mask(self.active, self.images.shape[-2], self.images.shape[-1])
+
+    @cached_property
+    def reconstruction(self) -> torch.Tensor:
+        with torch.no_grad():
+            h, w = self.active.shape[-2:]
+            prediction_bln = patchify(self.prediction.detach().float(), self.patch_size)
+            predicted = unpatchify(prediction_bln * self.patch_std + self.patch_mean, self.patch_size, h, w)
+            return torch.where(self._visible_pixels(), self.images, predicted.to(self.images.dtype))
+
+    @cached_property
+    def masked_input(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.images * self._visible_pixels()
 
 
 def _as_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -154,17 +177,11 @@ class SparK(nn.Module):
         context = self.encoder.context
         with context.use(active):
             dense = self.densify(self.encode(images, active))
-            visible_pixels = context.mask_like(images, dtype=torch.bool)
         prediction = self.decode(dense)
         target, mean, std = self.patch_targets(images)
-        prediction_bln = patchify(prediction.float(), self.downsample_ratio)
-        loss = self.loss(prediction_bln, target, active)
-        with torch.no_grad():
-            predicted_pixels = unpatchify(prediction_bln * std + mean, self.downsample_ratio, h, w).to(images.dtype)
-            reconstruction = torch.where(visible_pixels, images, predicted_pixels)
-            masked_input = images * visible_pixels
-        return SparKOutput(loss=loss, active=active, reconstruction=reconstruction, masked_input=masked_input,
-                           prediction=prediction)
+        loss = self.loss(patchify(prediction.float(), self.downsample_ratio), target, active)
+        return SparKOutput(loss=loss, active=active, prediction=prediction, images=images.detach(),
+                           patch_mean=mean, patch_std=std, patch_size=self.downsample_ratio)
 
 
 def build_spark(encoder: Union[str, nn.Module], input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,

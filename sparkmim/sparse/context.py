@@ -10,6 +10,19 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 
 
+def upsample_mask(active_b1hw: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest upsampling of a (B, 1, h, w) mask to (B, 1, height, width), both multiples of (h, w).
+
+    A broadcast view reshaped once (no interpolation kernel, any dtype, bool included)."""
+    batch, _, h, w = active_b1hw.shape
+    if height % h or width % w:
+        raise ValueError(f"feature map of size {height}x{width} is not a whole multiple of the mask grid {h}x{w}")
+    rep_h, rep_w = height // h, width // w
+    return (active_b1hw[:, :, :, None, :, None]
+            .expand(batch, 1, h, rep_h, w, rep_w)
+            .reshape(batch, 1, height, width))
+
+
 class MaskNotSetError(RuntimeError):
     """A sparse layer ran outside a masked forward (no visible mask was set)."""
 
@@ -53,18 +66,11 @@ class MaskContext:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        active = self.active
-        batch, _, mask_h, mask_w = active.shape
-        if height % mask_h or width % mask_w:
-            raise ValueError(
-                f"feature map of size {height}x{width} is not a whole multiple of the mask grid "
-                f"{mask_h}x{mask_w}; sparse layers need every feature map at a resolution of at least the "
-                f"mask's, with the input size a multiple of the total stride")
-        rep_h, rep_w = height // mask_h, width // mask_w
-        upsampled = (active[:, :, :, None, :, None]
-                     .expand(batch, 1, mask_h, rep_h, mask_w, rep_w)
-                     .reshape(batch, 1, height, width)
-                     .to(dtype))
+        try:
+            upsampled = upsample_mask(self.active, height, width).to(dtype)
+        except ValueError as error:
+            raise ValueError(f"{error}; sparse layers need every feature map at a resolution of at least the "
+                             f"mask's, with the input size a multiple of the total stride") from None
         if channels_last:
             upsampled = upsampled.permute(0, 2, 3, 1)
         self._cache[key] = upsampled

@@ -48,7 +48,12 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
 
 
 class ReMaskOutput:
-    """Forward hook: multiply a layer's output by the visible mask at the output's resolution."""
+    """Forward hook: multiply a layer's output by the visible mask at the output's resolution.
+
+    In place: the hooked layers (conv, pooling, norms, linear) do not keep their own output for
+    backward, and a fresh output-size tensor per layer costs more than the multiply (on CPU the
+    allocation page-faults). Should a layer ever save its output, autograd refuses the in-place
+    change with an error at backward; it cannot go wrong silently."""
 
     def __init__(self, context: MaskContext, path: str, channels_last: bool = False) -> None:
         self.context = context
@@ -62,7 +67,7 @@ class ReMaskOutput:
             raise UnsupportedLayerError(
                 f"cannot make '{self.path}' ({type(module).__name__}) sparse: it runs on a map coarser than the "
                 f"mask grid, e.g. pooled inside an attention block sparkmim has no rule for ({error})") from error
-        return output * mask
+        return output.mul_(mask)
 
 
 class ReMaskLinearOutput(ReMaskOutput):
