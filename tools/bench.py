@@ -7,6 +7,8 @@ Subcommands::
                          step time, peak memory and the ratios a/b and c/a
     spark-bench paired   the same variants in one process, steps alternating: per-round ratios that
                          hold on a machine shared with other jobs (no memory figures)
+    spark-bench sync     the ops of one training step that synchronise host and device (any device;
+                         on CUDA also torch.cuda.set_sync_debug_mode('error')); exit 1 if (a) has any
     spark-bench profile  torch.profiler of (a) against (b): where the extra time of (a) goes
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
                          loading or compute bounds it
@@ -78,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     paired.add_argument("--rounds", type=int, default=10, help="alternating rounds (one step of each variant)")
     paired.add_argument("--json", type=Path, default=None)
 
+    sync = sub.add_parser("sync", help="host-device synchronisations in one training step of a, b, c")
+    _add_step_options(sync)
+    sync.add_argument("--variants", type=_variants, default=list(VARIANTS), help="subset (default a,b,c)")
+    sync.add_argument("--json", type=Path, default=None)
+
     profile = sub.add_parser("profile", help="torch.profiler of (a) against (b)")
     _add_step_options(profile)
     profile.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
@@ -140,6 +147,28 @@ def _run_paired(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sync(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sync_check import step_sync_report
+    config = _step_config(args)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    reports = [step_sync_report(variant, config) for variant in args.variants]
+    names = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
+    print(f"host-device synchronisations in one training step (forward, backward, LAMB step): model "
+          f"{config.model}, {config.size} px, batch {config.batch}, {config.precision}, device {config.device}\n")
+    print("| variant | syncing ops (count per step) | CUDA sync debug mode 'error' |\n|---|---|---|")
+    for report in reports:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(report["syncing_ops"].items())) or "none"
+        cuda = ("passes" if report.get("cuda_sync_debug_error") is None else report["cuda_sync_debug_error"]) \
+            if "cuda_sync_debug_error" in report else "n/a (not CUDA)"
+        print(f"| {names[report['variant']]} | {ops} | {cuda} |")
+    _write_json(args.json, {"config": vars(args) | {"variants": args.variants, "json": None}, "reports": reports})
+    spark = next((r for r in reports if r["variant"] == "spark"), None)
+    return 1 if spark is not None and (spark["syncing_ops"] or spark.get("cuda_sync_debug_error")) else 0
+
+
 def _run_profile(args: argparse.Namespace) -> int:
     from .bench_profile import format_profile, profile_variants
     config = _step_config(args)
@@ -185,7 +214,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    handlers = {"step": _run_step, "paired": _run_paired, "profile": _run_profile, "e2e": _run_e2e,
+    handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
                 "norm": _run_norm, "worker": _run_worker}
     try:
         return handlers[args.command](args)
