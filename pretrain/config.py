@@ -47,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
     "allow_unsafe_load": False,
     "num_vis": 4,              # images in the reconstruction picture
     "progress": True,          # tqdm progress bar on rank 0
+    "log_interval": 10,        # steps between reads of the loss from the device (the host's only wait for it)
     "tensorboard": True,
     "demo_images": 1024,       # size of the generated demo set (used when no data is given)
     "demo_image_size": 128,
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-unsafe-load", action="store_const", const=True, default=None,
                         help="load checkpoints that need full unpickling (only for files you trust)")
     parser.add_argument("--num-vis", type=int, default=None)
+    parser.add_argument("--log-interval", type=int, default=None,
+                        help="steps between loss reads, log lines and stop checks (default 10); each read makes "
+                             "the host wait for the device, so larger keeps a GPU busier")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False, default=None)
     parser.add_argument("--demo-images", type=int, default=None)
@@ -166,7 +170,7 @@ def validate(config: Dict[str, Any]) -> None:
                           f"use e.g. --input-size {max(32, round(height / 32) * 32)} {max(32, round(width / 32) * 32)}")
     if config["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config['amp']!r}")
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "log_interval"):
         if int(config[key]) <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if float(config["warmup_epochs"]) < 0 or float(config["warmup_epochs"]) > int(config["epochs"]):

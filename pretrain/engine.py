@@ -36,6 +36,17 @@ class LoopResult:
 
 
 @dataclass
+class PendingStep:
+    """A finished step whose loss and gradient norm are still on the device."""
+
+    step: int
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    wd: float
+
+
+@dataclass
 class Loop:
     """Everything the loop needs. ``model`` is what is called (DDP / compiled wrapper), ``params``
     the raw parameters (for the gradient norm)."""
@@ -58,6 +69,8 @@ class Loop:
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     progress: bool = True
+    # steps between reads of the loss (one host-device synchronisation each), stop checks and log lines
+    log_interval: int = 10
     # loader batch -> (images, failed); None when the loader already yields that (the CPU path).
     # The device-decoding path passes its decoder here (see ``device_decode.DeviceDecoder``).
     prepare_batch: Optional[Callable[[Any], Tuple[torch.Tensor, List[int]]]] = None
@@ -72,8 +85,11 @@ class Loop:
             return contextlib.nullcontext()
         return self.model.no_sync()
 
-    def train_step(self, step: int) -> Dict[str, float]:
-        """Forward/backward over the accumulation micro-batches, then one LAMB step."""
+    def train_step(self, step: int) -> "PendingStep":
+        """Forward/backward over the accumulation micro-batches, then one LAMB step.
+
+        Nothing here makes the host wait for the device: the loss and gradient norm stay on the
+        device until :meth:`read_pending` copies a whole interval of them at once."""
         lr, wd = self.schedule.apply(self.optimizer, step)
         loss_sum = torch.zeros((), device=self.dist_info.device)
         for micro in range(self.accumulation):
@@ -89,53 +105,84 @@ class Loop:
                 loss = output.loss.float() / self.accumulation
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.detach()
-        loss_value = float(all_reduce_mean(loss_sum).item())
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"loss is {loss_value} at step {step} (epoch {step // self.steps_per_epoch}); "
-                                     "stopped without saving; the last good checkpoint is kept. Lower the "
-                                     "learning rate or use --amp bf16/off, then resume")
+        loss_mean = all_reduce_mean(loss_sum)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = float(global_grad_norm(self.params).item())
+        grad_norm = global_grad_norm(self.params).to(loss_mean.device)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_value, "lr": lr, "wd": wd, "grad_norm": grad_norm}
+        return PendingStep(step=step, loss=loss_mean.detach(), grad_norm=grad_norm, lr=lr, wd=wd)
+
+    def read_pending(self, pending: List["PendingStep"], since: float) -> List[Dict[str, float]]:
+        """Copy the device values of the pending steps to the host in one transfer (the only point
+        where the host waits for the device) and check them; ``since``: when the first of them began
+        (their images/s is measured once the device has finished them).
+
+        A non-finite loss raises :class:`NonFiniteLossError` naming the first step it appeared in.
+        Checkpoints are written only after this check, so a broken state is never saved."""
+        if not pending:
+            return []
+        values = torch.stack([torch.stack([p.loss.float(), p.grad_norm.float()]) for p in pending]).tolist()
+        images_per_s = self.global_batch * len(pending) / max(time.time() - since, 1e-9)
+        records = []
+        for entry, (loss, grad_norm) in zip(pending, values):
+            if not math.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {entry.step} (epoch {entry.step // self.steps_per_epoch}); stopped "
+                    "without saving; the last good checkpoint is kept. Lower the learning rate or use "
+                    "--amp bf16/off, then resume")
+            records.append({"step": entry.step, "loss": loss, "lr": entry.lr, "wd": entry.wd,
+                            "grad_norm": grad_norm, "img_per_s": images_per_s})
+        return records
 
     def run(self, start_step: int) -> LoopResult:
+        """Steps from ``start_step``; every ``log_interval`` steps (and at epoch ends) the pending
+        values are read, logged and checked, and a stop request is looked at; checkpoints at epoch ends."""
         result = LoopResult(step=start_step)
         main = self.dist_info.is_main
         step = start_step
         bar = None
         epoch_losses: List[float] = []
-        recent: List[float] = []
-        run_start = time.time()
+        pending: List[PendingStep] = []
+        last_record: Dict[str, float] = {}
+        seconds_per_step: Optional[float] = None
+        run_start = interval_start = time.time()
         while step < self.total_steps:
-            epoch, within = divmod(step, self.steps_per_epoch)
+            epoch = step // self.steps_per_epoch
             if bar is None and main and self.progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=self.steps_per_epoch, initial=within, desc=f"epoch {epoch}",
+                bar = tqdm(total=self.steps_per_epoch, initial=step % self.steps_per_epoch, desc=f"epoch {epoch}",
                            dynamic_ncols=True, leave=True, mininterval=1.0)
-            tick = time.time()
-            record = self.train_step(step)
-            elapsed = time.time() - tick
-            recent = (recent + [elapsed])[-20:]
-            epoch_losses.append(record["loss"])
-            images_per_s = self.global_batch / max(elapsed, 1e-9)
-            if main:
-                self.metrics.log({"kind": "step", "epoch": epoch, **record, "img_per_s": images_per_s}, step=step)
+            pending.append(self.train_step(step))
             step += 1
             if bar is not None:
-                eta = (self.total_steps - step) * sum(recent) / len(recent)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                img_s=f"{images_per_s:.1f}", eta=_format_duration(eta), refresh=False)
                 bar.update(1)
             epoch_done = step % self.steps_per_epoch == 0 or step == self.total_steps
+            # a lone process may look at its own stop flag every step (no collective, no device read)
+            stop_seen = self.dist_info.world_size == 1 and self.stop.requested
+            if not (epoch_done or stop_seen or len(pending) >= self.log_interval):
+                continue
+            records = self.read_pending(pending, interval_start)
+            now = time.time()
+            seconds_per_step = (now - interval_start) / len(pending)
+            pending, interval_start = [], now
+            for record in records:
+                epoch_losses.append(record["loss"])
+                if main:
+                    self.metrics.log({"kind": "step", "epoch": record["step"] // self.steps_per_epoch,
+                                      **{k: v for k, v in record.items() if k != "step"}}, step=record["step"])
+            last_record = records[-1]
+            if bar is not None:
+                eta = (self.total_steps - step) * seconds_per_step
+                bar.set_postfix(loss=f"{last_record['loss']:.4f}", lr=f"{last_record['lr']:.2e}",
+                                img_s=f"{last_record['img_per_s']:.1f}", eta=_format_duration(eta), refresh=False)
+                bar.refresh()
             saved = False
             if epoch_done:
                 if bar is not None:
@@ -150,12 +197,13 @@ class Loop:
                 saved = True
                 if main:
                     self.metrics.log({"kind": "epoch", "epoch": epoch, "loss_mean": mean_loss,
-                                      "loss_last": record["loss"], "skipped_images": skipped,
+                                      "loss_last": last_record["loss"], "skipped_images": skipped,
                                       "elapsed_s": time.time() - run_start}, step=step)
                 logger.info("epoch %d done (step %d/%d): mean loss %.4f, last %.4f, %d unreadable image(s) "
-                            "skipped; checkpoint %s", epoch, step, self.total_steps, mean_loss, record["loss"],
+                            "skipped; checkpoint %s", epoch, step, self.total_steps, mean_loss, last_record["loss"],
                             skipped, path)
                 epoch_losses = []
+                interval_start = time.time()  # the checkpoint's time is not a step's
             if step < self.total_steps and self.stop.should_stop(self.dist_info.device):
                 if bar is not None:
                     bar.close()

@@ -329,7 +329,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                         global_batch=global_batch, dist_info=dist_info, metrics=metrics,
                         skips=SkipReporter(paths), stop=stop, save=save, amp_dtype=amp_dtype,
                         channels_last=bool(config["channels_last"]), progress=bool(config["progress"]),
-                        prepare_batch=prepare_batch)
+                        prepare_batch=prepare_batch, log_interval=int(config["log_interval"]))
             result = loop.run(start_step)
     finally:
         metrics.close()

@@ -37,7 +37,8 @@ def data(tmp_path_factory):
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(data, tmp_path):
-    args = [str(data), *TINY_ARGS, "--epochs", "5", "--seed", "3"]
+    # --log-interval 1: every step's loss is logged when it ends, so the kill can land mid-epoch
+    args = [str(data), *TINY_ARGS, "--epochs", "5", "--seed", "3", "--log-interval", "1"]
     reference = run_cli(args + ["--output-dir", str(tmp_path / "reference")])
     assert reference.returncode == 0, reference.stderr
     expected = step_losses(tmp_path / "reference" / "metrics.jsonl")

@@ -87,7 +87,9 @@ class MaskedBatchNormFunction(torch.autograd.Function):
                 sum_grad, sum_grad_normalized = both.chunk(2)
             scale = invstd if weight is None else invstd * weight.to(acc)
             # grad_x = mask * scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = centered * invstd
-            grad_x = (grad_out - _per_channel(sum_grad / count, dtype)).mul_(mask)
-            grad_x.addcmul_(centered, _per_channel(-sum_grad_normalized / count * invstd, dtype))
-            grad_x.mul_(_per_channel(scale, dtype))
+            #        = mask * (scale * g - scale * mean(g)) + centered * (-scale * invstd * mean(g * xhat))
+            # (centered is already zero where masked): three passes over the tensor
+            grad_x = torch.addcmul(_per_channel(-scale * sum_grad / count, dtype), grad_out, _per_channel(scale, dtype))
+            grad_x.mul_(mask)
+            grad_x.addcmul_(centered, _per_channel(-scale * invstd * sum_grad_normalized / count, dtype))
         return grad_x, None, grad_weight, grad_bias, None, None
