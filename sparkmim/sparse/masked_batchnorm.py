@@ -6,9 +6,10 @@ channels float32 gradients drift by about 1e-2 relative. Like ATen's batch norm,
 the closed-form backward and accumulates the per-channel sums over the batch in the device's
 accumulation type (float64 on CPU, float32 on CUDA).
 
-Speed: masked sums are contractions (``einsum``: no temporary the size of the input), the centred,
-masked input is computed once, used for the variance and the output and kept for backward, and
-follow-up elementwise steps run in place (a fresh full-size tensor costs more than the arithmetic).
+Speed: the input is masked once and centred in place on that copy, which is used for the variance
+and the output and kept for backward; sums are plain reductions (``sum``, ``vector_norm``, and in
+backward ATen's fused batch-norm reduction), never batched matrix products; follow-up elementwise
+steps run in place (a fresh full-size tensor costs more than the arithmetic).
 Cross-process statistics (SyncBatchNorm semantics) reduce sums and counts, forward and backward.
 """
 from typing import Any, Optional, Tuple
@@ -22,15 +23,29 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" else torch.float32
 
 
-def masked_channel_sum(x: torch.Tensor, mask: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """sum over (B, H, W) of x * mask, per channel: per-image contractions with the mask (no temporary
-    the size of x), then the (B, C) partials summed in ``acc``."""
-    return torch.einsum("bchw,bhw->bc", x, mask[:, 0]).to(acc).sum(dim=0)
+def per_image_channel_sum(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """sum over (B, H, W) per channel: the per-(image, channel) sums are plain reductions in the input
+    precision (pairwise summation), then the (B, C) partials are added in ``acc``."""
+    return x.sum(dim=(2, 3)).to(acc).sum(dim=0)
 
 
-def channel_dot(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """sum over (B, H, W) of a * b, per channel, without materialising a * b."""
-    return torch.einsum("bchw,bchw->bc", a, b).to(acc).sum(dim=0)
+def per_image_channel_sum_of_squares(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """sum over (B, H, W) of x**2 per channel, through ``vector_norm`` (one read, no x**2 temporary)."""
+    return torch.linalg.vector_norm(x, dim=(2, 3)).to(acc).square().sum(dim=0)
+
+
+def channel_sums_for_backward(grad: torch.Tensor, centered: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum of grad, sum of grad * centered) per channel over (B, H, W), in one fused pass.
+
+    ATen's batch-norm backward computes exactly these two reductions (as grad_bias and, with mean 0
+    and invstd 1, grad_weight), reading both tensors once and accumulating in the device's
+    accumulation type; an einsum would run them as batched matrix products, several times slower."""
+    channels = grad.shape[1]
+    zeros = torch.zeros(channels, dtype=grad.dtype, device=grad.device)
+    ones = torch.ones(channels, dtype=grad.dtype, device=grad.device)
+    _, sum_grad_centered, sum_grad = torch.ops.aten.native_batch_norm_backward(
+        grad, centered, ones, None, None, zeros, ones, True, 0.0, [False, True, True])
+    return sum_grad, sum_grad_centered
 
 
 def _reduce(value: torch.Tensor, process_group: Optional[Any]) -> torch.Tensor:
@@ -53,11 +68,12 @@ class MaskedBatchNormFunction(torch.autograd.Function):
                 bias: Optional[torch.Tensor], eps: float, process_group: Optional[Any]) -> Tuple[torch.Tensor, ...]:
         acc = accumulation_dtype(x)
         count = mask.sum(dtype=acc).reshape(1)
-        sums = _reduce(torch.cat([masked_channel_sum(x, mask, acc), count]), process_group)
+        masked = x * mask
+        sums = _reduce(torch.cat([per_image_channel_sum(masked, acc), count]), process_group)
         count = sums[-1]
         mean = sums[:-1] / count
-        centered = (x - _per_channel(mean, x.dtype)).mul_(mask)  # zero where masked
-        var = _reduce(channel_dot(centered, centered, acc), process_group) / count
+        centered = masked.addcmul_(mask, _per_channel(-mean, x.dtype))  # x - mean where visible, 0 where masked
+        var = _reduce(per_image_channel_sum_of_squares(centered, acc), process_group) / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(acc)
         if bias is None:
@@ -75,9 +91,9 @@ class MaskedBatchNormFunction(torch.autograd.Function):
         centered, mask, weight, invstd, count = ctx.saved_tensors
         acc = accumulation_dtype(grad_out)
         dtype = grad_out.dtype
-        # sums over visible positions: centered is zero where masked, so only sum(g) needs the mask
-        sum_grad = masked_channel_sum(grad_out, mask, acc)
-        sum_grad_normalized = channel_dot(grad_out, centered, acc) * invstd
+        grad_masked = grad_out * mask
+        sum_grad, sum_grad_centered = (v.to(acc) for v in channel_sums_for_backward(grad_masked, centered))
+        sum_grad_normalized = sum_grad_centered * invstd
         grad_weight = sum_grad_normalized.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         grad_bias = sum_grad.to(dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
         grad_x = None
@@ -87,9 +103,9 @@ class MaskedBatchNormFunction(torch.autograd.Function):
                 sum_grad, sum_grad_normalized = both.chunk(2)
             scale = invstd if weight is None else invstd * weight.to(acc)
             # grad_x = mask * scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = centered * invstd
-            #        = mask * (scale * g - scale * mean(g)) + centered * (-scale * invstd * mean(g * xhat))
-            # (centered is already zero where masked): three passes over the tensor
-            grad_x = torch.addcmul(_per_channel(-scale * sum_grad / count, dtype), grad_out, _per_channel(scale, dtype))
-            grad_x.mul_(mask)
+            #        = scale * (g * mask) - scale * mean(g) * mask - scale * invstd * mean(g * xhat) * centered
+            # (centered is zero where masked), in place on g * mask
+            grad_x = grad_masked.mul_(_per_channel(scale, dtype))
+            grad_x.addcmul_(mask, _per_channel(-scale * sum_grad / count, dtype))
             grad_x.addcmul_(centered, _per_channel(-scale * invstd * sum_grad_normalized / count, dtype))
         return grad_x, None, grad_weight, grad_bias, None, None
