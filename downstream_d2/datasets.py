@@ -5,11 +5,12 @@ A dataset is a COCO instances json plus its image folder. It is registered in De
 ``DATASETS.TRAIN``/``DATASETS.TEST`` at it and ``MODEL.ROI_HEADS.NUM_CLASSES`` at the number of
 categories in the json (Detectron2 maps category ids to contiguous ones itself).
 """
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from sparkmim.utils.coco import CocoFileError, read_coco_categories
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,9 @@ class CocoDataset:
 def read_categories(json_file: Path) -> List[dict]:
     """The ``categories`` list of a COCO json, sorted by id (the order Detectron2 assigns classes in)."""
     try:
-        data = json.loads(Path(json_file).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatasetSpecError(f"cannot read COCO json {json_file}: {error}") from error
-    categories = data.get("categories") if isinstance(data, dict) else None
-    if not categories:
-        raise DatasetSpecError(f"{json_file} has no 'categories': not a COCO instances file")
-    return sorted(categories, key=lambda category: category["id"])
+        return read_coco_categories(json_file)
+    except CocoFileError as error:
+        raise DatasetSpecError(str(error)) from error
 
 
 def custom_datasets(name: str, train_json: Optional[Path], train_images: Optional[Path],

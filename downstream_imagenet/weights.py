@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple, Union
 import torch
 from torch import nn
 
+from sparkmim.convert.loading import check_keys, shapes_of, shown
 from sparkmim.utils.checkpoint import load_file
 
 logger = logging.getLogger(__name__)
@@ -41,39 +42,25 @@ def classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
     return tuple(f"{name}." for name in names)
 
 
-def _short(keys: List[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor]) -> LoadReport:
     """Copy timm-named encoder weights into ``model``; only its classifier may stay unloaded.
 
     BatchNorm ``num_batches_tracked`` counters may also be absent (some releases strip them; they
     only matter for BatchNorm without momentum)."""
     prefixes = classifier_prefixes(model)
-    expected = model.state_dict()
     source = {k: v for k, v in encoder_state.items() if not k.startswith(prefixes)}
     dropped_classifier = sorted(set(encoder_state) - set(source))
     if dropped_classifier:
         logger.info("not loading the source classifier (%s): the new task trains its own",
-                    _short(dropped_classifier))
-    unexpected = sorted(set(source) - set(expected))
-    missing = sorted(set(expected) - set(source))
-    classifier_missing = [k for k in missing if k.startswith(prefixes)]
-    counters = [k for k in missing if k.endswith("num_batches_tracked") and k not in classifier_missing]
-    other_missing = [k for k in missing if k not in classifier_missing and k not in counters]
-    mismatched = sorted(f"{k} {tuple(source[k].shape)} vs {tuple(expected[k].shape)}"
-                        for k in set(source) & set(expected) if source[k].shape != expected[k].shape)
-    problems = []
-    if other_missing:
-        problems.append(f"missing from the weights: {_short(other_missing)}")
-    if unexpected:
-        problems.append(f"not in the model: {_short(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch (weights vs model): {_short(mismatched)}")
+                    shown(dropped_classifier, 20))
+    check = check_keys(shapes_of(model.state_dict()), shapes_of(source),
+                       may_be_missing=lambda key: key.startswith(prefixes) or key.endswith("num_batches_tracked"))
+    problems = check.problems(limit=20)
     if problems:
         raise WeightLoadingError(f"the pre-trained weights do not fit {type(model).__name__}: "
                                  + "; ".join(problems) + " (is --model the architecture that was pre-trained?)")
+    classifier_missing = [k for k in check.allowed_missing if k.startswith(prefixes)]
+    counters = [k for k in check.allowed_missing if k not in classifier_missing]
     model.load_state_dict(source, strict=False)
     return LoadReport(loaded=len(source), classifier_missing=classifier_missing, counter_buffers_missing=counters)
 
@@ -90,7 +77,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool
     report = load_into_classifier(model, encoder_state)
     report.dropped_by_converter = sorted(getattr(conversion, "dropped", []) or [])
     logger.info("loaded %d tensors from %s; classifier left to train: %s%s", report.loaded, path,
-                _short(report.classifier_missing) or "none",
+                shown(report.classifier_missing, 20) or "none",
                 f"; dropped by the converter: {len(report.dropped_by_converter)} keys "
-                f"({_short(report.dropped_by_converter, 5)})" if report.dropped_by_converter else "")
+                f"({shown(report.dropped_by_converter, 5)})" if report.dropped_by_converter else "")
     return report

@@ -7,7 +7,8 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+import sys
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
 
 from .settings import DataSpec, SettingsError, apply_data, apply_loader, resolve_config
 
@@ -119,3 +120,18 @@ def build_runner(cfg: Any) -> Any:
     from mmengine.runner import Runner
 
     return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+
+
+def start(prog: str, parser: argparse.ArgumentParser, configure: Callable[[argparse.Namespace], Any],
+          argv: Optional[Sequence[str]], errors: Tuple[Type[BaseException], ...]) -> Optional[Tuple[argparse.Namespace, Any]]:
+    """The common start of the two commands: logging, the framework check, the arguments and the
+    config. Returns (args, cfg), or None after printing a one-line ``<prog>: error: ...`` for a
+    missing framework or any of ``errors`` (the caller then exits with status 2)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        require_mmdet(prog)
+        args = parser.parse_args(argv)
+        return args, configure(args)
+    except (FrameworkMissingError,) + tuple(errors) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return None

@@ -5,11 +5,12 @@ The packaged configs live in ``configs/`` beside this module (package data); ``c
 here edits the config only; mmengine's ``Runner`` does the rest. mmengine is imported by the caller
 (``Config.fromfile``), so this module itself runs without it.
 """
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from sparkmim.utils.coco import CocoFileError, read_coco_categories
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,9 @@ def read_class_names(json_file: Path) -> List[str]:
     """Category names of a COCO instances json in category-id order (the order mmdet's CocoDataset
     assigns labels in when given these names)."""
     try:
-        data = json.loads(Path(json_file).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SettingsError(f"cannot read COCO json {json_file}: {error}") from error
-    categories = data.get("categories") if isinstance(data, dict) else None
-    if not categories:
-        raise SettingsError(f"{json_file} has no 'categories': not a COCO instances file")
-    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+        return [category["name"] for category in read_coco_categories(json_file)]
+    except CocoFileError as error:
+        raise SettingsError(str(error)) from error
 
 
 @dataclass

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import (FrameworkMissingError, add_common_arguments, build_runner, load_config, require_mmdet,
-                  results_path)
+from .cli import add_common_arguments, build_runner, load_config, results_path, start
 from .settings import SettingsError
 
 PROG = "spark-mmdet-test"
@@ -40,18 +39,10 @@ def configure(args: argparse.Namespace):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        require_mmdet(PROG)
-    except FrameworkMissingError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    started = start(PROG, build_parser(), configure, argv, (SettingsError, FileNotFoundError, ValueError))
+    if started is None:
         return 2
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = configure(args)
-    except (SettingsError, FileNotFoundError, ValueError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    args, cfg = started
     from .hooks import CocoResultsHook
 
     runner = build_runner(cfg)

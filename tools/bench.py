@@ -150,20 +150,20 @@ def _run_paired(args: argparse.Namespace) -> int:
 def _run_sync(args: argparse.Namespace) -> int:
     import torch
 
+    from .bench_step import VARIANT_TITLES, describe_config
     from .sync_check import step_sync_report
     config = _step_config(args)
     if config.threads:
         torch.set_num_threads(config.threads)
     reports = [step_sync_report(variant, config) for variant in args.variants]
-    names = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
-    print(f"host-device synchronisations in one training step (forward, backward, LAMB step): model "
-          f"{config.model}, {config.size} px, batch {config.batch}, {config.precision}, device {config.device}\n")
+    print(f"host-device synchronisations in one training step (forward, backward, LAMB step): "
+          f"{describe_config(config, torch.get_num_threads())}\n")
     print("| variant | syncing ops (count per step) | CUDA sync debug mode 'error' |\n|---|---|---|")
     for report in reports:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(report["syncing_ops"].items())) or "none"
         cuda = ("passes" if report.get("cuda_sync_debug_error") is None else report["cuda_sync_debug_error"]) \
             if "cuda_sync_debug_error" in report else "n/a (not CUDA)"
-        print(f"| {names[report['variant']]} | {ops} | {cuda} |")
+        print(f"| {VARIANT_TITLES[report['variant']]} | {ops} | {cuda} |")
     _write_json(args.json, {"config": vars(args) | {"variants": args.variants, "json": None}, "reports": reports})
     spark = next((r for r in reports if r["variant"] == "spark"), None)
     return 1 if spark is not None and (spark["syncing_ops"] or spark.get("cuda_sync_debug_error")) else 0

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Sequence
 
-from .bench_step import VARIANTS, StepConfig, measure
+from .bench_step import VARIANT_TITLES, VARIANTS, StepConfig, describe_config, measure
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +87,19 @@ def summarise(results: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def format_table(summary: Dict[str, Any], config: StepConfig) -> str:
     """A Markdown table of the summary (what ``spark-bench step`` prints)."""
-    lines = [f"model {config.model}, {config.size} px, batch {config.batch}, {config.precision}, "
-             f"device {config.device}, channels_last {config.channels_last}, compile {config.compile}, "
-             f"threads {config.threads or 'default'}, {config.warmup} warm-up + {config.steps} timed steps per run",
+    lines = [f"{describe_config(config, config.threads or 'default')}, {config.warmup} warm-up + {config.steps} "
+             "timed steps per run",
              "",
              "| variant | step time: median of run medians [min, max] (s) | fastest step (s) | images/s (from median) "
              "| peak memory (MiB) | runs |",
              "|---|---|---|---|---|---|"]
-    names = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
-    for variant in ("spark", "dense", "naive"):
+    for variant, title in VARIANT_TITLES.items():
         stats = summary["variants"].get(variant)
         if stats is None:
             continue
         step = stats["step_s"]
         memory = f"{stats['peak_memory_mib']:.0f}" if stats["peak_memory_mib"] is not None else "n/a"
-        lines.append(f"| {names[variant]} | {step['median']:.3f} [{step['min']:.3f}, {step['max']:.3f}] | "
+        lines.append(f"| {title} | {step['median']:.3f} [{step['min']:.3f}, {step['max']:.3f}] | "
                      f"{stats['fastest_step_s']:.3f} | {stats['images_per_s']:.2f} | {memory} | {step['n']} |")
     lines += ["", "| ratio | median | min | max |", "|---|---|---|---|"]
     for name, stats in summary["ratios"].items():

@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from .bench_step import PRECISIONS, VARIANTS, StepConfig, build_variant, make_images, make_optimizer
-from .bench_step import step_function, synchronize
+from .bench_step import PRECISIONS, VARIANT_TITLES, VARIANTS, StepConfig, build_variant, describe_config
+from .bench_step import make_images, make_optimizer, step_function, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +86,17 @@ def format_paired(report: Dict[str, Any], config: StepConfig) -> str:
     """Markdown tables of a paired measurement (what ``spark-bench paired`` prints)."""
     summary = report["summary"]
     rounds = len(report["rounds"])
-    lines = [f"model {config.model}, {config.size} px, batch {config.batch}, {config.precision}, "
-             f"device {config.device}, channels_last {config.channels_last}, compile {config.compile}, "
-             f"threads {report['threads']}, one process, {config.warmup} warm-up steps per variant, "
-             f"{rounds} alternating rounds",
+    lines = [f"{describe_config(config, report['threads'])}, one process, {config.warmup} warm-up steps per "
+             f"variant, {rounds} alternating rounds",
              "",
              "| variant | step time: median [q1, q3] (s) | fastest step (s) | images/s (from median) |",
              "|---|---|---|---|"]
-    names = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
-    for variant in ("spark", "dense", "naive"):
+    for variant, title in VARIANT_TITLES.items():
         stats = summary["variants"].get(variant)
         if stats is None:
             continue
         step = stats["step_s"]
-        lines.append(f"| {names[variant]} | {step['median']:.3f} [{step['q1']:.3f}, {step['q3']:.3f}] | "
+        lines.append(f"| {title} | {step['median']:.3f} [{step['q1']:.3f}, {step['q3']:.3f}] | "
                      f"{step['min']:.3f} | {stats['images_per_s']:.2f} |")
     lines += ["", "| ratio (per round) | median | q1 | q3 | min | max |", "|---|---|---|---|---|---|"]
     for name, stats in summary["ratios"].items():

@@ -24,6 +24,7 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 VARIANTS = {"spark": "a", "dense": "b", "naive": "c"}
+VARIANT_TITLES = {"spark": "(a) sparkmim SparK", "dense": "(b) dense floor", "naive": "(c) naive reference"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -46,6 +47,13 @@ class StepConfig:
 
     def encoder_kwargs(self) -> Dict[str, Any]:
         return {"drop_path_rate": self.drop_path} if self.drop_path else {}
+
+
+def describe_config(config: "StepConfig", threads: Any) -> str:
+    """The first line of every benchmark table: what was measured, where."""
+    return (f"model {config.model}, {config.size} px, batch {config.batch}, {config.precision}, "
+            f"device {config.device}, channels_last {config.channels_last}, compile {config.compile}, "
+            f"threads {threads}")
 
 
 def build_variant(variant: str, config: StepConfig) -> nn.Module:

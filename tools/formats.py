@@ -12,6 +12,7 @@ import torch
 
 from sparkmim.convert import (CLASSIFIER_PREFIXES, ConversionReport, KeyAccountingError,
                               load_encoder_state_dict, spark_state_from_reference)
+from sparkmim.convert.loading import check_keys, shapes_of
 from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
 
 # format names (stable strings, shown to users and used by tests)
@@ -150,20 +151,9 @@ def check_against_model(encoder: Mapping[str, torch.Tensor], model: str,
                         model_kwargs: Optional[Mapping[str, Any]] = None) -> List[str]:
     """Problems (missing / unexpected / wrong shape) of timm-named encoder weights for ``model``;
     the classifier may be absent, BatchNorm batch counters too."""
-    shapes = _model_shapes(model, model_kwargs)
-    expected = {k for k in shapes if not k.startswith(OPTIONAL_PREFIXES)}
-    problems = []
-    missing = sorted(k for k in expected - set(encoder) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(encoder) - set(shapes))
-    wrong = sorted(f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in encoder.items()
-                   if k in shapes and tuple(v.shape) != shapes[k])
-    if missing:
-        problems.append(f"missing for {model}: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append(f"not in {model}: " + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
-    if wrong:
-        problems.append("shape mismatch (file vs model): " + ", ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
-    return problems
+    check = check_keys(_model_shapes(model, model_kwargs), shapes_of(encoder),
+                       may_be_missing=lambda key: key.startswith(OPTIONAL_PREFIXES) or key.endswith("num_batches_tracked"))
+    return check.problems(model_name=model, limit=8)
 
 
 def _blocks_per_stage(keys, pattern: str) -> Tuple[int, ...]:
