@@ -20,11 +20,15 @@ def _grads(model: nn.Module) -> dict:
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["resnet18", pytest.param("convnext_atto", marks=pytest.mark.slow)])
-def test_naive_reference_matches_spark_loss_and_grads(name):
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet18", {}),
+    pytest.param("convnext_atto", {}, marks=pytest.mark.slow),
+    # ConvNeXt-T/S/B/L build their blocks this way: Linear MLP and timm's channels-last LayerNorm
+    pytest.param("convnext_atto", {"conv_mlp": False}, marks=pytest.mark.slow)])
+def test_naive_reference_matches_spark_loss_and_grads(name, kwargs):
     torch.manual_seed(0)
-    spark = build_spark(name, input_size=64, decoder_width=64).double().train()
-    naive = naive_like(spark, name).double().train()
+    spark = build_spark(name, input_size=64, decoder_width=64, encoder_kwargs=kwargs).double().train()
+    naive = naive_like(spark, name, encoder_kwargs=kwargs).double().train()
     images = torch.randn(3, 3, 64, 64, dtype=torch.float64)
     active = spark.mask(3, 2, 2, images.device)
     loss_a = spark(images, active).loss

@@ -149,7 +149,7 @@ def _naive_module(module: nn.Module, mask: NaiveMask, path: str) -> Optional[nn.
                               module.track_running_stats)
     if isinstance(module, _layernorm_types()):
         return NaiveLayerNorm(module.normalized_shape[0], mask, module.eps, channels_first=True)
-    if type(module) is nn.LayerNorm:
+    if isinstance(module, nn.LayerNorm):  # channels-last (timm's LayerNorm in ConvNeXt blocks without conv_mlp)
         return NaiveLayerNorm(module.normalized_shape[0], mask, module.eps, channels_first=False)
     if isinstance(module, nn.Linear):
         return NaiveLinear(module, mask)
