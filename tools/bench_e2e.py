@@ -121,7 +121,9 @@ def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, An
     command = [sys.executable, "-m", "sparkmim.pretrain", "--data", str(data), "--model", config.model,
                "--input-size", str(config.size), "--batch-size", str(config.batch), "--epochs", str(epochs),
                "--warmup-epochs", "0", "--workers", str(config.workers), "--device", config.device,
-               "--output-dir", str(run_dir), "--no-progress", "--no-tensorboard", "--seed", str(config.seed)]
+               "--output-dir", str(run_dir), "--no-progress", "--no-tensorboard", "--seed", str(config.seed),
+               # rates are per log interval: the first interval is exactly the warm-up steps left out below
+               "--log-interval", str(max(1, config.warmup))]
     if config.decode_on_device:
         command.append("--decode-on-device")
     env = dict(os.environ)
