@@ -17,6 +17,7 @@ CPU cores (the usual case on a small CPU machine).
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,7 +118,9 @@ def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
 
 def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, Any]:
     """Run ``spark-pretrain`` for ``epochs`` and read its per-step rate from metrics.jsonl."""
-    run_dir = config.work_dir / "run"
+    run_dir = config.work_dir / ("run_decode_on_device" if config.decode_on_device else "run")
+    if run_dir.exists():  # a run of an earlier benchmark would append to its metrics (or be resumed)
+        shutil.rmtree(run_dir)
     command = [sys.executable, "-m", "sparkmim.pretrain", "--data", str(data), "--model", config.model,
                "--input-size", str(config.size), "--batch-size", str(config.batch), "--epochs", str(epochs),
                "--warmup-epochs", "0", "--workers", str(config.workers), "--device", config.device,
