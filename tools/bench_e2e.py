@@ -108,9 +108,14 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
 
 
 def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
-    """Images/s of the SparK training step alone (synthetic images already on the device)."""
-    from .bench_step import StepConfig, measure
-    result = measure("spark", StepConfig(model=config.model, batch=config.batch, size=config.size,
+    """Images/s of the SparK training step alone (synthetic images already on the device).
+
+    Measured in a separate process: memory this process kept after an in-process measurement
+    (glibc does not hand it back) left the spark-pretrain run that follows short of free pages,
+    and on a machine whose free memory is mostly page cache that made its steps ~30% slower."""
+    from .bench_compare import run_isolated
+    from .bench_step import StepConfig
+    result = run_isolated("spark", StepConfig(model=config.model, batch=config.batch, size=config.size,
                                          device=config.device, threads=config.threads, warmup=config.warmup,
                                          steps=steps, seed=config.seed))
     return {"images_per_s": result["images_per_s"], "median_s": result["median_s"], "steps": steps}
