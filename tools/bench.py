@@ -150,11 +150,10 @@ def _run_paired(args: argparse.Namespace) -> int:
 def _run_sync(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench_step import VARIANT_TITLES, describe_config
+    from .bench_step import VARIANT_TITLES, check_run_settings, describe_config
     from .sync_check import step_sync_report
     config = _step_config(args)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    check_run_settings(config)
     reports = [step_sync_report(variant, config) for variant in args.variants]
     print(f"host-device synchronisations in one training step (forward, backward, LAMB step): "
           f"{describe_config(config, torch.get_num_threads())}\n")

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Sequence
 
-from .bench_step import VARIANT_TITLES, VARIANTS, StepConfig, describe_config, measure
+from .bench_step import VARIANTS, StepConfig, describe_config, measure, summarised_variants
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,7 @@ def format_table(summary: Dict[str, Any], config: StepConfig) -> str:
              "| variant | step time: median of run medians [min, max] (s) | fastest step (s) | images/s (from median) "
              "| peak memory (MiB) | runs |",
              "|---|---|---|---|---|---|"]
-    for variant, title in VARIANT_TITLES.items():
-        stats = summary["variants"].get(variant)
-        if stats is None:
-            continue
+    for title, stats in summarised_variants(summary):
         step = stats["step_s"]
         memory = f"{stats['peak_memory_mib']:.0f}" if stats["peak_memory_mib"] is not None else "n/a"
         lines.append(f"| {title} | {step['median']:.3f} [{step['min']:.3f}, {step['max']:.3f}] | "

@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from .bench_step import PRECISIONS, VARIANT_TITLES, VARIANTS, StepConfig, build_variant, describe_config
-from .bench_step import make_images, make_optimizer, step_function, synchronize
+from .bench_step import VARIANTS, StepConfig, build_step, check_run_settings, describe_config, make_images
+from .bench_step import summarised_variants, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,14 @@ def _describe(values: List[float]) -> Dict[str, float]:
 
 def measure_paired(variants: Sequence[str], config: StepConfig, rounds: int) -> Dict[str, Any]:
     """Build every variant, warm each up ``config.warmup`` steps, then time ``rounds`` rounds."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
+    check_run_settings(config)
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     device = torch.device(config.device)
     images = make_images(config, device)
     steps: Dict[str, Callable[[], torch.Tensor]] = {}
     for variant in variants:
-        model = build_variant(variant, config)
-        steps[variant] = step_function(model, make_optimizer(model), images, PRECISIONS[config.precision],
-                                       config.compile)
+        steps[variant] = build_step(variant, config, images).step
     for variant in variants:
         for _ in range(config.warmup):
             steps[variant]()
@@ -91,10 +86,7 @@ def format_paired(report: Dict[str, Any], config: StepConfig) -> str:
              "",
              "| variant | step time: median [q1, q3] (s) | fastest step (s) | images/s (from median) |",
              "|---|---|---|---|"]
-    for variant, title in VARIANT_TITLES.items():
-        stats = summary["variants"].get(variant)
-        if stats is None:
-            continue
+    for title, stats in summarised_variants(summary):
         step = stats["step_s"]
         lines.append(f"| {title} | {step['median']:.3f} [{step['q1']:.3f}, {step['q3']:.3f}] | "
                      f"{step['min']:.3f} | {stats['images_per_s']:.2f} |")

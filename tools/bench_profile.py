@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .bench_step import PRECISIONS, StepConfig, build_variant, make_images, make_optimizer, step_function, synchronize
+from .bench_step import StepConfig, build_step, check_run_settings, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,8 @@ def _wrap_leaves(model: nn.Module) -> List[Any]:
 def profile_one(variant: str, config: StepConfig, steps: int) -> Dict[str, Any]:
     """Profile ``steps`` training steps of one variant after its warm-up."""
     device = torch.device(config.device)
-    model = build_variant(variant, config)
-    optimizer = make_optimizer(model)
-    step = step_function(model, optimizer, make_images(config, device), PRECISIONS[config.precision], config.compile,
-                         phase_ranges=True)
+    built = build_step(variant, config, phase_ranges=True)
+    model, step = built.model, built.step
     for _ in range(config.warmup):
         step()
     synchronize(device)
@@ -120,8 +118,7 @@ def profile_one(variant: str, config: StepConfig, steps: int) -> Dict[str, Any]:
 
 def profile_variants(config: StepConfig, steps: int) -> Dict[str, Any]:
     """Profile (a) then (b) in this process and put their views side by side."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    check_run_settings(config)
     spark = profile_one("spark", config, steps)
     dense = profile_one("dense", config, steps)
     return {"config": config.__dict__, "spark": spark, "dense": dense}

@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,12 @@ class StepConfig:
 
     def encoder_kwargs(self) -> Dict[str, Any]:
         return {"drop_path_rate": self.drop_path} if self.drop_path else {}
+
+
+def summarised_variants(summary: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
+    """(title, statistics) of each variant in a summary, in the order (a), (b), (c)."""
+    return [(title, summary["variants"][variant]) for variant, title in VARIANT_TITLES.items()
+            if variant in summary["variants"]]
 
 
 def describe_config(config: "StepConfig", threads: Any) -> str:
@@ -121,6 +127,35 @@ def step_function(model: nn.Module, optimizer: torch.optim.Optimizer, images: to
     return step
 
 
+@dataclass
+class VariantStep:
+    """One variant ready to run: its model, optimizer and the closure of a full training step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[], torch.Tensor]
+
+
+def check_run_settings(config: StepConfig) -> None:
+    """Apply ``--threads`` and refuse an unknown precision (before any model is built)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
+
+
+def build_step(variant: str, config: StepConfig, images: Optional[torch.Tensor] = None,
+               phase_ranges: bool = False) -> VariantStep:
+    """Model, LAMB and step closure of ``variant``; ``images`` defaults to the configured synthetic batch."""
+    model = build_variant(variant, config)
+    optimizer = make_optimizer(model)
+    if images is None:
+        images = make_images(config, torch.device(config.device))
+    step = step_function(model, optimizer, images, PRECISIONS[config.precision], config.compile,
+                         phase_ranges=phase_ranges)
+    return VariantStep(model=model, optimizer=optimizer, step=step)
+
+
 def _proc_status_kib(field: str) -> Optional[int]:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -150,15 +185,9 @@ def make_images(config: StepConfig, device: torch.device) -> torch.Tensor:
 
 def measure(variant: str, config: StepConfig) -> Dict[str, Any]:
     """Build ``variant``, run warm-up + timed steps, and return its step times and peak memory."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
+    check_run_settings(config)
     device = torch.device(config.device)
-    model = build_variant(variant, config)
-    optimizer = make_optimizer(model)
-    images = make_images(config, device)
-    step = step_function(model, optimizer, images, PRECISIONS[config.precision], config.compile)
+    step = build_step(variant, config).step
 
     synchronize(device)
     if device.type == "cuda":

@@ -84,14 +84,13 @@ def record_host_syncs(step: Callable[[], Any], host_resident: Iterable[torch.Ten
 def step_sync_report(variant: str, config: Any) -> Dict[str, Any]:
     """Build one benchmark variant, run a warm-up step, then record one full training step
     (forward, backward, LAMB step); on CUDA also run one under the CUDA sync detector."""
-    from .bench_step import PRECISIONS, build_variant, make_images, make_optimizer, step_function
+    from .bench_step import build_step
     device = torch.device(config.device)
-    model = build_variant(variant, config)
-    optimizer = make_optimizer(model)
-    step = step_function(model, optimizer, make_images(config, device), PRECISIONS[config.precision], config.compile)
+    built = build_step(variant, config)
+    step = built.step
     step()
     report: Dict[str, Any] = {"variant": variant,
-                              "syncing_ops": record_host_syncs(step, optimizer_host_scalars(optimizer))}
+                              "syncing_ops": record_host_syncs(step, optimizer_host_scalars(built.optimizer))}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         report["cuda_sync_debug_error"] = cuda_sync_debug_passes(step)

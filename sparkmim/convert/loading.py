@@ -63,7 +63,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     ``allowed_missing``: key prefixes that may be absent (e.g. a classifier to be trained)."""
     prefixes = tuple(allowed_missing)
     check = check_keys(shapes_of(model.state_dict()), shapes_of(state_dict),
-                       may_be_missing=lambda key: key.startswith(prefixes) if prefixes else False)
+                       may_be_missing=lambda key: key.startswith(prefixes))
     problems = check.problems()
     if problems:
         raise KeyAccountingError(f"{what} does not match the model ({'; '.join(problems)}); was it made for another "
