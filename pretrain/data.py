@@ -7,8 +7,9 @@ uninterrupted one, whatever the number of loader workers.
 """
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import torch
 from PIL import Image
@@ -19,6 +20,8 @@ from torchvision.transforms import functional as TF
 from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,6 +93,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63 - 1)
 
 
+@contextmanager
+def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """torch's CPU RNG seeded for one sample's augmentation, the caller's RNG state restored after:
+    the draw depends on (seed, epoch, index) only, whichever worker or loading path makes it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, epoch, index))
+        yield
+
+
+def load_with_replacement(count: int, start: int, load: Callable[[int], T]) -> Tuple[T, List[int]]:
+    """``load(i)`` for i = start, start + 1, ... (wrapping) until a file loads; returns its result and
+    the unreadable indices passed over on the way."""
+    failed: List[int] = []
+    for offset in range(count):
+        candidate = (start + offset) % count
+        try:
+            return load(candidate), failed
+        except (UnreadableImageError, OSError):
+            failed.append(candidate)
+    raise DataError("no readable image left in the data set (files were removed or damaged during the run)")
+
+
 class PretrainImages(Dataset):
     """Images by index; an unreadable file is replaced by the next readable one (deterministically)
     and reported in the sample so the main process can warn once per file and count per epoch.
@@ -106,18 +131,10 @@ class PretrainImages(Dataset):
 
     def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, List[int]]:
         epoch, index = key
-        failed: List[int] = []
-        for offset in range(len(self.paths)):
-            candidate = (index + offset) % len(self.paths)
-            try:
-                image = load_rgb(self.paths[candidate])
-            except (UnreadableImageError, OSError):
-                failed.append(candidate)
-                continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, index))
-                return self.transform(image), failed
-        raise DataError("no readable image left in the data set (files were removed or damaged during the run)")
+        image, failed = load_with_replacement(len(self.paths), index,
+                                              lambda candidate: load_rgb(self.paths[candidate]))
+        with sample_rng(self.seed, epoch, index):
+            return self.transform(image), failed
 
 
 def collate(batch: Sequence[Tuple[torch.Tensor, List[int]]]) -> Tuple[torch.Tensor, List[int]]:

@@ -8,7 +8,7 @@ resizes (bicubic, antialiased, uint8 like PIL), flips and normalises there.
 
 The same code runs on a CPU device (decoding then happens on the CPU, in the training process), which
 is how it is tested. The crop box and flip come from the same per-sample RNG as the CPU path
-(:func:`sparkmim.pretrain.data.sample_seed`, ``RandomResizedCrop.get_params``), so resume stays exact
+(:func:`sparkmim.pretrain.data.sample_rng`, ``RandomResizedCrop.get_params``), so resume stays exact
 and both paths see the same crops; pixels differ only by decoder and resampler rounding.
 
 Files the device decoder should not get fall back to the CPU path in the worker and travel as uint8
@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF2
 
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, sample_seed, train_transform
+from .data import IMAGENET_MEAN, IMAGENET_STD, load_with_replacement, sample_rng, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ class EncodedImages(Dataset):
         """Crop box and flip exactly as the CPU path draws them for (seed, epoch, index).
 
         ``image`` may be a lazily opened PIL image: only its size is read, nothing is decoded."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with sample_rng(self.seed, epoch, index):
             box = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
             flip = bool(torch.rand(1) < self.flip_p)
         return (int(box[0]), int(box[1]), int(box[2]), int(box[3])), flip
@@ -117,17 +116,10 @@ class EncodedImages(Dataset):
         """The item for ``index``, starting the search for a readable file at ``first`` (default: the
         index itself). Unreadable files are skipped and listed, as in the CPU path."""
         start = index if first is None else first
-        failed: List[int] = []
-        for offset in range(len(self.paths)):
-            candidate = (start + offset) % len(self.paths)
-            try:
-                item = self._load(candidate, epoch, index, allow_encoded)
-            except (UnreadableImageError, OSError):
-                failed.append(candidate)
-                continue
-            item.failed = failed
-            return item
-        raise DataError("no readable image left in the data set (files were removed or damaged during the run)")
+        item, failed = load_with_replacement(len(self.paths), start,
+                                             lambda candidate: self._load(candidate, epoch, index, allow_encoded))
+        item.failed = failed
+        return item
 
     def _load(self, candidate: int, epoch: int, index: int, allow_encoded: bool) -> EncodedSample:
         path = self.paths[candidate]
