@@ -13,6 +13,7 @@ PACKAGE_ROOTS = {
     "sparkmim.downstream_d2": "downstream_d2",
     "sparkmim.downstream_mmdet": "downstream_mmdet",
     "sparkmim.tools": "tools",
+    "sparkmim.benchmarks": "benchmarks",
     "sparkmim.tests": "tests",
 }
 

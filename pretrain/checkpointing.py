@@ -28,7 +28,8 @@ class CheckpointError(ValueError):
 
 
 def encoder_name(model: str) -> str:
-    return f"{model}_encoder_timm.pth"
+    """``<model>_encoder_timm.pth``; a custom CNN given as ``package.module:factory`` is named by its factory."""
+    return f"{model.rsplit(':', 1)[-1]}_encoder_timm.pth"
 
 
 def rng_state() -> Dict[str, Any]:

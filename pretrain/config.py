@@ -16,7 +16,7 @@ DEMO_RECIPE = "demo"
 # the paper's pre-training recipe (PAPER.md, "Pre-training recipe")
 DEFAULTS: Dict[str, Any] = {
     "data": None,              # folder of images (searched recursively) or text file of paths
-    "model": "resnet50",       # any timm CNN name
+    "model": "resnet50",       # any timm CNN name, or package.module:factory of a custom CNN
     "input_size": 224,         # int or [height, width], multiples of the encoder stride (32)
     "mask_ratio": 0.6,
     "epochs": 1600,
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="same as the positional DATA")
     parser.add_argument("--recipe", default=None,
                         help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")
-    parser.add_argument("--model", default=None, help="timm model name, e.g. resnet50, convnext_base")
+    parser.add_argument("--model", default=None,
+                        help="timm model name (e.g. resnet50, convnext_base) or package.module:factory of a custom "
+                             "CNN with timm's feature API (e.g. sparkmim.models:small_resnet)")
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
                         help="one size (square) or HEIGHT WIDTH; multiples of 32")
     parser.add_argument("--mask-ratio", type=float, default=None)
@@ -165,7 +167,13 @@ def validate(config: Dict[str, Any]) -> None:
     if not 0.0 < float(ratio) < 1.0:
         raise ConfigError(f"mask ratio must be strictly between 0 and 1, got {ratio} (the paper uses 0.6)")
     height, width = normalise_size(config["input_size"])
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
+    if height <= 0 or width <= 0:
+        raise ConfigError(f"input size must be positive, got {height}x{width}")
+    # timm CNNs have a total stride of 32; a custom CNN (package.module:factory) is checked against its
+    # own stride when SparK is built
+    from sparkmim.sparse.encoder import is_factory_path
+
+    if not is_factory_path(str(config["model"])) and (height % 32 or width % 32):
         raise ConfigError(f"input size {height}x{width} is not a multiple of the encoder stride 32; "
                           f"use e.g. --input-size {max(32, round(height / 32) * 32)} {max(32, round(width / 32) * 32)}")
     if config["amp"] not in AMP_CHOICES:
@@ -183,6 +191,14 @@ def check_model_name(model: str) -> None:
     """Unknown model names fail here, with the closest timm names as a hint."""
     import timm
 
+    from sparkmim.sparse.encoder import EncoderSpecError, import_factory, is_factory_path
+
+    if is_factory_path(model):
+        try:
+            import_factory(model)
+        except EncoderSpecError as error:
+            raise ConfigError(str(error)) from error
+        return
     if timm.is_model(model):
         return
     close = difflib.get_close_matches(model, timm.list_models(), n=3)

@@ -155,7 +155,8 @@ def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequen
     images = load_vis_images(paths, size, int(config["num_vis"]))
     if images is None or int(config["num_vis"]) <= 0:
         return outputs
-    active = fixed_mask(images.shape[0], size, float(config["mask_ratio"]), int(config["seed"]))
+    active = fixed_mask(images.shape[0], size, float(config["mask_ratio"]), int(config["seed"]),
+                        stride=spark.downsample_ratio)
     was_training = spark.training
     spark.eval()
     try:

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"sparkmim": "sparkmim", "pretrain": "sparkmim/pretrain", "downstream_imagenet": "sparkmim/downstream_imagenet",
            "downstream_d2": "sparkmim/downstream_d2", "downstream_mmdet": "sparkmim/downstream_mmdet",
-           "tools": "sparkmim/tools", "tests": "sparkmim/tests"}
+           "tools": "sparkmim/tools", "benchmarks": "sparkmim/benchmarks", "tests": "sparkmim/tests"}
 
 
 @pytest.mark.slow

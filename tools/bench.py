@@ -13,6 +13,8 @@ Subcommands::
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
                          loading or compute bounds it
     spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
+    spark-bench value    what SparK pre-training buys downstream: SparK vs scratch on real data
+                         (kNN, linear probe, fine-tuning on label subsets); see docs/value.md
 
 See docs/benchmarks.md for the measured tables and exact commands.
 """
@@ -211,6 +213,10 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["value"]:  # its own parser and logging (a whole protocol, not a timing)
+        from sparkmim.benchmarks.value.cli import main as value_main
+        return value_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,

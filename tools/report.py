@@ -115,6 +115,18 @@ def pretrain_section(paper: Dict[str, Any], results: Results) -> str:
         ["model", "epochs", "final epoch loss", "img/s (whole job)", "paper reference", "run"], rows)
 
 
+def value_section(results: Results) -> str:
+    """``spark-bench value`` runs: SparK vs scratch on the same data and budget."""
+    from sparkmim.benchmarks.value.report import markdown_table
+
+    parts = []
+    for r in results.value:
+        settings, data = r.payload["settings"], r.payload.get("data", {})
+        parts.append(f"{data.get('name', '?')}, preset `{settings.get('name')}`, encoder `{settings.get('model')}` "
+                     f"({r.run}):\n\n{markdown_table(r.payload)}")
+    return "### Value of pre-training (SparK vs scratch)\n\n" + "\n\n".join(parts) if parts else ""
+
+
 def render(paper: Dict[str, Any], results: Results) -> Tuple[str, List[Tuple[str, Optional[float], float]]]:
     """The Markdown report and the (label, paper, ours) pairs for the chart."""
     pairs: List[Tuple[str, Optional[float], float]] = []
@@ -122,7 +134,8 @@ def render(paper: Dict[str, Any], results: Results) -> Tuple[str, List[Tuple[str
     parts = ["## SparK: paper vs ours", imagenet_section(paper, results, pairs),
              coco_section("coco_d2", ("detectron2",), paper, results, used, pairs),
              coco_section("coco_mmdet", ("mm",), paper, results, used, pairs),
-             other_coco(results, used, pairs), pretrain_section(paper, results)]
+             other_coco(results, used, pairs), pretrain_section(paper, results),
+             value_section(results)]
     return "\n\n".join(p for p in parts if p) + "\n", pairs
 
 

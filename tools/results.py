@@ -7,6 +7,7 @@
   also read).
 - Pre-training (``spark-pretrain``): ``metrics.jsonl`` (per-step ``img_per_s``, per-epoch
   ``loss_mean``) beside its ``config.yaml``.
+- The value benchmark (``spark-bench value``): ``results.json`` (SparK vs scratch, every number).
 
 A folder is searched recursively, so a pipeline's whole work folder can be given at once."""
 import json
@@ -14,7 +15,7 @@ import logging
 import os
 import re
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -26,6 +27,7 @@ SUMMARY_FILE = "summary.json"
 COCO_FILE = "coco_results.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+VALUE_FILE = "results.json"
 
 
 @dataclass
@@ -67,20 +69,32 @@ class PretrainResult:
 
 
 @dataclass
+class ValueResult:
+    """One ``spark-bench value`` run: its whole ``results.json`` (the report renders its table)."""
+    run: str
+    payload: Dict[str, Any]
+
+
+@dataclass
 class Results:
     imagenet: List[ImageNetResult]
     coco: List[CocoResult]
     pretrain: List[PretrainResult]
+    value: List[ValueResult] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"imagenet": [dict(asdict(r), best=r.best) for r in self.imagenet],
-                "coco": [asdict(r) for r in self.coco], "pretrain": [asdict(r) for r in self.pretrain]}
+                "coco": [asdict(r) for r in self.coco], "pretrain": [asdict(r) for r in self.pretrain],
+                "value": [asdict(r) for r in self.value]}
 
     def empty(self) -> bool:
-        return not (self.imagenet or self.coco or self.pretrain)
+        return not (self.imagenet or self.coco or self.pretrain or self.value)
 
 
 def _read_json(path: Path) -> Optional[Any]:
+    """The parsed file; None when it is absent (most folders) or unreadable (then with a warning)."""
+    if not path.is_file():
+        return None
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -193,6 +207,13 @@ def read_pretrain(folder: Path) -> Optional[PretrainResult]:
                           img_per_s=statistics.median(steady) if steady else None)
 
 
+def read_value(folder: Path) -> Optional[ValueResult]:
+    payload = _read_json(folder / VALUE_FILE)
+    if not isinstance(payload, dict) or not {"settings", "frozen", "finetune"} <= set(payload):
+        return None
+    return ValueResult(run=str(folder), payload=payload)
+
+
 def _folders(roots: Iterable[Path]) -> List[Path]:
     found = []
     for root in roots:
@@ -215,4 +236,7 @@ def collect(roots: Iterable[Path]) -> Results:
             results.coco.append(coco)
         if pretrain:
             results.pretrain.append(pretrain)
+        value = read_value(folder)
+        if value:
+            results.value.append(value)
     return results

@@ -5,8 +5,9 @@ Channels and strides come from timm's ``feature_info`` and features from
 The timm model is converted in place (see :mod:`sparkmim.sparse.rules`) and keeps its parameter
 names: ``encoder.model.state_dict()`` is a plain timm state dict.
 """
+import importlib
 import logging
-from typing import Any, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
@@ -24,9 +25,31 @@ class EncoderSpecError(ValueError):
     """The model cannot serve as a SparK encoder (no feature_info, wrong strides, unknown name...)."""
 
 
+def is_factory_path(name: str) -> bool:
+    """``package.module:factory`` names a custom CNN's constructor rather than a timm model."""
+    return ":" in name
+
+
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable named by ``package.module:factory``; a one-line error naming what is missing."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise EncoderSpecError(f"cannot import '{module_name}' for the model '{path}' ({error}); give "
+                               "'package.module:factory' of an importable module or a timm model name") from error
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise EncoderSpecError(f"'{module_name}' has no callable '{attribute}' (model '{path}')")
+    return factory
+
+
 def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
-    """Create a timm model without classifier and pooling, ready to be made sparse."""
+    """Create a timm model (or a custom CNN by ``package.module:factory``, called with timm's keyword
+    arguments) without classifier and pooling, ready to be made sparse."""
     import timm
+    if is_factory_path(name):
+        return import_factory(name)(**{"num_classes": 0, "global_pool": "", **kwargs})
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise EncoderSpecError(f"unknown timm model '{name}'" + (f"; similar names: {', '.join(close)}" if close else ""))

@@ -1,0 +1,1 @@
+"""Benchmarks that measure what sparkmim buys: ``value`` (pre-training against scratch on real data)."""
