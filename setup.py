@@ -3,7 +3,7 @@
 The package list is computed from the folders themselves, so a module added anywhere below one of
 them can never be silently left out of a wheel.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # import name -> folder in the repository
 PACKAGE_ROOTS = {
@@ -14,7 +14,6 @@ PACKAGE_ROOTS = {
     "sparkmim.downstream_mmdet": "downstream_mmdet",
     "sparkmim.tools": "tools",
     "sparkmim.benchmarks": "benchmarks",
-    "sparkmim.tests": "tests",
 }
 
 
@@ -22,7 +21,9 @@ def _packages() -> list:
     packages = []
     for name, folder in PACKAGE_ROOTS.items():
         packages.append(name)
-        packages.extend(f"{name}.{sub}" for sub in find_packages(folder))
+        # namespace discovery also lists the data-only folders (recipes, configs), so that setuptools
+        # ships them as declared packages instead of warning about each
+        packages.extend(f"{name}.{sub}" for sub in find_namespace_packages(folder, exclude=["*__pycache__*"]))
     return packages
 
 

@@ -31,7 +31,7 @@ def require_mmdet(prog: str) -> None:
     except ImportError as error:
         raise FrameworkMissingError(
             f"{prog} needs MMDetection 3.x with mmpretrain and mmcv's compiled ops ({error}); create the "
-            f"detection environment with 'bash tools/setup_mmdet_env.sh' and run .venv-mmdet/bin/{prog}") from error
+            f"detection environment with 'bash scripts/setup_mmdet_env.sh' and run .venv-mmdet/bin/{prog}") from error
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, training: bool) -> None:

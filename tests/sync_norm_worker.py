@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from sparkmim.sparse.context import MaskContext
 from sparkmim.sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d
-from sparkmim.tests.core_utils import random_mask
+from tests.core_utils import random_mask
 
 
 def run_norm(norm: nn.Module, context: MaskContext, x: torch.Tensor, active: torch.Tensor, upstream: torch.Tensor):

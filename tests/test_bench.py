@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from sparkmim import build_spark
 from sparkmim.sparse.norms import SparseBatchNorm2d
-from sparkmim.tools import bench
-from sparkmim.tools.bench_dense import build_dense
-from sparkmim.tools.bench_naive import NaiveBatchNorm, NaiveSparK, naive_like
+from sparkmim.benchmarks import cli as bench
+from sparkmim.benchmarks.perf.dense import build_dense
+from sparkmim.benchmarks.perf.naive import NaiveBatchNorm, NaiveSparK, naive_like
 
 TINY = ["--model", "resnet18", "--size", "64", "--batch", "2", "--decoder-width", "64", "--threads", "1"]
 
@@ -156,7 +156,7 @@ def test_loader_only_compares_both_loading_paths(tmp_path, capsys):
 
 
 def test_norm_microbenchmark_runs():
-    from sparkmim.tools import bench_norm
+    from sparkmim.benchmarks.perf import norm as bench_norm
     rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2)
     assert [(r["channels"], r["side"]) for r in rows] == [(8, 14), (16, 7)]
     assert all(r["masked_ms"] > 0 and r["native_ms"] > 0 for r in rows)

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from sparkmim.tools import bench
-from sparkmim.tools.bench_paired import measure_paired
-from sparkmim.tools.bench_step import StepConfig
+from sparkmim.benchmarks import cli as bench
+from sparkmim.benchmarks.perf.paired import measure_paired
+from sparkmim.benchmarks.perf.step import StepConfig
 
 TINY = StepConfig(model="resnet18", size=64, batch=2, decoder_width=64, threads=1, warmup=1)
 

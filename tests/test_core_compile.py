@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparkmim import build_spark
-from sparkmim.tests.core_utils import random_mask
+from tests.core_utils import random_mask
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import torch
 from sparkmim import build_spark
 from sparkmim.convert import load_state_dict_checked, spark_state_from_reference
 from sparkmim.convert.reference import build_kwargs_from_reference_config
-from sparkmim.tests.core_utils import reference_release
+from tests.core_utils import reference_release
 
 PAPER_MODELS = ["resnet50", "resnet101", "resnet152", "resnet200", "convnext_small", "convnext_base", "convnext_large"]
 OTHER_MODELS = ["resnet18", "resnet34", "convnext_tiny", "convnextv2_tiny"]

@@ -6,18 +6,15 @@ import torch
 
 from sparkmim.convert import KeyAccountingError, spark_state_from_reference
 from sparkmim.convert.reference import SPARKMIM_ENCODER_PREFIX
-from sparkmim.tests.core_utils import spark_from_fixture
+from tests.core_utils import spark_from_fixture
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "reference_fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"  # data of the repository: never skipped
 CASES = ["resnet_tiny", "resnet_bottleneck_tiny", "convnext_tiny_cfg"]
 RTOL = 1e-4  # relative to the largest magnitude of each tensor; observed agreement is 1e-7 .. 5e-5
 
 
 def load_case(name: str) -> dict:
-    path = FIXTURES / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"reference fixtures not found at {FIXTURES}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(FIXTURES / f"{name}.pt", map_location="cpu", weights_only=False)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:

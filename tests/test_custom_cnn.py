@@ -9,7 +9,7 @@ import torch
 
 from sparkmim import build_spark
 from sparkmim.models import small_resnet_w8
-from sparkmim.tests.core_utils import random_mask
+from tests.core_utils import random_mask
 
 MODEL = "sparkmim.models:small_resnet_w8"
 SIZE = 64

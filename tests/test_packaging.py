@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"sparkmim": "sparkmim", "pretrain": "sparkmim/pretrain", "downstream_imagenet": "sparkmim/downstream_imagenet",
            "downstream_d2": "sparkmim/downstream_d2", "downstream_mmdet": "sparkmim/downstream_mmdet",
-           "tools": "sparkmim/tools", "benchmarks": "sparkmim/benchmarks", "tests": "sparkmim/tests"}
+           "tools": "sparkmim/tools", "benchmarks": "sparkmim/benchmarks"}
 
 
 @pytest.mark.slow
@@ -27,6 +27,7 @@ def test_wheel_contains_every_module(tmp_path):
             expected.add(f"{package}/{module.relative_to(ROOT / folder).as_posix()}")
     missing = sorted(expected - names)
     assert not missing, f"modules missing from the wheel: {missing}"
+    assert not [n for n in names if n.startswith(("sparkmim/tests/", "tests/"))], "the test suite is not shipped"
     assert any(n.startswith("sparkmim/pretrain/recipes/") and n.endswith(".yaml") for n in names)
     for script in (ROOT / "tools" / "pipelines").glob("*.sh"):
         assert f"sparkmim/tools/pipelines/{script.name}" in names, script.name

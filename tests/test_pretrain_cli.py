@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from sparkmim.pretrain.main import main
-from sparkmim.tests.pretrain_fixtures import TINY_ARGS, make_images, read_rows, run_cli
+from tests.pretrain_fixtures import TINY_ARGS, make_images, read_rows, run_cli
 from sparkmim.utils.checkpoint import load_file
 
 

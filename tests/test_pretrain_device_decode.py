@@ -14,7 +14,7 @@ from torchvision.transforms import functional as TF
 
 from sparkmim.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, SkipReporter, list_images, sample_seed
 from sparkmim.pretrain.device_decode import DeviceDecoder, EncodedImages, collate_encoded
-from sparkmim.tests.pretrain_fixtures import (TINY_ARGS, make_images, read_rows, run_cli, start_cli,
+from tests.pretrain_fixtures import (TINY_ARGS, make_images, read_rows, run_cli, start_cli,
                                               step_losses)
 from sparkmim.utils.checkpoint import load_file
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sparkmim.tests.pretrain_fixtures import REPO_ROOT, TINY_ARGS, environment, make_images, read_rows
+from tests.pretrain_fixtures import REPO_ROOT, TINY_ARGS, environment, make_images, read_rows
 from sparkmim.utils.checkpoint import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkmim.tests.pretrain_fixtures import (REPO_ROOT, TINY_ARGS, environment, make_images, read_rows,
+from tests.pretrain_fixtures import (REPO_ROOT, TINY_ARGS, environment, make_images, read_rows,
                                               run_cli, start_cli, step_losses)
 from sparkmim.utils.checkpoint import load_file
 

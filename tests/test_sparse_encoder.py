@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from sparkmim import MaskNotSetError, UnsupportedLayerError, build_spark, make_sparse_encoder
 from sparkmim.sparse.norms import SparseBatchNorm2d
-from sparkmim.tests.core_utils import capture_layer_outputs, masked_part, random_mask
+from tests.core_utils import capture_layer_outputs, masked_part, random_mask
 
 # family -> the layer types it exercises
 FAMILIES = [

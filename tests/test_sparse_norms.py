@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from sparkmim.sparse.context import MaskContext
 from sparkmim.sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseGroupNorm, SparseLayerNorm2d
 from sparkmim.sparse.rules import VisibleMeanInput, VisibleMeanOutput
-from sparkmim.tests.core_utils import random_mask
+from tests.core_utils import random_mask
 
 B, C, H, W, GRID = 3, 8, 12, 12, 3
 
@@ -129,10 +129,12 @@ def test_cross_process_statistics_equal_single_process_on_the_whole_batch(tmp_pa
     import subprocess
     import sys
     result_file = tmp_path / "errors.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]  # the worker is imported as tests.sync_norm_worker
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                "-m", "sparkmim.tests.sync_norm_worker", str(result_file)],
-                               env=env, capture_output=True, text=True, timeout=280)
+                                "-m", "tests.sync_norm_worker", str(result_file)],
+                               cwd=root, env=env, capture_output=True, text=True, timeout=280)
     assert completed.returncode == 0, completed.stderr[-3000:]
     errors = json.loads(result_file.read_text())
     assert errors["sparse"] < 1e-5 and errors["dense"] < 1e-5, errors

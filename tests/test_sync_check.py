@@ -5,9 +5,9 @@ boolean indexing), else an empty report would prove nothing."""
 import pytest
 import torch
 
-from sparkmim.tools import bench
-from sparkmim.tools.bench_step import StepConfig
-from sparkmim.tools.sync_check import HostSyncRecorder, record_host_syncs, step_sync_report
+from sparkmim.benchmarks import cli as bench
+from sparkmim.benchmarks.perf.step import StepConfig
+from sparkmim.benchmarks.perf.sync_check import HostSyncRecorder, record_host_syncs, step_sync_report
 
 TINY = dict(size=64, batch=2, decoder_width=64, threads=1)
 

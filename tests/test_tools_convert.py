@@ -2,6 +2,7 @@
 
 The source files are made here from real timm/torchvision models and real SparK models, in the
 layouts our pipelines and the reference release write."""
+import importlib.util
 import json
 import pickle
 import re
@@ -17,7 +18,7 @@ import torchvision
 
 from sparkmim import build_spark
 from sparkmim.convert import convnext_timm_to_fb
-from sparkmim.tests.core_utils import reference_release
+from tests.core_utils import reference_release
 from sparkmim.tools.convert import main
 
 def our_full_checkpoint(spark, model: str, path: Path) -> Path:
@@ -176,12 +177,26 @@ def test_d2_check_loads_into_mask_rcnn(tmp_path, capsys):
     assert "check      ok: loaded into Detectron2 Mask R-CNN R50-FPN" in capsys.readouterr().out
 
 
+def test_check_without_the_framework_is_a_distinct_exit_status(tmp_path, capsys):
+    if importlib.util.find_spec("detectron2") is not None:
+        pytest.skip("Detectron2 is installed here: --to d2 --check really loads the file")
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    assert main([str(tmp_path / "r18.pth"), str(tmp_path / "r18.pkl"), "--to", "d2", "--check"]) == 3
+    captured = capsys.readouterr()
+    assert (tmp_path / "r18.pkl").is_file() and "check      skipped" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("spark-convert: ") and "not checked" in captured.err
+
+
 def test_to_mmdet_uses_the_mmdetection_converter(files, tmp_path, capsys):
     pytest.importorskip("sparkmim.downstream_mmdet.convert", reason="the MMDetection converter is not in this tree")
     target = tmp_path / "cnx_mmdet.pth"
-    assert main([str(files / "cnx_1kpretrained_official_style.pth"), str(target), "--to", "mmdet", "--check"]) == 0
-    out = capsys.readouterr().out
-    assert "per-stage output norms" in out and re.search(r"check      (ok|skipped)", out)
+    status = main([str(files / "cnx_1kpretrained_official_style.pth"), str(target), "--to", "mmdet", "--check"])
+    captured = capsys.readouterr()
+    assert "per-stage output norms" in captured.out
+    checked = re.search(r"check      (ok|skipped)", captured.out)
+    assert checked and status == {"ok": 0, "skipped": 3}[checked[1]]  # 3: written but not verified
+    if status == 3:
+        assert "was written but not checked" in captured.err
     state = torch.load(target, weights_only=True)["state_dict"]
     assert "backbone.downsample_layers.0.0.weight" in state
     assert main([str(files / "torchvision_resnet18.pth"), str(tmp_path / "x.pth"), "--to", "mmdet"]) == 2

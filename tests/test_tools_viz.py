@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from sparkmim import build_spark
-from sparkmim.tests.core_utils import reference_release
-from sparkmim.tests.test_tools_convert import our_full_checkpoint
+from tests.core_utils import reference_release
+from tests.test_tools_convert import our_full_checkpoint
 from sparkmim.tools import spconv_demo
 from sparkmim.tools.viz import load_images, load_spark, main, reconstruct
 

@@ -13,7 +13,7 @@ import torch
 
 from sparkmim.convert import KeyAccountingError, load_state_dict_checked
 
-from .formats import OPTIONAL_PREFIXES
+from sparkmim.convert.formats import OPTIONAL_PREFIXES
 
 
 @dataclass

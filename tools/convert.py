@@ -6,7 +6,8 @@ state dicts), converts it with the project's converters, prints the key report a
 when a key cannot be accounted for. ``spark-convert --inspect FILE`` says what a file is.
 
 Exit status: 0 done; 1 key accounting failed (unknown/missing keys, wrong model) or ``--check``
-failed; 2 the input cannot be used (missing file, unsafe pickle, not a checkpoint).
+failed; 2 the input cannot be used (missing file, unsafe pickle, not a checkpoint); 3 the file was
+written but ``--check`` could not load it (the target framework is not installed): not verified.
 """
 import argparse
 import json
@@ -18,11 +19,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from sparkmim.convert import KeyAccountingError
+from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
 
 from . import checks
-from .formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
 from .pkl_files import load_numpy_pickle
+
+NOT_CHECKED = 3  # exit status: written, but --check could not run
 
 logger = logging.getLogger("sparkmim.tools.convert")
 
@@ -246,8 +249,10 @@ def convert(args: argparse.Namespace) -> int:
     if args.check:
         result = run_check(args.to, info, args.target)
         report["check"] = {"status": result.status, "message": result.message}
-        status = 1 if result.status == "failed" else 0
+        status = {"failed": 1, "skipped": NOT_CHECKED}.get(result.status, 0)
     print_report(report, args.json)
+    if status == NOT_CHECKED:
+        print(f"spark-convert: {args.target} was written but not checked: {result.message}", file=sys.stderr)
     return status
 
 

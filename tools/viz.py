@@ -67,7 +67,7 @@ def load_spark(path: Path, model: Optional[str], allow_unsafe: bool) -> torch.nn
     from sparkmim import build_spark
     from sparkmim.convert import load_state_dict_checked
 
-    from .formats import recognise
+    from sparkmim.convert.formats import recognise
 
     try:
         obj = load_file(path, allow_unsafe=allow_unsafe)

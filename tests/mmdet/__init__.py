@@ -1,1 +1,1 @@
-"""Tests that need MMDetection 3.x (run in the detection environment: tools/run_mmdet_tests.sh)."""
+"""Tests that need MMDetection 3.x (run in the detection environment: scripts/run_mmdet_tests.sh)."""

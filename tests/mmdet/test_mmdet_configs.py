@@ -2,7 +2,7 @@
 import pytest
 
 pytest.importorskip("mmdet", reason="mmdet is not installed: the MMDetection tests run in the detection "
-                                    "environment (bash tools/setup_mmdet_env.sh && bash tools/run_mmdet_tests.sh)")
+                                    "environment (bash scripts/setup_mmdet_env.sh && bash scripts/run_mmdet_tests.sh)")
 
 from sparkmim.downstream_mmdet.settings import CONFIG_ALIASES, resolve_config  # noqa: E402
 

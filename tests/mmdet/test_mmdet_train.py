@@ -10,11 +10,11 @@ import pytest
 import torch
 
 pytest.importorskip("mmdet", reason="mmdet is not installed: the MMDetection tests run in the detection "
-                                    "environment (bash tools/setup_mmdet_env.sh && bash tools/run_mmdet_tests.sh)")
+                                    "environment (bash scripts/setup_mmdet_env.sh && bash scripts/run_mmdet_tests.sh)")
 
 from sparkmim.downstream_mmdet import train  # noqa: E402
 from sparkmim.downstream_mmdet.settings import CONFIG_DIR  # noqa: E402
-from sparkmim.tests.mmdet.mmdet_fixtures import CLASSES, PACKAGED_B, make_coco_split, small_config, tiny_timm_convnext  # noqa: E402,E501
+from tests.mmdet.mmdet_fixtures import CLASSES, PACKAGED_B, make_coco_split, small_config, tiny_timm_convnext  # noqa: E402,E501
 
 
 @pytest.fixture(scope="module")

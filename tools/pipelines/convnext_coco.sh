@@ -17,7 +17,7 @@
 #   --mmdet-args "..."    extra spark-mmdet-train options, e.g. "--cfg-options train_cfg.max_epochs=12"
 #   --python PATH         interpreter with sparkmim (default: python); --mmdet-python PATH: the
 #                         MMDetection environment's (default: .venv-mmdet/bin/python when it exists,
-#                         made by tools/setup_mmdet_env.sh, else the same as --python)
+#                         made by scripts/setup_mmdet_env.sh, else the same as --python)
 #
 # Every option is also an environment variable (PRETRAIN_DATA, COCO, MODEL, GPUS, MMDET_ARGS, ...).
 # Stages: pretrain -> convert -> mmdet (3x schedule, evaluates on val) -> mmdet_eval (the final
@@ -77,7 +77,7 @@ done
 have_mmdet=1
 has_module "$MMDET_PYTHON" "mmdet, mmpretrain, mmcv.ops, sparkmim.downstream_mmdet.train" || have_mmdet=0
 if ((!have_mmdet && !SMOKE)); then
-  die "MMDetection (mmdet, mmpretrain, mmcv ops) is not importable by $MMDET_PYTHON; create its environment with 'bash tools/setup_mmdet_env.sh' or pass --mmdet-python"
+  die "MMDetection (mmdet, mmpretrain, mmcv ops) is not importable by $MMDET_PYTHON; create its environment with 'bash scripts/setup_mmdet_env.sh' or pass --mmdet-python"
 fi
 mkdir -p "$WORK"
 log "model $MODEL, MMDetection config $MMDET_CONFIG, $GPUS GPU(s) x $NODES node(s), work folder $WORK"
@@ -86,10 +86,12 @@ pretrain_stage
 
 BACKBONE="$WORK/convert/${MODEL}_mmdet.pth"
 mkdir -p "$WORK/convert"
-run_stage convert "$BACKBONE" "$PYTHON" -m sparkmim.tools.convert "$ENCODER" "$BACKBONE" --to mmdet --model "$MODEL" --check
+check=(--check)  # load the converted file into the framework, when it is installed
+((have_mmdet)) || check=()
+run_stage convert "$BACKBONE" "$PYTHON" -m sparkmim.tools.convert "$ENCODER" "$BACKBONE" --to mmdet --model "$MODEL" "${check[@]}"
 
 if ((!have_mmdet)); then
-  skip_rest "MMDetection is not installed for $MMDET_PYTHON (create its environment with tools/setup_mmdet_env.sh)"
+  skip_rest "MMDetection is not installed for $MMDET_PYTHON (create its environment with scripts/setup_mmdet_env.sh)"
   report_stage
   exit 0
 fi

@@ -92,7 +92,9 @@ pretrain_stage
 
 PKL="$WORK/convert/${MODEL}_d2.pkl"
 mkdir -p "$WORK/convert"
-run_stage convert "$PKL" "$D2_PYTHON" -m sparkmim.tools.convert "$ENCODER" "$PKL" --to d2 --model "$MODEL" --check
+check=(--check)  # load the converted file into the framework, when it is installed
+((have_d2)) || check=()
+run_stage convert "$PKL" "$D2_PYTHON" -m sparkmim.tools.convert "$ENCODER" "$PKL" --to d2 --model "$MODEL" "${check[@]}"
 
 if ((!have_d2)); then
   skip_rest "Detectron2 is not installed for $D2_PYTHON (it is installed from source, see the Detectron2 guide)"

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Sequence
 
-from .bench_step import VARIANTS, StepConfig, describe_config, measure, summarised_variants
+from .step import VARIANTS, StepConfig, describe_config, measure, summarised_variants
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ WORKER_MARK = "SPARK_BENCH_RESULT "
 
 def run_isolated(variant: str, config: StepConfig) -> Dict[str, Any]:
     """Measure one variant in a fresh Python process (``spark-bench worker``)."""
-    command = [sys.executable, "-m", "sparkmim.tools.bench", "worker", "--variant", variant,
+    command = [sys.executable, "-m", "sparkmim.benchmarks.cli", "worker", "--variant", variant,
                "--config-json", json.dumps(asdict(config))]
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .bench_step import PRECISIONS, VARIANTS, StepConfig
+from .perf.step import PRECISIONS, VARIANTS, StepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _write_json(path: Optional[Path], payload: dict) -> None:
 
 
 def _run_step(args: argparse.Namespace) -> int:
-    from .bench_compare import format_table, run_interleaved, summarise
+    from .perf.compare import format_table, run_interleaved, summarise
     config = _step_config(args)
     results = run_interleaved(args.variants, config, args.repeats, isolate=not args.in_process)
     summary = summarise(results)
@@ -141,7 +141,7 @@ def _run_step(args: argparse.Namespace) -> int:
 
 
 def _run_paired(args: argparse.Namespace) -> int:
-    from .bench_paired import format_paired, measure_paired
+    from .perf.paired import format_paired, measure_paired
     config = _step_config(args)
     report = measure_paired(args.variants, config, args.rounds)
     print(format_paired(report, config))
@@ -152,8 +152,8 @@ def _run_paired(args: argparse.Namespace) -> int:
 def _run_sync(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench_step import VARIANT_TITLES, check_run_settings, describe_config
-    from .sync_check import step_sync_report
+    from .perf.step import VARIANT_TITLES, check_run_settings, describe_config
+    from .perf.sync_check import step_sync_report
     config = _step_config(args)
     check_run_settings(config)
     reports = [step_sync_report(variant, config) for variant in args.variants]
@@ -171,7 +171,7 @@ def _run_sync(args: argparse.Namespace) -> int:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from .bench_profile import format_profile, profile_variants
+    from .perf.profiling import format_profile, profile_variants
     config = _step_config(args)
     report = profile_variants(config, args.profile_steps)
     print(format_profile(report, args.top))
@@ -180,7 +180,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _run_e2e(args: argparse.Namespace) -> int:
-    from .bench_e2e import E2EConfig, format_e2e, run_e2e
+    from .perf.e2e import E2EConfig, format_e2e, run_e2e
     config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
                        workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
@@ -194,7 +194,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
 def _run_norm(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench_norm import RESNET50_SHAPES, format_norms, time_norms
+    from .perf.norm import RESNET50_SHAPES, format_norms, time_norms
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device)
@@ -204,8 +204,8 @@ def _run_norm(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from .bench_compare import WORKER_MARK
-    from .bench_step import measure
+    from .perf.compare import WORKER_MARK
+    from .perf.step import measure
     known = {f.name for f in fields(StepConfig)}
     config = StepConfig(**{k: v for k, v in json.loads(args.config_json).items() if k in known})
     print(WORKER_MARK + json.dumps(measure(args.variant, config)), flush=True)
@@ -215,7 +215,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["value"]:  # its own parser and logging (a whole protocol, not a timing)
-        from sparkmim.benchmarks.value.cli import main as value_main
+        from .value.cli import main as value_main
         return value_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)

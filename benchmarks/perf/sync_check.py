@@ -84,7 +84,7 @@ def record_host_syncs(step: Callable[[], Any], host_resident: Iterable[torch.Ten
 def step_sync_report(variant: str, config: Any) -> Dict[str, Any]:
     """Build one benchmark variant, run a warm-up step, then record one full training step
     (forward, backward, LAMB step); on CUDA also run one under the CUDA sync detector."""
-    from .bench_step import build_step
+    from .step import build_step
     device = torch.device(config.device)
     built = build_step(variant, config)
     step = built.step

@@ -3,7 +3,7 @@
 Variants: (a) ``spark``: sparkmim's SparK; (b) ``dense``: the dense floor (:mod:`bench_dense`);
 (c) ``naive``: the reference-style masked SparK (:mod:`bench_naive`). Each step draws a new random
 mask (inside the model, as in training), uses synthetic images already on the device (so data loading
-is excluded; see :mod:`bench_e2e` for that) and timm's LAMB as spark-pretrain does.
+is excluded; see :mod:`.e2e` for that) and timm's LAMB as spark-pretrain does.
 
 Step times are wall-clock, device-synchronised before and after each step; the summary is the median
 after warm-up. Peak memory: CUDA ``max_memory_allocated``; on CPU the growth of the process's peak
@@ -66,8 +66,8 @@ def build_variant(variant: str, config: StepConfig) -> nn.Module:
     """The model of one variant, in training mode, on the configured device and memory format."""
     from sparkmim import build_spark
 
-    from .bench_dense import build_dense
-    from .bench_naive import naive_like
+    from .dense import build_dense
+    from .naive import naive_like
 
     torch.manual_seed(config.seed)
     spark = build_spark(config.model, input_size=config.size, mask_ratio=config.mask_ratio,

@@ -6,7 +6,7 @@ Three measurements with the same model, batch and resolution:
    crop, flip, normalise) iterated without a model; with ``decode_on_device`` also the device-decoding
    path (workers read bytes and draw crops; decode, resize and normalise on ``device``, which on a CPU
    device happens in the measuring process), and the end-to-end run then uses that path;
-2. step alone: the training step of sparkmim's SparK on synthetic images (``bench_step``);
+2. step alone: the training step of sparkmim's SparK on synthetic images (:mod:`.step`);
 3. end to end: the real ``spark-pretrain`` command for one epoch, its per-step rate read from the
    run's metrics.jsonl (each logged step includes fetching its batch).
 
@@ -113,8 +113,8 @@ def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
     Measured in a separate process: memory this process kept after an in-process measurement
     (glibc does not hand it back) left the spark-pretrain run that follows short of free pages,
     and on a machine whose free memory is mostly page cache that made its steps ~30% slower."""
-    from .bench_compare import run_isolated
-    from .bench_step import StepConfig
+    from .compare import run_isolated
+    from .step import StepConfig
     result = run_isolated("spark", StepConfig(model=config.model, batch=config.batch, size=config.size,
                                          device=config.device, threads=config.threads, warmup=config.warmup,
                                          steps=steps, seed=config.seed))

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Run the MMDetection tests (tests/mmdet, the converter tests and the ConvNeXt COCO pipeline smoke run)
 # inside the detection environment.
-#   bash tools/setup_mmdet_env.sh && bash tools/run_mmdet_tests.sh [extra pytest arguments]
+#   bash scripts/setup_mmdet_env.sh && bash scripts/run_mmdet_tests.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${MMDET_VENV:-.venv-mmdet}"
 if [ ! -x "$venv/bin/python" ]; then
-  echo "run_mmdet_tests: $venv does not exist; create it with 'bash tools/setup_mmdet_env.sh'" >&2
+  echo "run_mmdet_tests: $venv does not exist; create it with 'bash scripts/setup_mmdet_env.sh'" >&2
   exit 2
 fi
 # fail (not skip) when the environment lacks the stack: these tests exist to exercise real mmdet
 "$venv/bin/python" -c "import mmcv.ops, mmdet, mmengine, mmpretrain, pycocotools" || {
-  echo "run_mmdet_tests: $venv lacks mmcv ops / mmdet / mmengine / mmpretrain; re-run tools/setup_mmdet_env.sh" >&2
+  echo "run_mmdet_tests: $venv lacks mmcv ops / mmdet / mmengine / mmpretrain; re-run scripts/setup_mmdet_env.sh" >&2
   exit 2
 }
 exec "$venv/bin/python" -m pytest tests/mmdet tests/test_mmdet_convert.py "tests/test_tools_pipelines.py::test_convnext_coco_smoke" -q "$@"

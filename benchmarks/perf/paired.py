@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
-from .bench_step import VARIANTS, StepConfig, build_step, check_run_settings, describe_config, make_images
-from .bench_step import summarised_variants, synchronize
+from .step import VARIANTS, StepConfig, build_step, check_run_settings, describe_config, make_images
+from .step import summarised_variants, synchronize
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .bench_step import StepConfig, build_step, check_run_settings, synchronize
+from .step import StepConfig, build_step, check_run_settings, synchronize
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from sparkmim.convert import (CLASSIFIER_PREFIXES, ConversionReport, KeyAccountingError,
-                              load_encoder_state_dict, spark_state_from_reference)
-from sparkmim.convert.loading import check_keys, shapes_of
+from .encoder_weights import CLASSIFIER_PREFIXES, load_encoder_state_dict
+from .loading import check_keys, shapes_of
+from .reference import spark_state_from_reference
+from .report import ConversionReport, KeyAccountingError
 from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
 
 # format names (stable strings, shown to users and used by tests)

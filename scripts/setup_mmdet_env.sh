@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or check) the pinned MMDetection 3.x environment in .venv-mmdet and install sparkmim into it.
 #
-#   bash tools/setup_mmdet_env.sh          # CPU: builds mmcv 2.1.0 with its CPU ops (about 11 min on 2 cores, once)
-#   bash tools/setup_mmdet_env.sh gpu      # CUDA 12.1: OpenMMLab's prebuilt mmcv 2.1.0 wheel for torch 2.1
+#   bash scripts/setup_mmdet_env.sh          # CPU: builds mmcv 2.1.0 with its CPU ops (about 11 min on 2 cores, once)
+#   bash scripts/setup_mmdet_env.sh gpu      # CUDA 12.1: OpenMMLab's prebuilt mmcv 2.1.0 wheel for torch 2.1
 #
 # Why a separate environment: mmdet 3.3 refuses mmcv >= 2.2, Mask R-CNN needs mmcv's compiled ops
 # (mmcv-lite is not enough), and mmcv 2.1.0 only compiles against torch <= 2.1-era headers (C++17).
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 mode="${1:-cpu}"
 case "$mode" in
   cpu|gpu) ;;
-  *) echo "usage: bash tools/setup_mmdet_env.sh [cpu|gpu]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/setup_mmdet_env.sh [cpu|gpu]" >&2; exit 2 ;;
 esac
 venv="${MMDET_VENV:-.venv-mmdet}"
 py="$venv/bin/python"
