@@ -213,9 +213,18 @@ def _changed_options(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str
     return [k for k in DEFAULTS if k not in ignore and saved.get(k) != current.get(k)]
 
 
+def check_input_files(config: Dict[str, Any]) -> None:
+    """Files named on the command line exist: fail before the data set and the model are built."""
+    if config["resume"] not in (None, "auto"):
+        ckpt.find_resume(config["resume"], Path(config["output_dir"]))
+    if config["init_weight"] and not Path(config["init_weight"]).is_file():
+        raise UserError(f"--init-weight {config['init_weight']}: file not found")
+
+
 def run(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve(argv)
     check_model_name(config["model"])
+    check_input_files(config)
     size = normalise_size(config["input_size"])
     run_dir = prepare_output_dir(Path(config["output_dir"]))
     dist_info = init_distributed(config["device"])

@@ -99,6 +99,28 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, expected):
     assert expected in line
 
 
+def test_missing_resume_or_init_file_fails_before_the_data_is_read(tmp_path, capsys):
+    missing_data = str(tmp_path / "no_such_data")  # would be the first error if files were checked later
+    line = _error_line(capsys, [missing_data, *TINY_ARGS, "--output-dir", str(tmp_path / "run"),
+                                "--resume", str(tmp_path / "missing.pth")])
+    assert "--resume" in line and "missing.pth" in line and "file not found" in line
+    line = _error_line(capsys, [missing_data, *TINY_ARGS, "--output-dir", str(tmp_path / "run"),
+                                "--init-weight", str(tmp_path / "missing_encoder.pth")])
+    assert "--init-weight" in line and "file not found" in line
+
+
+@pytest.mark.parametrize("argv, warmup", [
+    (["--epochs", "1"], 40 / 1600),  # paper default scaled (was: "warmup_epochs must be within [0, 1], got 40")
+    (["--recipe", "resnet50", "--epochs", "10"], 0.25),           # a recipe's 40 of 1600, scaled
+    (["--epochs", "10", "--warmup-epochs", "3"], 3.0),            # given explicitly: kept
+    ([], 40.0),                                                   # the paper's run: unchanged
+])
+def test_warmup_follows_a_shortened_run(tmp_path, argv, warmup):
+    from sparkmim.pretrain.config import resolve
+    config = resolve([str(tmp_path), *argv])
+    assert config["warmup_epochs"] == pytest.approx(warmup)
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     data = make_images(tmp_path / "data", 2)
     blocker = tmp_path / "a_file"

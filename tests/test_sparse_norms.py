@@ -92,6 +92,15 @@ def test_layernorm_matches_layernorm_on_visible_positions():
     torch.testing.assert_close(gather(out, pixels), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
+def test_layernorm_returns_the_input_layout(layout):
+    context, active, pixels, x = setup(3)
+    x = x.contiguous(memory_format=layout)
+    with context.use(active):
+        out = SparseLayerNorm2d(C, context)(x)
+    assert out.is_contiguous(memory_format=layout)
+
+
 def test_squeeze_excitation_pools_visible_positions_only():
     from timm.layers.squeeze_excite import SEModule
     context, active, pixels, x = setup(4)

@@ -214,5 +214,9 @@ class SparseLayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        out = out.permute(0, 3, 1, 2)
+        # back in the input's memory layout: the permuted result is channels-last, which would otherwise
+        # carry over into the decoder and change its float32 reductions (the reference's decoder is NCHW)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else torch.contiguous_format
+        out = out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
         return out * self.context.mask_like(out)
