@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 from . import datasets
 from .config import add_spark_config
 from .optimizer import build_optimizer
-from .results import write_results
+from .results import evaluation_tasks, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class SparKTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> COCOEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        return COCOEvaluator(dataset_name, tasks=evaluation_tasks(cfg.MODEL.MASK_ON), output_dir=output_folder)
 
 
 def setup(args: Any) -> CfgNode:
@@ -58,9 +58,10 @@ def setup(args: Any) -> CfgNode:
 def _save_results(cfg: CfgNode, args: Any, results: Optional[Mapping[str, Any]],
                   iteration: Optional[int]) -> Optional[Path]:
     """Write the AP table (main process only); ``iteration`` = training iterations completed."""
-    if not results or not comm.is_main_process():
+    if results is None or not comm.is_main_process():
         return None
-    path = write_results(results, Path(cfg.OUTPUT_DIR), config=str(args.config_file),
+    path = write_results(results, Path(cfg.OUTPUT_DIR), tasks=evaluation_tasks(cfg.MODEL.MASK_ON),
+                         config=str(args.config_file),
                          weights=cfg.MODEL.WEIGHTS, iteration=iteration)
     logger.info("COCO results written to %s", path)
     return path

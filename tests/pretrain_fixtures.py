@@ -10,6 +10,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from sparkmim.utils.synthetic import smooth_waves
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_ARGS = ["--model", "test_resnet", "--input-size", "64", "--batch-size", "8", "--decoder-width", "32",
@@ -19,13 +21,10 @@ TINY_ARGS = ["--model", "test_resnet", "--input-size", "64", "--batch-size", "8"
 def make_images(folder: Path, count: int, size: int = 72, seed: int = 0) -> Path:
     """Smooth random images (learnable, unlike white noise) in two sub-folders, like a labelled set."""
     rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size] / size
     for index in range(count):
         sub = folder / ("class_a" if index % 2 else "class_b")
         sub.mkdir(parents=True, exist_ok=True)
-        a, b, c = rng.uniform(-3, 3, size=(3, 3))
-        pixels = np.stack([np.sin(a[i] * xs + b[i] * ys + c[i]) for i in range(3)], axis=-1)
-        Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(sub / f"{index:03d}.png")
+        Image.fromarray(smooth_waves(rng, size)).save(sub / f"{index:03d}.png")
     return folder
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from sparkmim.downstream_d2 import datasets
-from sparkmim.downstream_d2.results import RESULTS_FILE, write_results
+from sparkmim.downstream_d2.results import RESULTS_FILE, evaluation_tasks, write_results
 
 
 def coco_json(path, categories):
@@ -57,3 +57,13 @@ def test_results_json(tmp_path):
     data = json.loads(write_results(nested, tmp_path).read_text())
     assert data["a_val/bbox"] == {"AP": 1.0} and data["b_val/bbox"] == {"AP": 2.0}
     assert not math.isnan(data["b_val/bbox"]["AP"])
+
+
+def test_every_evaluated_task_is_reported_even_without_predictions(tmp_path):
+    assert evaluation_tasks(mask_on=True) == ("bbox", "segm") and evaluation_tasks(mask_on=False) == ("bbox",)
+    short_run = {"bbox": {"AP": float("nan"), "AP50": float("nan")}}  # a short run: no segm from Detectron2
+    data = json.loads(write_results(short_run, tmp_path, tasks=evaluation_tasks(True)).read_text())
+    assert data["bbox"] == {"AP": None, "AP50": None}
+    assert data["segm"] == {metric: None for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    data = json.loads(write_results({}, tmp_path, tasks=evaluation_tasks(True)).read_text())
+    assert set(data) >= {"bbox", "segm"}

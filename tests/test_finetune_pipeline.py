@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from sparkmim.downstream_imagenet.main import main
+from sparkmim.utils.synthetic import noisy_colour
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30), "yellow": (230, 220, 30)}
 MODEL_KWARGS = {"channels": [8, 16, 32, 64]}
@@ -34,8 +35,7 @@ def write_images(root: Path, per_class: int, rng: np.random.Generator) -> None:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (40, 40, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index}.png")
+            Image.fromarray(noisy_colour(colour, 40, rng)).save(folder / f"{index}.png")
 
 
 @pytest.fixture(scope="module")

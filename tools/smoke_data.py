@@ -5,8 +5,8 @@
 ``python -m sparkmim.tools.smoke_data coco=DIR``         DIR/annotations/instances_{train,val}2017.json,
                                                           DIR/train2017/, DIR/val2017/ (COCO layout)
 
-The images are learnable on purpose (smooth gradients, solid-colour classes, filled shapes with
-exact polygons), so a smoke run exercises real data paths, not just noise."""
+The pixels come from :mod:`sparkmim.utils.synthetic` (smooth gradients, solid-colour classes, filled
+shapes with exact polygons), so a smoke run exercises real data paths, not just noise."""
 import argparse
 import json
 import sys
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from sparkmim.utils.synthetic import box_and_triangle, noisy_colour, smooth_waves
 
 COLOURS = {"blue": (30, 40, 220), "red": (220, 30, 30)}
 CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "triangle"}]
@@ -23,12 +25,9 @@ CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "triangle"}]
 def write_images(folder: Path, count: int, size: int, seed: int) -> Path:
     """Smooth colour gradients (pre-training only needs images)."""
     rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size] / size
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        a, b, c = rng.uniform(-3, 3, size=(3, 3))
-        pixels = np.stack([np.sin(a[i] * xs + b[i] * ys + c[i]) for i in range(3)], axis=-1)
-        Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(folder / f"{index:04d}.png")
+        Image.fromarray(smooth_waves(rng, size)).save(folder / f"{index:04d}.png")
     return folder
 
 
@@ -40,8 +39,7 @@ def write_imagefolder(root: Path, per_class: int, size: int, seed: int) -> Path:
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
-                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (size, size, 3))
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index}.png")
+                Image.fromarray(noisy_colour(colour, size, rng)).save(folder / f"{index}.png")
     return root
 
 
@@ -51,14 +49,8 @@ def _coco_split(root: Path, split: str, count: int, size: int, rng: np.random.Ge
     images: List[dict] = []
     annotations: List[dict] = []
     for image_id in range(1, count + 1):
-        image = Image.fromarray(rng.integers(0, 60, (size, size, 3), dtype=np.uint8))
-        draw = ImageDraw.Draw(image)
-        x, y = (int(v) for v in rng.integers(size // 16, size // 3, 2))
-        w, h = size * 3 // 8, size * 5 // 16
-        shapes = [(1, [x, y, x + w, y, x + w, y + h, x, y + h]),
-                  (2, [size * 9 // 16, size * 9 // 16, size * 15 // 16, size * 9 // 16, size * 3 // 4, size * 15 // 16])]
+        image, shapes = box_and_triangle(rng, size)
         for category, polygon in shapes:
-            draw.polygon(polygon, fill=(200, 40, 40) if category == 1 else (40, 200, 40))
             xs, ys = polygon[0::2], polygon[1::2]
             area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
