@@ -17,14 +17,15 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's, as every model expects
 
 
 class DataError(ValueError):

@@ -30,7 +30,7 @@ from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
 from .optim import Schedule, build_optimizer
-from .pictures import plot_loss_curve, plot_reconstructions
+from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 
 logger = logging.getLogger("sparkmim.pretrain")
 
@@ -123,48 +123,13 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
     logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
 
 
-def fixed_mask(batch: int, size: Tuple[int, int], mask_ratio: float, seed: int, stride: int = 32) -> torch.Tensor:
-    """A reproducible mask for the pictures (True = visible), same rule as training: keep
-    round(L x (1 - ratio)) random patches per image."""
-    h, w = size[0] // stride, size[1] // stride
-    keep = max(1, round(h * w * (1 - mask_ratio)))
-    generator = torch.Generator().manual_seed(seed)
-    active = torch.zeros(batch, h * w, dtype=torch.bool)
-    for b in range(batch):
-        active[b, torch.randperm(h * w, generator=generator)[:keep]] = True
-    return active.view(batch, 1, h, w)
-
-
-def reconstruction_panels(output: Any, images: torch.Tensor) -> List[torch.Tensor]:
-    """input | masked input | reconstruction | reconstruction with the visible patches pasted back.
-
-    The third panel is the raw prediction when the model output carries one (``prediction``);
-    otherwise the prediction on the masked patches, with the visible ones left blank."""
-    visible = output.masked_input.ne(0).any(dim=1, keepdim=True) if output.active is None else \
-        torch.nn.functional.interpolate(output.active.float(), size=images.shape[-2:], mode="nearest").bool()
-    raw = getattr(output, "prediction", None)
-    if raw is None:
-        raw = torch.where(visible.to(output.reconstruction.device), torch.zeros_like(output.reconstruction),
-                          output.reconstruction)
-    return [images, output.masked_input, raw, output.reconstruction]
-
-
 def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequence[Path], size: Tuple[int, int],
                    device: torch.device, run_dir: Path, metrics_path: Path) -> Dict[str, Path]:
     outputs = {"loss curve": plot_loss_curve(metrics_path, run_dir / "loss_curve.png")}
     images = load_vis_images(paths, size, int(config["num_vis"]))
     if images is None or int(config["num_vis"]) <= 0:
         return outputs
-    active = fixed_mask(images.shape[0], size, float(config["mask_ratio"]), int(config["seed"]),
-                        stride=spark.downsample_ratio)
-    was_training = spark.training
-    spark.eval()
-    try:
-        with torch.no_grad():
-            output = spark(images.to(device), active=active.to(device))
-    finally:
-        spark.train(was_training)
-    panels = [p.detach().float().cpu() for p in reconstruction_panels(output, images)]
+    panels = reconstruct(spark, images.to(device), seed=int(config["seed"]))
     outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png")
     return outputs
 

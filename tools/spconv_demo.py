@@ -26,7 +26,7 @@ def load_image(path: Optional[Path], seed: int) -> torch.Tensor:
     import torchvision.transforms.functional as TF
 
     if path is None:
-        from sparkmim.pretrain.demo_data import render_image
+        from sparkmim.utils.synthetic import scene as render_image
 
         image = render_image(np.random.default_rng(seed), SIZE)
     else:
@@ -39,9 +39,11 @@ def load_image(path: Optional[Path], seed: int) -> torch.Tensor:
 
 def pixel_mask(seed: int) -> torch.Tensor:
     """(1, 1, SIZE, SIZE) float, 1 = visible, patches of PATCH pixels, MASK_RATIO of them masked."""
-    from sparkmim.pretrain.main import fixed_mask
+    from sparkmim.model.spark import random_visible_mask
 
-    active = fixed_mask(1, (SIZE, SIZE), MASK_RATIO, seed, stride=PATCH).float()
+    grid = SIZE // PATCH
+    active = random_visible_mask(1, grid, grid, round(grid * grid * (1 - MASK_RATIO)), torch.device("cpu"),
+                                 torch.Generator().manual_seed(seed)).float()
     return F.interpolate(active, scale_factor=PATCH, mode="nearest")
 
 

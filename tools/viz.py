@@ -114,23 +114,6 @@ def _size(value: Optional[List[int]], default: Tuple[int, int]) -> Tuple[int, in
     return height, width
 
 
-def reconstruct(spark: torch.nn.Module, images: torch.Tensor, mask_ratio: float, seed: int) -> List[torch.Tensor]:
-    """The four panels. The reconstruction panel is the decoder's prediction de-normalised with each
-    patch's own mean and std (as the loss sees it), on every patch."""
-    from sparkmim.model.patches import patchify, unpatchify
-    from sparkmim.pretrain.main import fixed_mask
-
-    ratio = spark.downsample_ratio
-    height, width = images.shape[-2:]
-    active = fixed_mask(images.shape[0], (height, width), mask_ratio, seed, stride=ratio)
-    with torch.no_grad():
-        output = spark(images, active=active)
-        _, mean, std = spark.patch_targets(images)
-        predicted = unpatchify(patchify(output.prediction.float(), ratio) * std + mean, ratio,
-                               height // ratio, width // ratio)
-    return [images, output.masked_input, predicted, output.reconstruction]
-
-
 def run(args: argparse.Namespace) -> Path:
     if args.spconv_demo:
         from .spconv_demo import draw_demo
@@ -149,11 +132,11 @@ def run(args: argparse.Namespace) -> Path:
     if not 0.0 < mask_ratio < 1.0:
         raise VizError(f"--mask-ratio must be strictly between 0 and 1, got {mask_ratio}")
     images = load_images([Path(p) for p in args.inputs[1:]], size)
-    panels = reconstruct(spark, images, mask_ratio, args.seed)
-    from sparkmim.pretrain.pictures import plot_reconstructions
+    from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 
+    panels = reconstruct(spark, images, seed=args.seed, mask_ratio=mask_ratio)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    return plot_reconstructions([p.detach().float().cpu() for p in panels], args.out)
+    return plot_reconstructions(panels, args.out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -54,7 +54,7 @@ class E2EConfig:
 
 def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
     """``count`` JPEGs of ``size`` x ``size`` (spark-pretrain's procedural demo pictures), made once."""
-    from sparkmim.pretrain.demo_data import render_image
+    from sparkmim.utils.synthetic import scene as render_image
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import is_image_file, load_rgb
 
@@ -188,8 +189,8 @@ def pretraining_list(data: LabelledData, indices: torch.Tensor, folder: Path) ->
     return listing
 
 
-IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+IMAGENET_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

@@ -133,8 +133,7 @@ def reconstruct_test_images(preset: Preset, data: LabelledData, run_dir: Path, o
     """SparK's reconstructions of the first ``count`` test images (never seen in pre-training), and the
     encoder's total stride (the side of a mask patch)."""
     from sparkmim import build_spark
-    from sparkmim.pretrain.main import fixed_mask, reconstruction_panels
-    from sparkmim.pretrain.pictures import plot_reconstructions
+    from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 
     from .data import normalise
 
@@ -142,13 +141,7 @@ def reconstruct_test_images(preset: Preset, data: LabelledData, run_dir: Path, o
                         decoder_width=preset.decoder_width)
     payload = torch.load(run_dir / "checkpoint_last.pth", map_location="cpu", weights_only=False)
     spark.load_state_dict(payload["model"])
-    spark.eval()
-    images = normalise(data.test.images[:count])
-    active = fixed_mask(images.shape[0], (preset.input_size, preset.input_size), preset.mask_ratio, seed=0,
-                        stride=spark.downsample_ratio)
-    with torch.no_grad():
-        output = spark(images, active=active)
-    panels = [p.float() for p in reconstruction_panels(output, images)]
+    panels = reconstruct(spark, normalise(data.test.images[:count]), seed=0)
     return plot_reconstructions(panels, out_path), spark.downsample_ratio
 
 

@@ -61,6 +61,16 @@ def _as_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return int(height), int(width)
 
 
+def random_visible_mask(batch: int, h: int, w: int, num_visible: int, device: torch.device,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, 1, h, w) bool, True = visible: ``num_visible`` patches per image, uniformly at random, drawn on
+    ``device``. SparK's masking rule; also used by pictures that need a mask without a model."""
+    scores = torch.rand(batch, h * w, device=device, generator=generator)
+    keep = scores.argsort(dim=1)[:, :num_visible]
+    active = torch.zeros(batch, h * w, dtype=torch.bool, device=device)
+    return active.scatter_(1, keep, True).view(batch, 1, h, w)
+
+
 class SparK(nn.Module):
     def __init__(self, encoder: SparseEncoder, input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,
                  decoder_width: int = 768, densify_norm: str = "auto", sync_bn: bool = False) -> None:
@@ -125,10 +135,7 @@ class SparK(nn.Module):
         """A random visible mask (B, 1, h, w) with exactly round(h*w*(1-mask_ratio)) visible patches per image.
 
         Drawn on ``device`` (no host-device copy); pass a generator on that device for reproducibility."""
-        scores = torch.rand(batch, h * w, device=device, generator=generator)
-        keep = scores.argsort(dim=1)[:, : self.num_visible(h, w)]
-        active = torch.zeros(batch, h * w, dtype=torch.bool, device=device)
-        return active.scatter_(1, keep, True).view(batch, 1, h, w)
+        return random_visible_mask(batch, h, w, self.num_visible(h, w), device, generator)
 
     # --- 2. encode -----------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, active: torch.Tensor) -> List[torch.Tensor]:

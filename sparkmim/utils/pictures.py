@@ -1,15 +1,16 @@
-"""The two end-of-run pictures: the loss curve and a reconstruction grid.
+"""SparK's pictures, one home for spark-pretrain, spark-viz and the value benchmark: the loss curve and the
+reconstruction grid (input | masked input | reconstruction | reconstruction with the visible patches).
 
 Both are drawn with matplotlib's non-interactive backend, so they work on headless servers.
 """
 import json
 import logging
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,33 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
     figure.savefig(out_path)
     plt.close(figure)
     return out_path
+
+
+@torch.no_grad()
+def reconstruct(spark: torch.nn.Module, images: torch.Tensor, seed: int = 0,
+                mask_ratio: Optional[float] = None) -> List[torch.Tensor]:
+    """The four panels for ``images`` (B, 3, H, W, ImageNet-normalised, on the model's device), under a
+    mask drawn by SparK's own rule from ``seed`` (``mask_ratio`` overrides the model's). The reconstruction
+    panel is the decoder's prediction de-normalised with each patch's own mean and std (as the loss sees
+    it), on every patch. The model is run in eval mode and left in the mode it was in."""
+    from sparkmim.model.patches import patchify, unpatchify
+    from sparkmim.model.spark import random_visible_mask
+
+    ratio = spark.downsample_ratio
+    height, width = images.shape[-2:]
+    h, w = height // ratio, width // ratio
+    visible = round(h * w * (1 - (spark.mask_ratio if mask_ratio is None else mask_ratio)))
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    active = random_visible_mask(images.shape[0], h, w, max(1, visible), images.device, generator)
+    was_training = spark.training
+    spark.eval()
+    try:
+        output = spark(images, active=active)
+        _, mean, std = spark.patch_targets(images)
+        predicted = unpatchify(patchify(output.prediction.float(), ratio) * std + mean, ratio, h, w)
+    finally:
+        spark.train(was_training)
+    return [p.detach().float().cpu() for p in (images, output.masked_input, predicted, output.reconstruction)]
 
 
 def denormalise(images_bchw: torch.Tensor) -> torch.Tensor:
