@@ -9,7 +9,8 @@ the previous file in place.
 import logging
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -126,3 +127,62 @@ def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[s
         raise CheckpointError(f"{path} is a checkpoint of model '{saved_model}', but this run builds "
                               f"'{model_name}'; pass --model {saved_model} or another checkpoint")
     return payload
+
+
+def _changed_options(saved: Dict[str, Any], current: Dict[str, Any], keys: Sequence[str]) -> List[str]:
+    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs"}
+    return [k for k in keys if k not in ignore and saved.get(k) != current.get(k)]
+
+
+def resume_into(config: Dict[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: Optional[Any], steps_per_epoch: int, option_keys: Sequence[str]
+                ) -> Tuple[int, Optional[List[Dict[str, Any]]]]:
+    """Load ``--resume`` (a path, or ``auto``) into the model, optimizer and scaler; returns the steps
+    already done and the saved RNG states (``(0, None)`` for a fresh start)."""
+    path = find_resume(config["resume"], run_dir)
+    if path is None:
+        if config["resume"] == "auto":
+            logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
+        return 0, None
+    payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
+    try:
+        spark.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} does not fit this model or optimizer ({str(error).splitlines()[0][:300]}); "
+                              "resume with the options of the original run") from error
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    start_step = int(payload["step"])
+    changed = _changed_options(payload.get("config") or {}, config, option_keys)
+    if changed:
+        logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
+    logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
+    return start_step, payload.get("rng")
+
+
+@dataclass
+class RunSaver:
+    """``saver(step_done)`` writes the full checkpoint and the encoder export (main process), every rank
+    contributing its RNG state; called by the loop at epoch ends and on a stop signal."""
+
+    full_path: Path
+    encoder_path: Path
+    spark: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[Any]
+    config: Dict[str, Any]
+    sampler_info: Dict[str, Any]
+    is_main: bool
+    barrier: Callable[[], None]
+
+    def __call__(self, step_done: int) -> Path:
+        rng = gather_rng_states()
+        if self.is_main:
+            steps_per_epoch = int(self.sampler_info["steps_per_epoch"])
+            save_full(self.full_path, model_state=self.spark.state_dict(), optimizer=self.optimizer,
+                      scaler=self.scaler, epoch=step_done // steps_per_epoch, step=step_done, rng=rng,
+                      sampler={**self.sampler_info, "step": step_done}, config=self.config)
+            save_encoder(self.encoder_path, self.spark.encoder.model.state_dict())
+        self.barrier()
+        return self.full_path

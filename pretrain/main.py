@@ -173,17 +173,74 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
     return loader, None
 
 
-def _changed_options(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs"}
-    return [k for k in DEFAULTS if k not in ignore and saved.get(k) != current.get(k)]
-
-
 def check_input_files(config: Dict[str, Any]) -> None:
     """Files named on the command line exist: fail before the data set and the model are built."""
     if config["resume"] not in (None, "auto"):
         ckpt.find_resume(config["resume"], Path(config["output_dir"]))
     if config["init_weight"] and not Path(config["init_weight"]).is_file():
         raise UserError(f"--init-weight {config['init_weight']}: file not found")
+
+
+def batch_layout(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[int, int, int]:
+    """(global batch, per-process batch, micro-batch), each dividing the one before."""
+    global_batch = int(config["batch_size"])
+    if global_batch % dist_info.world_size:
+        raise UserError(f"--batch-size {global_batch} is not divisible by the {dist_info.world_size} processes")
+    per_rank = global_batch // dist_info.world_size
+    micro = int(config["micro_batch"] or per_rank)
+    if per_rank % micro:
+        raise UserError(f"--micro-batch {micro} must divide the per-process batch {per_rank} "
+                        f"(= --batch-size {global_batch} / {dist_info.world_size} processes)")
+    return global_batch, per_rank, micro
+
+
+def place_model(spark: torch.nn.Module, config: Dict[str, Any], dist_info: DistInfo
+                ) -> Tuple[torch.nn.Module, torch.nn.Module]:
+    """(SparK on its device, the module the loop calls: DDP-wrapped and/or compiled when asked)."""
+    device = dist_info.device
+    spark = spark.to(device)
+    if config["channels_last"]:
+        spark = spark.to(memory_format=torch.channels_last)
+    model: torch.nn.Module = spark
+    if dist_info.distributed:
+        spark = sync_batchnorms(spark, device)
+        model = torch.nn.parallel.DistributedDataParallel(
+            spark, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if config["compile"]:
+        model = torch.compile(model)
+    return spark, model
+
+
+def build_schedule(config: Dict[str, Any], steps_per_epoch: int) -> Schedule:
+    return Schedule(total_steps=steps_per_epoch * int(config["epochs"]),
+                    warmup_steps=float(config["warmup_epochs"]) * steps_per_epoch, peak_lr=peak_lr(config),
+                    weight_decay=float(config["weight_decay"]), weight_decay_end=float(config["weight_decay_end"]),
+                    warmup_start=float(config["warmup_start"]), final_lr=float(config["final_lr"]))
+
+
+def seed_streams(rng_states: Optional[List[Dict[str, Any]]], seed: int, dist_info: DistInfo, start_step: int) -> None:
+    """Each rank's RNG: restored from the checkpoint, or seeded apart (different masks per rank)."""
+    if rng_states is None:
+        seed_everything(seed + dist_info.rank)
+    elif not ckpt.restore_rng_state(rng_states, dist_info.rank):
+        logger.warning("the checkpoint was written by %d process(es), this run has %d: RNG streams are "
+                       "re-seeded, so masks differ from an uninterrupted run", len(rng_states), dist_info.world_size)
+        seed_everything(seed + 1000 * dist_info.rank + start_step)
+
+
+def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_path: Path,
+                   pictures: Dict[str, Path]) -> None:
+    final = f", last epoch mean loss {result.epoch_losses[-1]:.4f}" if result.epoch_losses else ""
+    lines = [f"spark-pretrain finished: {result.step} steps{final}. Outputs:",
+             f"  run folder        {run_dir.resolve()}",
+             f"  full checkpoint   {saver.full_path.resolve()}  (--resume)",
+             f"  encoder (timm)    {saver.encoder_path.resolve()}  (fine-tuning, detection)",
+             f"  config            {(run_dir / 'config.yaml').resolve()}",
+             f"  metrics           {metrics_path.resolve()}"]
+    if (run_dir / "tensorboard").is_dir():
+        lines.append(f"  tensorboard       {(run_dir / 'tensorboard').resolve()}")
+    lines += [f"  {name:<17} {path.resolve()}" for name, path in pictures.items()]
+    print("\n".join(lines))
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -196,103 +253,40 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(run_dir, rank=dist_info.rank)
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
-
     paths, source = resolve_data(config, dist_info)
     logger.info("data: %d image files from %s", len(paths), source)
-
-    global_batch = int(config["batch_size"])
-    if global_batch % dist_info.world_size:
-        raise UserError(f"--batch-size {global_batch} is not divisible by the {dist_info.world_size} processes")
-    per_rank = global_batch // dist_info.world_size
-    micro = int(config["micro_batch"] or per_rank)
-    if per_rank % micro:
-        raise UserError(f"--micro-batch {micro} must divide the per-process batch {per_rank} "
-                        f"(= --batch-size {global_batch} / {dist_info.world_size} processes)")
+    global_batch, per_rank, micro = batch_layout(config, dist_info)
 
     seed = int(config["seed"])
     seed_everything(seed)  # identical initial weights on every rank
     spark = build_model(config, size)
     if config["init_weight"]:
         load_init_weight(spark, config["init_weight"], config["model"], bool(config["allow_unsafe_load"]))
-    device = dist_info.device
-    spark = spark.to(device)
-    if config["channels_last"]:
-        spark = spark.to(memory_format=torch.channels_last)
-    model: torch.nn.Module = spark
-    if dist_info.distributed:
-        spark = sync_batchnorms(spark, device)
-        model = torch.nn.parallel.DistributedDataParallel(
-            spark, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    if config["compile"]:
-        model = torch.compile(model)
-
+    spark, model = place_model(spark, config, dist_info)
     sampler = StepBatchSampler(len(paths), global_batch, micro, dist_info.rank, dist_info.world_size, seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = steps_per_epoch * int(config["epochs"])
-    schedule = Schedule(total_steps=total_steps, warmup_steps=float(config["warmup_epochs"]) * steps_per_epoch,
-                        peak_lr=peak_lr(config), weight_decay=float(config["weight_decay"]),
-                        weight_decay_end=float(config["weight_decay_end"]),
-                        warmup_start=float(config["warmup_start"]), final_lr=float(config["final_lr"]))
+    schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config["betas"], float(config["clip_grad"]))
-    amp_dtype = AMP_DTYPES[config["amp"]]
-    scaler = torch.amp.GradScaler(device.type) if config["amp"] == "fp16" else None
-
-    start_step, rng_states = 0, None
-    resume_path = ckpt.find_resume(config["resume"], run_dir)
-    if config["resume"] == "auto" and resume_path is None:
-        logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
-    if resume_path is not None:
-        payload = ckpt.load_full(resume_path, config["model"], bool(config["allow_unsafe_load"]))
-        try:
-            spark.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise UserError(f"{resume_path} does not fit this model or optimizer ({str(error).splitlines()[0][:300]}); "
-                            "resume with the options of the original run") from error
-        if scaler is not None and payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
-        start_step, rng_states = int(payload["step"]), payload.get("rng")
-        changed = _changed_options(payload.get("config") or {}, config)
-        if changed:
-            logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
-        logger.info("resumed from %s: epoch %d, step %d", resume_path, start_step // steps_per_epoch, start_step)
-    if start_step >= total_steps:
-        logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, total_steps)
-
+    scaler = torch.amp.GradScaler(dist_info.device.type) if config["amp"] == "fp16" else None
+    start_step, rng_states = ckpt.resume_into(config, run_dir, spark, optimizer, scaler, sampler.steps_per_epoch,
+                                              list(DEFAULTS))
+    if start_step >= schedule.total_steps:
+        logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, schedule.total_steps)
     sampler.start_step = start_step
     workers = config["workers"] if config["workers"] is not None else min(8, os.cpu_count() or 1)
-    loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), device,
+    loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), dist_info.device,
                                          bool(config["decode_on_device"]))
     batches = iter(loader)
-
-    if rng_states is not None:
-        if not ckpt.restore_rng_state(rng_states, dist_info.rank):
-            logger.warning("the checkpoint was written by %d process(es), this run has %d: RNG streams are "
-                           "re-seeded, so masks differ from an uninterrupted run", len(rng_states), dist_info.world_size)
-            seed_everything(seed + 1000 * dist_info.rank + start_step)
-    else:
-        seed_everything(seed + dist_info.rank)  # different masks and drop-path draws on each rank
-
+    seed_streams(rng_states, seed, dist_info, start_step)
     if dist_info.is_main:
         save_config({k: config[k] for k in DEFAULTS}, run_dir / "config.yaml")
     logger.info("schedule: %d epochs x %d steps, global batch %d = %d process(es) x %d micro-batch x %d "
-                "accumulation; peak lr %.3g, warmup %d steps", int(config["epochs"]), steps_per_epoch,
+                "accumulation; peak lr %.3g, warmup %d steps", int(config["epochs"]), sampler.steps_per_epoch,
                 global_batch, dist_info.world_size, micro, per_rank // micro, schedule.peak_lr,
                 round(schedule.warmup_steps))
-
-    full_path, encoder_path = run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config["model"])
-
-    def save(step_done: int) -> Path:
-        rng = ckpt.gather_rng_states()
-        if dist_info.is_main:
-            ckpt.save_full(full_path, model_state=spark.state_dict(), optimizer=optimizer, scaler=scaler,
-                           epoch=step_done // steps_per_epoch, step=step_done, rng=rng,
-                           sampler={"seed": seed, "step": step_done, "steps_per_epoch": steps_per_epoch,
-                                    "num_images": len(paths), "global_batch": global_batch},
-                           config=config)
-            ckpt.save_encoder(encoder_path, spark.encoder.model.state_dict())
-        barrier()
-        return full_path
+    saver = ckpt.RunSaver(run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config["model"]), spark, optimizer,
+                          scaler, config, {"seed": seed, "steps_per_epoch": sampler.steps_per_epoch,
+                                           "num_images": len(paths), "global_batch": global_batch},
+                          dist_info.is_main, barrier)
 
     metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config["tensorboard"]))
     spark.train()
@@ -300,11 +294,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         with GracefulStop() as stop:
             loop = Loop(model=model, params=[p for p in spark.parameters() if p.requires_grad],
                         optimizer=optimizer, scaler=scaler, schedule=schedule, batches=batches,
-                        accumulation=per_rank // micro, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                        global_batch=global_batch, dist_info=dist_info, metrics=metrics,
-                        skips=SkipReporter(paths), stop=stop, save=save, amp_dtype=amp_dtype,
-                        channels_last=bool(config["channels_last"]), progress=bool(config["progress"]),
-                        prepare_batch=prepare_batch, log_interval=int(config["log_interval"]))
+                        accumulation=per_rank // micro, steps_per_epoch=sampler.steps_per_epoch,
+                        total_steps=schedule.total_steps, global_batch=global_batch, dist_info=dist_info,
+                        metrics=metrics, skips=SkipReporter(paths), stop=stop, save=saver,
+                        amp_dtype=AMP_DTYPES[config["amp"]], channels_last=bool(config["channels_last"]),
+                        progress=bool(config["progress"]), prepare_batch=prepare_batch,
+                        log_interval=int(config["log_interval"]))
             result = loop.run(start_step)
     finally:
         metrics.close()
@@ -315,28 +310,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 dist_info.rank, result.step, params_sum, buffers_sum)
     if result.stopped_by_signal:
         if dist_info.is_main:
-            print(f"spark-pretrain: stopped after step {result.step}; checkpoint {full_path.resolve()}; "
+            print(f"spark-pretrain: stopped after step {result.step}; checkpoint {saver.full_path.resolve()}; "
                   "run the same command with --resume auto to continue")
         cleanup()
         return 0
-
-    pictures: Dict[str, Path] = {}
-    if dist_info.is_main:
-        pictures = write_pictures(spark, config, paths, size, device, run_dir, metrics.path)
+    pictures = write_pictures(spark, config, paths, size, dist_info.device, run_dir, metrics.path) \
+        if dist_info.is_main else {}
     barrier()
     cleanup()
     if dist_info.is_main:
-        final = f", last epoch mean loss {result.epoch_losses[-1]:.4f}" if result.epoch_losses else ""
-        lines = [f"spark-pretrain finished: {result.step} steps{final}. Outputs:",
-                 f"  run folder        {run_dir.resolve()}",
-                 f"  full checkpoint   {full_path.resolve()}  (--resume)",
-                 f"  encoder (timm)    {encoder_path.resolve()}  (fine-tuning, detection)",
-                 f"  config            {(run_dir / 'config.yaml').resolve()}",
-                 f"  metrics           {metrics.path.resolve()}"]
-        if (run_dir / "tensorboard").is_dir():
-            lines.append(f"  tensorboard       {(run_dir / 'tensorboard').resolve()}")
-        lines += [f"  {name:<17} {path.resolve()}" for name, path in pictures.items()]
-        print("\n".join(lines))
+        report_outputs(result, run_dir, saver, metrics.path, pictures)
     return 0
 
 
