@@ -93,7 +93,7 @@ def build_model(config: Dict[str, Any], size: Tuple[int, int]) -> torch.nn.Modul
 def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_unsafe: bool) -> None:
     """Weights only: our full checkpoint (whole SparK), or any encoder file the core's importer
     understands (ours, the reference release files)."""
-    from sparkmim.convert import load_encoder_state_dict
+    from sparkmim.convert import KeyAccountingError, load_encoder_state_dict, load_state_dict_checked
 
     try:
         obj = load_file(path, allow_unsafe=allow_unsafe)
@@ -109,16 +109,14 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
             logger.info("initialised the whole SparK model from %s", path)
             return
         state, report = load_encoder_state_dict(obj)
-        missing, unexpected = spark.encoder.model.load_state_dict(state, strict=False)
+        load_state_dict_checked(spark.encoder.model, state, f"--init-weight {path}")
     except UserError:
         raise
-    except Exception as error:  # shape mismatch, unknown keys: a file of another model
+    except KeyAccountingError as error:  # names the missing, unexpected and mis-shaped keys
+        raise UserError(f"{str(error).splitlines()[0][:600]}; give weights of '{model_name}'") from error
+    except Exception as error:  # not a weights file at all
         raise UserError(f"--init-weight {path} does not fit '{model_name}' ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:300]}); give weights of the same model") from error
-    if missing or unexpected:
-        raise UserError(f"--init-weight {path} does not fit '{model_name}': {len(missing)} missing and "
-                        f"{len(unexpected)} unexpected keys (e.g. {(list(missing) + list(unexpected))[:3]}); "
-                        "give weights of the same model")
     dropped = getattr(report, "dropped", [])
     logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
 
