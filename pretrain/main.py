@@ -93,7 +93,8 @@ def build_model(config: Dict[str, Any], size: Tuple[int, int]) -> torch.nn.Modul
 def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_unsafe: bool) -> None:
     """Weights only: our full checkpoint (whole SparK), or any encoder file the core's importer
     understands (ours, the reference release files)."""
-    from sparkmim.convert import KeyAccountingError, load_encoder_state_dict, load_state_dict_checked
+    from sparkmim.convert import load_encoder_state_dict
+    from sparkmim.convert.loading import check_keys, shapes_of
 
     try:
         obj = load_file(path, allow_unsafe=allow_unsafe)
@@ -109,11 +110,13 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
             logger.info("initialised the whole SparK model from %s", path)
             return
         state, report = load_encoder_state_dict(obj)
-        load_state_dict_checked(spark.encoder.model, state, f"--init-weight {path}")
+        problems = check_keys(shapes_of(spark.encoder.model.state_dict()), shapes_of(state)).problems(model_name, 4)
+        if problems:  # the keys by name: missing, unexpected, mis-shaped
+            raise UserError(f"--init-weight {path} does not fit '{model_name}' ({'; '.join(problems)}); "
+                            "give weights of the same model")
+        spark.encoder.model.load_state_dict(state)
     except UserError:
         raise
-    except KeyAccountingError as error:  # names the missing, unexpected and mis-shaped keys
-        raise UserError(f"{str(error).splitlines()[0][:600]}; give weights of '{model_name}'") from error
     except Exception as error:  # not a weights file at all
         raise UserError(f"--init-weight {path} does not fit '{model_name}' ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:300]}); give weights of the same model") from error
