@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sparkmim.utils.config import ConfigError, load_recipe, merge
+from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -56,7 +57,7 @@ DEFAULTS: Dict[str, Any] = {
     "crop_mode": "center",
     "interpolation": "bicubic",
     # runtime
-    "amp": "none",
+    "amp": "off",
     "channels_last": False,
     "sync_bn": True,
     "device": "auto",
@@ -71,7 +72,7 @@ DEFAULTS: Dict[str, Any] = {
 CHOICES = {
     "opt": ("adamw", "lamb", "sgd", "lars"),
     "loss": ("softce", "bce", "ce"),
-    "amp": ("none", "bf16", "fp16"),
+    "amp": AMP_CHOICES + tuple(DEPRECATED_AMP),  # "none": the old spelling of "off"
     "crop_mode": ("center", "squash", "border"),
     "remode": ("pixel", "rand", "const"),
     "device": ("auto", "cuda", "cpu"),
@@ -195,6 +196,7 @@ def resolve(user: UserLayers) -> Dict[str, Any]:
     config = merge(DEFAULTS, *layers, user.recipe, user.cli)
     config["recipe"] = user.recipe_file
     validate(config)
+    config["amp"] = canonical_amp(config["amp"])
     return config
 
 
@@ -205,6 +207,7 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> Dict[str, Any]:
     config = merge(DEFAULTS, known, user.recipe, user.cli)
     config["recipe"] = user.recipe_file
     config["eval_only"] = True
+    config["amp"] = canonical_amp(config["amp"])
     return config
 
 

@@ -5,12 +5,10 @@ Setup lives here; the loop bodies are in :mod:`.engine`.
 """
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +17,7 @@ from sparkmim.utils.config import ConfigError, save_config
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.run import amp_dtype, seed_everything
 
 from . import checkpoints
 from .config import UserLayers, parse, resolve, resolve_eval
@@ -35,15 +34,6 @@ logger = logging.getLogger(__name__)
 # bad input, reported as one line instead of a traceback
 USER_ERRORS = (ConfigError, checkpoints.CheckpointError, DataError, WeightLoadingError, LayerDecayError,
                UnsafeCheckpointError, FileNotFoundError)
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def per_process_batch(config: Dict[str, Any], world_size: int) -> int:
     """The micro-batch of one process; the global batch must split evenly."""
@@ -165,7 +155,7 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     metrics = MetricsLogger(out, enabled=is_main)
     trainer = Trainer(model=ddp_model, module=module, optimizer=optimizer, criterion=criterion,
                       schedule=schedule, device=device, mixup=mixup, ema=ema, scaler=scaler,
-                      amp_dtype=AMP_DTYPES[config["amp"]], channels_last=config["channels_last"],
+                      amp_dtype=amp_dtype(config["amp"]), channels_last=config["channels_last"],
                       clip_grad=config["clip_grad"], accum_steps=config["accum_steps"],
                       log_interval=config["log_interval"], progress=config["progress"], metrics=metrics)
     if is_main:
@@ -177,7 +167,7 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
 
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0
-    amp_dtype = AMP_DTYPES[config["amp"]]
+    autocast_dtype = amp_dtype(config["amp"])
     last_epoch = min(config["epochs"], config["stop_after_epoch"] or config["epochs"])
     if start_epoch >= last_epoch:
         logger.info("nothing to train: %d of %d epochs already done", start_epoch, last_epoch)
@@ -187,10 +177,10 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
         loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(trainer, loader, epoch, step, steps_per_epoch, is_main)
         step = stats.pop("step")
-        result = evaluate(module, val_loader, device, amp_dtype, config["channels_last"])
+        result = evaluate(module, val_loader, device, autocast_dtype, config["channels_last"])
         row = {"kind": "epoch", "epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in result.items()}}
         if ema is not None:
-            ema_result = evaluate(ema.module, val_loader, device, amp_dtype, config["channels_last"])
+            ema_result = evaluate(ema.module, val_loader, device, autocast_dtype, config["channels_last"])
             row.update({f"ema_{k}": v for k, v in ema_result.items() if k in ("top1", "top5")})
         if is_main:
             save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch + 1, step,
@@ -271,7 +261,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
         model.to(memory_format=torch.channels_last)
     batch = config["eval_batch_size"] or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
-    result = evaluate(model, loader, dist_info.device, AMP_DTYPES[config["amp"]], config["channels_last"])
+    result = evaluate(model, loader, dist_info.device, amp_dtype(config["amp"]), config["channels_last"])
     result["checkpoint"] = str(path)
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sparkmim.utils.config import ConfigError, load_recipe, merge
+from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 DEMO_RECIPE = "demo"
@@ -60,7 +61,7 @@ DROP_PATH = {
 }
 BETAS_RESNET = [0.9, 0.95]
 BETAS_CONVNEXT = [0.9, 0.999]
-AMP_CHOICES = ("off", "bf16", "fp16")
+AMP_CHOICES = tuple(AMP_DTYPES) + tuple(DEPRECATED_AMP)  # "none": spark-finetune's old spelling
 
 
 def family_betas(model: str) -> List[float]:
@@ -228,6 +229,7 @@ def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if config["output_dir"] is None:
         config["output_dir"] = str(Path("runs") / f"spark_{model}")
     validate(config)
+    config["amp"] = canonical_amp(config["amp"])
     return config
 
 

@@ -6,12 +6,10 @@ ends with exit status 1; a SIGTERM/SIGINT stop saves and exits 0.
 """
 import logging
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,6 +18,8 @@ from sparkmim.utils.config import ConfigError, save_config
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
+from sparkmim.utils.run import amp_dtype, seed_everything
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
@@ -30,12 +30,8 @@ from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
 from .optim import Schedule, build_optimizer
-from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 
 logger = logging.getLogger("sparkmim.pretrain")
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class UserError(ValueError):
     """A problem the user can fix (paths, sizes, model names); reported in one line."""
@@ -69,12 +65,6 @@ def resolve_data(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[List[Path
     paths = list_images(source)
     first_readable(paths)
     return paths, source
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def build_model(config: Dict[str, Any], size: Tuple[int, int]) -> torch.nn.Module:
@@ -298,7 +288,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                         accumulation=per_rank // micro, steps_per_epoch=sampler.steps_per_epoch,
                         total_steps=schedule.total_steps, global_batch=global_batch, dist_info=dist_info,
                         metrics=metrics, skips=SkipReporter(paths), stop=stop, save=saver,
-                        amp_dtype=AMP_DTYPES[config["amp"]], channels_last=bool(config["channels_last"]),
+                        amp_dtype=amp_dtype(config["amp"]), channels_last=bool(config["channels_last"]),
                         progress=bool(config["progress"]), prepare_batch=prepare_batch,
                         log_interval=int(config["log_interval"]))
             result = loop.run(start_step)

@@ -200,3 +200,12 @@ def test_torchrun_two_processes(workspace):
     assert epochs[-1]["step"] == 2 * (48 // 16)  # 49 files, 1 corrupt, global batch 16 = 2 x 8
     assert (out / "log_rank1.txt").is_file()
     assert (out / "checkpoint_last.pth").is_file()
+
+
+def test_amp_vocabulary_is_shared_and_none_is_a_deprecated_alias(caplog):
+    from sparkmim.utils.run import amp_dtype, canonical_amp
+
+    assert amp_dtype("off") is None and amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
+    with caplog.at_level("WARNING"):
+        assert canonical_amp("none") == "off"
+    assert "deprecated" in caplog.text and "--amp off" in caplog.text
