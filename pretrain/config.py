@@ -129,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto'")
     parser.add_argument("--init-weight", default=None,
                         help="initial weights only (our checkpoints or the reference release files)")
-    parser.add_argument("--allow-unsafe-load", action="store_const", const=True, default=None,
-                        help="load checkpoints that need full unpickling (only for files you trust)")
+    parser.add_argument("--allow-unsafe", "--allow-unsafe-load", dest="allow_unsafe_load", action="store_const",
+                        const=True, default=None,
+                        help="load checkpoints that need full unpickling (only for files you trust); the same flag "
+                             "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
+                             "removed in the next release)")
     parser.add_argument("--num-vis", type=int, default=None)
     parser.add_argument("--log-interval", type=int, default=None,
                         help="steps between loss reads, log lines and stop checks (default 10); each read makes "
