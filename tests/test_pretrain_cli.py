@@ -178,3 +178,15 @@ def test_mixed_precision_runs(tmp_path, precision):
     full = load_file(out / "checkpoint_last.pth")
     assert (full["scaler"] is not None) == ("fp16" in precision)
     assert all(torch.isfinite(v).all() for v in full["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("flag", ["--allow-unsafe", "--allow-unsafe-load"])
+def test_allow_unsafe_has_the_vocabulary_of_the_other_commands(tmp_path, flag):
+    from sparkmim.pretrain.config import resolve
+    assert resolve([str(tmp_path), flag])["allow_unsafe_load"] is True
+    assert resolve([str(tmp_path)])["allow_unsafe_load"] is False
+
+
+def test_amp_none_is_accepted_as_the_old_spelling_of_off(tmp_path):
+    from sparkmim.pretrain.config import resolve
+    assert resolve([str(tmp_path), "--amp", "none"])["amp"] == "off"
