@@ -8,7 +8,8 @@ from sparkmim import build_spark
 from tests.core_utils import reference_release
 from tests.test_tools_convert import our_full_checkpoint
 from sparkmim.tools import spconv_demo
-from sparkmim.tools.viz import load_images, load_spark, main, reconstruct
+from sparkmim.tools.viz import load_images, load_spark, main
+from sparkmim.utils.pictures import reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,12 @@ def test_panels_are_consistent(workspace):
     spark = load_spark(workspace / "checkpoint_last.pth", None, allow_unsafe=False)
     images = load_images([workspace / "wide.jpg", workspace / "small_gray.png"], (64, 96))
     assert images.shape == (2, 3, 64, 96)
-    original, masked, predicted, pasted = reconstruct(spark, images, 0.5, seed=1)
+    original, masked, predicted, pasted = reconstruct(spark, images, seed=1, mask_ratio=0.5)
     visible = masked.ne(0).any(dim=1, keepdim=True).expand_as(original)
     assert 0.3 < visible.float().mean() < 0.7
     torch.testing.assert_close(pasted[visible], original[visible])
     torch.testing.assert_close(pasted[~visible], predicted[~visible])
-    again = reconstruct(spark, images, 0.5, seed=1)
+    again = reconstruct(spark, images, seed=1, mask_ratio=0.5)
     torch.testing.assert_close(again[3], pasted)  # the seed fixes the mask
 
 
