@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the MMDetection tests (tests/mmdet, the converter tests and the ConvNeXt COCO pipeline smoke run)
+# Run the MMDetection tests (tests/downstream_mmdet: framework and converter tests and the ConvNeXt COCO pipeline smoke run)
 # inside the detection environment.
 #   bash scripts/setup_mmdet_env.sh && bash scripts/run_mmdet_tests.sh [extra pytest arguments]
 set -euo pipefail
@@ -14,4 +14,4 @@ fi
   echo "run_mmdet_tests: $venv lacks mmcv ops / mmdet / mmengine / mmpretrain; re-run scripts/setup_mmdet_env.sh" >&2
   exit 2
 }
-exec "$venv/bin/python" -m pytest tests/mmdet tests/test_mmdet_convert.py "tests/test_tools_pipelines.py::test_convnext_coco_smoke" -q "$@"
+exec "$venv/bin/python" -m pytest tests/downstream_mmdet "tests/tools/test_tools_pipelines.py::test_convnext_coco_smoke" -q "$@"

@@ -9,7 +9,7 @@ pytest.importorskip("mmpretrain", reason="mmpretrain is not installed (see scrip
 from sparkmim.convert import convnext_timm_to_fb  # noqa: E402
 from sparkmim.downstream_mmdet.convert import convert_object, write_checkpoint  # noqa: E402
 from sparkmim.downstream_mmdet.settings import CONFIG_DIR  # noqa: E402
-from tests.mmdet.mmdet_fixtures import (PACKAGED_B, TINY_DEPTHS, TINY_DIMS, expected_backbone_keys,  # noqa: E402
+from tests.downstream_mmdet.mmdet_fixtures import (PACKAGED_B, TINY_DEPTHS, TINY_DIMS, expected_backbone_keys,  # noqa: E402
                                                  small_config, tiny_timm_convnext)
 
 

@@ -139,7 +139,7 @@ def test_cross_process_statistics_equal_single_process_on_the_whole_batch(tmp_pa
     import sys
     result_file = tmp_path / "errors.json"
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]  # the worker is imported as tests.sync_norm_worker
+    root = Path(__file__).resolve().parents[2]  # the worker is imported as tests.sync_norm_worker
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                 "-m", "tests.sync_norm_worker", str(result_file)],

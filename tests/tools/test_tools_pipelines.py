@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PIPELINES = Path(__file__).resolve().parents[1] / "tools" / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[2] / "tools" / "pipelines"
 # variables the pipelines read: a developer's own settings must not leak into the tests
 PIPELINE_VARIABLES = {"WORK", "MODEL", "GPUS", "NODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "PRETRAIN_DATA",
                       "PRETRAIN_RECIPE", "PRETRAIN_ARGS", "IMAGENET", "FINETUNE_ARGS", "COCO", "SCHEDULE", "D2_ARGS",

@@ -8,7 +8,7 @@ from sparkmim.convert import KeyAccountingError, spark_state_from_reference
 from sparkmim.convert.reference import SPARKMIM_ENCODER_PREFIX
 from tests.core_utils import spark_from_fixture
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"  # data of the repository: never skipped
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"  # data of the repository: never skipped
 CASES = ["resnet_tiny", "resnet_bottleneck_tiny", "convnext_tiny_cfg"]
 RTOL = 1e-4  # relative to the largest magnitude of each tensor; observed agreement is 1e-7 .. 5e-5
 

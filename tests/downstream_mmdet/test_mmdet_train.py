@@ -14,7 +14,7 @@ pytest.importorskip("mmdet", reason="mmdet is not installed: the MMDetection tes
 
 from sparkmim.downstream_mmdet import train  # noqa: E402
 from sparkmim.downstream_mmdet.settings import CONFIG_DIR  # noqa: E402
-from tests.mmdet.mmdet_fixtures import CLASSES, PACKAGED_B, make_coco_split, small_config, tiny_timm_convnext  # noqa: E402,E501
+from tests.downstream_mmdet.mmdet_fixtures import CLASSES, PACKAGED_B, make_coco_split, small_config, tiny_timm_convnext  # noqa: E402,E501
 
 
 @pytest.fixture(scope="module")

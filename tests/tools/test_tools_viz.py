@@ -6,7 +6,7 @@ from PIL import Image
 
 from sparkmim import build_spark
 from tests.core_utils import reference_release
-from tests.test_tools_convert import our_full_checkpoint
+from tests.tools.test_tools_convert import our_full_checkpoint
 from sparkmim.tools import spconv_demo
 from sparkmim.tools.viz import load_images, load_spark, main
 from sparkmim.utils.pictures import reconstruct
