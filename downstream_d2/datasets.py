@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sparkmim.utils.coco import CocoFileError, read_coco_categories
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetSpecError(ValueError):
+class DatasetSpecError(UserError, ValueError):
     """A custom dataset given on the command line is incomplete or unreadable."""
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from sparkmim.utils.checkpoint import load_file, save_atomic
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ FORMAT = "sparkmim-finetune"
 LAST, BEST, BEST_EMA = "checkpoint_last.pth", "checkpoint_best.pth", "checkpoint_best_ema.pth"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, of the wrong kind, or does not match the run."""
 
 

@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's, as every model expects
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The dataset folders are missing, empty or inconsistent."""
 
 

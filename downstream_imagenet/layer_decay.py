@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from sparkmim.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # (blocks in layer2, blocks in layer3) -> (b2, b3), from the reference code
@@ -34,7 +36,7 @@ _RESNET_BLOCK_GROUPS: Dict[Tuple[int, int], Tuple[int, int]] = {
 }
 
 
-class LayerDecayError(ValueError):
+class LayerDecayError(UserError, ValueError):
     """Layer-wise decay was asked for a model whose layer grouping is not defined."""
 
 

@@ -16,6 +16,7 @@ from sparkmim.utils.checkpoint import UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError, save_config
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.logging_setup import setup_logging
+from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.run import amp_dtype, seed_everything
 
@@ -268,29 +269,30 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]]) -> int:
+    """Evaluate a checkpoint (--eval-only) or train, printing the headline figure."""
     user = parse(argv)
-    try:
-        if user.get("eval_only"):
-            dist_info = init_distributed(user.get("device") or "auto")
-            result = evaluate_checkpoint(user, dist_info)
-            if dist_info.is_main:
-                print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images, "
-                      f"{result['skipped']} unreadable skipped) from {result['checkpoint']}")
-            return 0
-        config = resolve(user)
-        dist_info = init_distributed(config["device"])
-        summary = train(config, dist_info)
+    if user.get("eval_only"):
+        dist_info = init_distributed(user.get("device") or "auto")
+        result = evaluate_checkpoint(user, dist_info)
         if dist_info.is_main:
-            ema_part = (f", best EMA top-1 {summary['best_ema_top1']:.2f}"
-                        if summary["best_ema_top1"] is not None else "")
-            print(f"best top-1 {summary['best_top1']:.2f}{ema_part}; checkpoints in {summary['output_dir']}")
+            print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images, "
+                  f"{result['skipped']} unreadable skipped) from {result['checkpoint']}")
         return 0
-    except USER_ERRORS as error:
-        print(f"spark-finetune: error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        cleanup()
+    config = resolve(user)
+    dist_info = init_distributed(config["device"])
+    summary = train(config, dist_info)
+    if dist_info.is_main:
+        ema_part = (f", best EMA top-1 {summary['best_ema_top1']:.2f}"
+                    if summary["best_ema_top1"] is not None else "")
+        print(f"best top-1 {summary['best_top1']:.2f}{ema_part}; checkpoints in {summary['output_dir']}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors become one line on stderr (exit 2)."""
+    return run_command("spark-finetune", lambda: _main(argv), statuses={error: 2 for error in USER_ERRORS},
+                       cleanup=cleanup)
 
 
 if __name__ == "__main__":

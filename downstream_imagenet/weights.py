@@ -16,11 +16,12 @@ from torch import nn
 
 from sparkmim.convert.loading import check_keys, shapes_of, shown
 from sparkmim.utils.checkpoint import load_file
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class WeightLoadingError(RuntimeError):
+class WeightLoadingError(UserError, RuntimeError):
     """The pre-trained weights do not match the model (keys listed in the message)."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sparkmim.utils.coco import CocoFileError, read_coco_categories
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ AMP_CHOICES = ("auto", "on", "off")
 SPLITS = ("train", "val", "test")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A command-line choice cannot be applied to the config; the message says which and why."""
 
 

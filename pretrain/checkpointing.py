@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ FORMAT = "sparkmim-pretrain"
 LAST_NAME = "checkpoint_last.pth"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used for this run (another model, not ours, unreadable)."""
 
 

@@ -20,6 +20,7 @@ from torchvision.transforms import functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's, as every model expects
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data argument does not lead to any usable image."""
 
 

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
-from sparkmim.utils.config import ConfigError, save_config
+from sparkmim.utils.config import save_config
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
@@ -24,7 +25,7 @@ from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
 from .config import DEFAULTS, check_model_name, normalise_size, peak_lr, resolve
-from .data import (DataError, PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
+from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
@@ -32,10 +33,6 @@ from .engine import Loop, NonFiniteLossError
 from .optim import Schedule, build_optimizer
 
 logger = logging.getLogger("sparkmim.pretrain")
-
-class UserError(ValueError):
-    """A problem the user can fix (paths, sizes, model names); reported in one line."""
-
 
 def prepare_output_dir(path: Path) -> Path:
     """Create the run folder and prove it is writable before any expensive work."""
@@ -314,19 +311,18 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point: user errors become one line on stderr (exit 2)."""
+def _run_logging_divergence(argv: Optional[Sequence[str]]) -> int:
     try:
         return run(argv)
-    except (ConfigError, DataError, ckpt.CheckpointError, UserError) as error:
-        print(f"spark-pretrain: error: {error}", file=sys.stderr)
-        cleanup()
-        return 2
     except NonFiniteLossError as error:
-        logging.getLogger("sparkmim.pretrain").error("%s", error)
-        print(f"spark-pretrain: error: {error}", file=sys.stderr)
-        cleanup()
-        return 1
+        logger.error("%s", error)  # into the run's log file too
+        raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: user errors become one line on stderr (exit 2); a non-finite loss exits 1."""
+    return run_command("spark-pretrain", lambda: _run_logging_divergence(argv), statuses={NonFiniteLossError: 1},
+                       cleanup=cleanup)
 
 
 if __name__ == "__main__":

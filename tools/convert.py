@@ -21,6 +21,7 @@ import torch
 from sparkmim.convert import KeyAccountingError
 from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
+from sparkmim.utils.errors import UserError
 
 from . import checks
 from .pkl_files import load_numpy_pickle
@@ -32,7 +33,7 @@ logger = logging.getLogger("sparkmim.tools.convert")
 TARGETS = ("timm", "d2", "mmdet", "sparkmim")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """The input cannot be used as given; reported in one line, exit status 2."""
 
 

@@ -20,11 +20,12 @@ import torch
 from sparkmim.convert import KeyAccountingError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
+from sparkmim.utils.errors import UserError, run_command
 
 logger = logging.getLogger("sparkmim.tools.viz")
 
 
-class VizError(ValueError):
+class VizError(UserError, ValueError):
     """A problem the user can fix; reported in one line (exit status 2)."""
 
 
@@ -142,13 +143,11 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = run(args)
-    except VizError as error:
-        print(f"spark-viz: error: {error}", file=sys.stderr)
-        return 2
-    print(f"spark-viz: wrote {out}")
-    return 0
+    def body() -> int:
+        print(f"spark-viz: wrote {run(args)}")
+        return 0
+
+    return run_command("spark-viz", body)
 
 
 if __name__ == "__main__":

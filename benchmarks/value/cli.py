@@ -9,11 +9,10 @@ See docs/value.md for the protocol and the measured tables.
 """
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .data import BenchmarkDataError
+from sparkmim.utils.errors import run_command
 from .presets import PRESETS, get_preset
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = {"model": args.model, "input_size": args.input_size, "pretrain_epochs": args.pretrain_epochs,
                  "pretrain_images": args.pretrain_images, "decoder_width": args.decoder_width,
                  "fractions": args.fractions, "seeds": args.seeds}
-    try:
+
+    def body() -> int:
         preset = get_preset(name, **overrides)
         missing = [f for f in preset.fractions if f not in preset.finetune_epochs]
         if missing:
@@ -67,7 +67,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{sorted(preset.finetune_epochs)}")
         out = args.out or Path("runs") / f"value_{name}"
         run_value_benchmark(preset, args.data, out, device_name=args.device, smoke=name == "smoke")
-    except (BenchmarkDataError, ValueError) as error:
-        print(f"spark-bench value: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("spark-bench value", body, statuses={ValueError: 2})

@@ -7,6 +7,8 @@ from typing import IO, Any, Callable, Dict, Mapping, Union
 
 import torch
 
+from sparkmim.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -15,7 +17,7 @@ PathLike = Union[str, os.PathLike]
 WRAPPER_KEYS = ("model", "module", "state_dict")
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(UserError, RuntimeError):
     """Raised when a file can only be read with full (code-executing) unpickling."""
 
 

@@ -3,8 +3,10 @@ import json
 from pathlib import Path
 from typing import List
 
+from sparkmim.utils.errors import UserError
 
-class CocoFileError(ValueError):
+
+class CocoFileError(UserError, ValueError):
     """The file is not a readable COCO instances json with categories."""
 
 

@@ -6,8 +6,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
+from sparkmim.utils.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A recipe or override names an unknown key or has the wrong type."""
 
 

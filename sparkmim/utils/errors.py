@@ -1,0 +1,32 @@
+"""One family for the mistakes a user can fix, and one way every command reports them.
+
+Every command-line tool ends a :class:`UserError` (a bad option, a missing or unusable file, data that
+cannot be read, weights of another model) with one line, ``prog: error: message``, and exit status 2,
+through :func:`run_command`. The project's specific error classes derive from it, so a command needs
+no list of them; errors that mean something else (a diverging loss, failed key accounting) can be given
+their own exit status."""
+import sys
+from typing import Callable, Mapping, Optional, Type
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what to do."""
+
+
+def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[Type[BaseException], int]] = None,
+                cleanup: Optional[Callable[[], None]] = None) -> int:
+    """``body()``, with a :class:`UserError` (exit 2) or an error listed in ``statuses`` (its status)
+    turned into one line on stderr; ``cleanup`` runs in every case (e.g. leaving a process group)."""
+    try:
+        return body()
+    except BaseException as error:  # noqa: B036 - re-raised unless it is one of ours
+        status = next((code for kind, code in (statuses or {}).items() if isinstance(error, kind)), None)
+        if status is None and isinstance(error, UserError):
+            status = 2
+        if status is None:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return status
+    finally:
+        if cleanup is not None:
+            cleanup()

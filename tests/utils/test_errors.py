@@ -1,0 +1,35 @@
+"""One family of user errors, one way every command reports them."""
+import pytest
+
+from sparkmim.benchmarks.value.data import BenchmarkDataError
+from sparkmim.pretrain.checkpointing import CheckpointError as PretrainCheckpointError
+from sparkmim.pretrain.data import DataError as PretrainDataError
+from sparkmim.tools.convert import UsageError
+from sparkmim.tools.viz import VizError
+from sparkmim.utils.checkpoint import UnsafeCheckpointError
+from sparkmim.utils.config import ConfigError
+from sparkmim.utils.errors import UserError, run_command
+
+
+@pytest.mark.parametrize("kind", [ConfigError, PretrainDataError, PretrainCheckpointError, UnsafeCheckpointError,
+                                  VizError, UsageError, BenchmarkDataError])
+def test_the_project_errors_are_user_errors(kind):
+    assert issubclass(kind, UserError)
+
+
+def test_run_command_reports_one_line_and_the_status(capsys):
+    cleaned = []
+
+    def fail(error):
+        def body():
+            raise error
+        return body
+
+    assert run_command("prog", fail(ConfigError("bad option")), cleanup=lambda: cleaned.append(1)) == 2
+    assert capsys.readouterr().err == "prog: error: bad option\n"
+    assert run_command("prog", fail(FloatingPointError("loss is nan")), statuses={FloatingPointError: 1}) == 1
+    assert capsys.readouterr().err.strip() == "prog: error: loss is nan"
+    with pytest.raises(KeyError):  # not a user error: a traceback, not a one-liner
+        run_command("prog", fail(KeyError("bug")), cleanup=lambda: cleaned.append(2))
+    assert run_command("prog", lambda: 0, cleanup=lambda: cleaned.append(3)) == 0
+    assert cleaned == [1, 2, 3]
