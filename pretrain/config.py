@@ -175,13 +175,6 @@ def validate(config: Dict[str, Any]) -> None:
     height, width = normalise_size(config["input_size"])
     if height <= 0 or width <= 0:
         raise ConfigError(f"input size must be positive, got {height}x{width}")
-    # timm CNNs have a total stride of 32; a custom CNN (package.module:factory) is checked against its
-    # own stride when SparK is built
-    from sparkmim.sparse.encoder import is_factory_path
-
-    if not is_factory_path(str(config["model"])) and (height % 32 or width % 32):
-        raise ConfigError(f"input size {height}x{width} is not a multiple of the encoder stride 32; "
-                          f"use e.g. --input-size {max(32, round(height / 32) * 32)} {max(32, round(width / 32) * 32)}")
     if config["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config['amp']!r}")
     for key in ("epochs", "batch_size", "log_interval"):
@@ -210,6 +203,19 @@ def check_model_name(model: str) -> None:
     close = difflib.get_close_matches(model, timm.list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ConfigError(f"unknown model '{model}' (not a timm model name){hint}")
+
+
+def check_input_size(config: Dict[str, Any]) -> None:
+    """The input size fits the encoder: a multiple of its total stride, which the core reads from the
+    model's ``feature_info`` (32 for timm CNNs, 16 for ``sparkmim.models:small_resnet``)."""
+    from sparkmim.sparse.encoder import total_stride
+
+    height, width = normalise_size(config["input_size"])
+    stride = total_stride(config["model"])
+    if height % stride or width % stride:
+        raise ConfigError(f"input size {height}x{width} is not a multiple of the encoder stride {stride}; use e.g. "
+                          f"--input-size {max(stride, round(height / stride) * stride)} "
+                          f"{max(stride, round(width / stride) * stride)}")
 
 
 def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ from sparkmim.utils.run import amp_dtype, seed_everything
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
-from .config import DEFAULTS, check_model_name, normalise_size, peak_lr, resolve
+from .config import DEFAULTS, check_input_size, check_model_name, normalise_size, peak_lr, resolve
 from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
@@ -234,6 +234,7 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
 def run(argv: Optional[Sequence[str]] = None) -> int:
     config = resolve(argv)
     check_model_name(config["model"])
+    check_input_size(config)
     check_input_files(config)
     size = normalise_size(config["input_size"])
     run_dir = prepare_output_dir(Path(config["output_dir"]))

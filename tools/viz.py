@@ -106,12 +106,14 @@ def load_images(paths: Sequence[Path], size: Tuple[int, int]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def _size(value: Optional[List[int]], default: Tuple[int, int]) -> Tuple[int, int]:
+def _size(value: Optional[List[int]], default: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    """``--input-size``, checked against the model's own total stride."""
     if not value:
         return default
     height, width = (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise VizError(f"--input-size {height} {width}: each side must be a positive multiple of 32")
+    if height <= 0 or width <= 0 or height % stride or width % stride:
+        raise VizError(f"--input-size {height} {width}: each side must be a positive multiple of {stride} "
+                       "(the encoder's total stride)")
     return height, width
 
 
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> Path:
     if len(args.inputs) < 2:
         raise VizError("give a checkpoint and at least one image: spark-viz CHECKPOINT IMAGE... --out grid.png")
     spark = load_spark(Path(args.inputs[0]), args.model, args.allow_unsafe)
-    size = _size(args.input_size, tuple(spark.input_size))
+    size = _size(args.input_size, tuple(spark.input_size), spark.downsample_ratio)
     mask_ratio = spark.mask_ratio if args.mask_ratio is None else args.mask_ratio
     if not 0.0 < mask_ratio < 1.0:
         raise VizError(f"--mask-ratio must be strictly between 0 and 1, got {mask_ratio}")

@@ -38,7 +38,8 @@ class SmallResNet(nn.Module):
         self.drop_rate = drop_rate
         self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], kernel_size=3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        blocks_total = sum(depths)  # drop-path rate rising linearly over the blocks (plain floats: meta-safe)
+        rates = [drop_path_rate * i / max(1, blocks_total - 1) for i in range(blocks_total)]
         stages: List[nn.Module] = []
         self.feature_info: List[Dict[str, Any]] = []
         in_channels, block_index, reduction = widths[0], 0, 2

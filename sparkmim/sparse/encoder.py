@@ -67,6 +67,19 @@ def _feature_dicts(model: nn.Module) -> List[Dict[str, Any]]:
     return info.get_dicts() if hasattr(info, "get_dicts") else [dict(d) for d in info]
 
 
+def total_stride(model: Union[str, nn.Module], model_kwargs: Optional[Dict[str, Any]] = None) -> int:
+    """The encoder's total stride (the side of a SparK mask patch), from its ``feature_info``; a model given
+    by name is built on the meta device (no memory, no initialisation), so callers can check an input
+    size before building anything."""
+    if isinstance(model, str):
+        try:
+            with torch.device("meta"):
+                model = create_timm_encoder(model, **(model_kwargs or {}))
+        except (NotImplementedError, RuntimeError):  # a constructor that reads tensor values: build it for real
+            model = create_timm_encoder(model, **(model_kwargs or {}))
+    return int(_feature_dicts(model)[-1]["reduction"])
+
+
 def _input_channels(model: nn.Module) -> int:
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return first_conv.in_channels if first_conv is not None else 3

@@ -78,3 +78,17 @@ def test_spark_pretrain_refuses_a_bad_factory_in_one_line(tmp_path):
     assert completed.returncode == 2
     last = completed.stderr.strip().splitlines()[-1]
     assert "nope" in last and "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize("name, stride", [("resnet18", 32), ("convnext_atto", 32), (MODEL, STRIDE)])
+def test_total_stride_is_read_from_feature_info_without_building_weights(name, stride):
+    from sparkmim.sparse.encoder import total_stride
+    assert total_stride(name) == stride
+
+
+def test_spark_pretrain_checks_the_size_against_the_custom_stride(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "sparkmim.pretrain", str(tmp_path), "--model", MODEL,
+                                "--input-size", "72", "--output-dir", str(tmp_path / "run")],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert "not a multiple of the encoder stride 16" in completed.stderr and "--input-size 80 80" in completed.stderr
