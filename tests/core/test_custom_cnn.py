@@ -88,7 +88,7 @@ def test_total_stride_is_read_from_feature_info_without_building_weights(name, s
 
 def test_spark_pretrain_checks_the_size_against_the_custom_stride(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "sparkmim.pretrain", str(tmp_path), "--model", MODEL,
-                                "--input-size", "72", "--output-dir", str(tmp_path / "run")],
+                                "--input-size", "70", "--output-dir", str(tmp_path / "run")],
                                capture_output=True, text=True)
     assert completed.returncode == 2
-    assert "not a multiple of the encoder stride 16" in completed.stderr and "--input-size 80 80" in completed.stderr
+    assert "not a multiple of the encoder stride 16" in completed.stderr and "--input-size 64 64" in completed.stderr
