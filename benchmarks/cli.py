@@ -26,6 +26,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from sparkmim.utils.errors import run_command
+
 from .perf.step import PRECISIONS, VARIANTS, StepConfig
 
 logger = logging.getLogger(__name__)
@@ -221,11 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
                 "norm": _run_norm, "worker": _run_worker}
-    try:
-        return handlers[args.command](args)
-    except (ValueError, RuntimeError) as error:
-        print(f"spark-bench: error: {error}", file=sys.stderr)
-        return 2
+    # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback
+    return run_command("spark-bench", lambda: handlers[args.command](args), statuses={ValueError: 2, RuntimeError: 2})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from sparkmim.utils.errors import UserError, run_command
+
 from .results import CocoResult, ImageNetResult, Results, collect
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_numbers.json"
@@ -179,18 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        results = collect(args.runs)
-    except FileNotFoundError as error:
-        print(f"spark-report: error: {error}", file=sys.stderr)
-        return 2
+def report(args: argparse.Namespace) -> int:
+    results = collect(args.runs)
     if results.empty():
-        print(f"spark-report: error: no result files (summary.json, coco_results.json, pre-training metrics.jsonl) "
-              f"under {', '.join(map(str, args.runs))}", file=sys.stderr)
-        return 2
+        raise UserError(f"no result files (summary.json, coco_results.json, pre-training metrics.jsonl, value "
+                        f"benchmark results.json) under {', '.join(map(str, args.runs))}")
     if args.json:
         print(json.dumps(results.as_dict(), indent=2))
         return 0
@@ -204,6 +199,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print("\nno top-1 or AP results yet: no chart written")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_command("spark-report", lambda: report(args), statuses={FileNotFoundError: 2})
 
 
 if __name__ == "__main__":
