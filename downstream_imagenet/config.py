@@ -211,6 +211,17 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def _encoder_stride(model: str, model_kwargs: Dict[str, Any]) -> int:
+    """The core's reading of the model's total stride (32 when the name is unknown: the model check
+    reports that one)."""
+    from sparkmim.sparse.encoder import EncoderSpecError, total_stride
+
+    try:
+        return total_stride(model, model_kwargs)
+    except (EncoderSpecError, TypeError, ValueError):
+        return 32
+
+
 def validate(config: Dict[str, Any]) -> None:
     """Refuse incomplete or inconsistent configurations with one actionable line."""
     if not config["model"]:
@@ -230,8 +241,10 @@ def validate(config: Dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
     if not isinstance(config["model_kwargs"], dict):
         raise ConfigError(f"model_kwargs must be a mapping, got {config['model_kwargs']!r}")
-    if config["input_size"] % 32:
-        raise ConfigError(f"input_size must be a multiple of 32, got {config['input_size']}")
+    stride = _encoder_stride(config["model"], config["model_kwargs"])
+    if config["input_size"] % stride:
+        raise ConfigError(f"input_size must be a multiple of {stride} (the encoder's total stride, as in "
+                          f"pre-training), got {config['input_size']}")
     if config["batch_size"] <= 0 or config["epochs"] <= 0 or config["accum_steps"] <= 0:
         raise ConfigError("batch_size, epochs and accum_steps must be positive")
     if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
