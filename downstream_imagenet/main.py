@@ -18,7 +18,7 @@ from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distribu
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
-from sparkmim.utils.run import amp_dtype, seed_everything
+from sparkmim.utils.run import amp_dtype, grad_scaler, seed_everything, wrap_ddp
 
 from . import checkpoints
 from .config import UserLayers, parse, resolve, resolve_eval
@@ -56,14 +56,6 @@ def weight_target(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
 
 
-def create_scaler(config: Dict[str, Any], device: torch.device) -> Optional[Any]:
-    if config["amp"] != "fp16":
-        return None
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler(device.type)
-    return torch.cuda.amp.GradScaler()
-
-
 def wrap_distributed(model: nn.Module, config: Dict[str, Any], dist_info: DistInfo) -> nn.Module:
     if not dist_info.distributed:
         return model
@@ -72,8 +64,7 @@ def wrap_distributed(model: nn.Module, config: Dict[str, Any], dist_info: DistIn
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             logger.warning("SyncBatchNorm needs CUDA; on CPU each process keeps its own BatchNorm statistics")
-    device_ids = [dist_info.local_rank] if dist_info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return wrap_ddp(model, dist_info.device, dist_info.local_rank)
 
 
 def load_datasets(config: Dict[str, Any], training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
@@ -131,7 +122,7 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     if is_main:
         logger.info("parameter groups (layer decay %s):\n%s", config["layer_decay"], describe_groups(groups))
     optimizer = create_optimizer(groups, config)
-    scaler = create_scaler(config, device)
+    scaler = grad_scaler(config["amp"], device)
     if record is not None:
         optimizer.load_state_dict(record["optimizer"])
         if scaler is not None and record.get("scaler"):

@@ -20,7 +20,7 @@ from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
-from sparkmim.utils.run import amp_dtype, seed_everything
+from sparkmim.utils.run import amp_dtype, grad_scaler, seed_everything, wrap_ddp
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
@@ -192,8 +192,7 @@ def place_model(spark: torch.nn.Module, config: Dict[str, Any], dist_info: DistI
     model: torch.nn.Module = spark
     if dist_info.distributed:
         spark = sync_batchnorms(spark, device)
-        model = torch.nn.parallel.DistributedDataParallel(
-            spark, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        model = wrap_ddp(spark, device, device.index if device.type == "cuda" else 0)
     if config["compile"]:
         model = torch.compile(model)
     return spark, model
@@ -255,7 +254,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     sampler = StepBatchSampler(len(paths), global_batch, micro, dist_info.rank, dist_info.world_size, seed)
     schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config["betas"], float(config["clip_grad"]))
-    scaler = torch.amp.GradScaler(dist_info.device.type) if config["amp"] == "fp16" else None
+    scaler = grad_scaler(config["amp"], dist_info.device)
     start_step, rng_states = ckpt.resume_into(config, run_dir, spark, optimizer, scaler, sampler.steps_per_epoch,
                                               list(DEFAULTS))
     if start_step >= schedule.total_steps:

@@ -1,4 +1,5 @@
-"""What both trainers (spark-pretrain, spark-finetune) set up the same way: seeding and mixed precision.
+"""What both trainers (spark-pretrain, spark-finetune) set up the same way: seeding, mixed precision
+(autocast dtype and fp16 grad scaler) and the DDP wrapper.
 
 One vocabulary for ``--amp``: ``off``, ``bf16``, ``fp16``. spark-finetune's earlier spelling ``none``
 is still accepted for one release, with a deprecation warning."""
@@ -28,6 +29,18 @@ def canonical_amp(value: str) -> str:
 def amp_dtype(value: str) -> Optional[torch.dtype]:
     """The autocast dtype of an ``--amp`` value (None = full precision)."""
     return AMP_DTYPES[canonical_amp(value)]
+
+
+def grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScaler"]:
+    """A gradient scaler for fp16 autocast (None otherwise: bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type) if canonical_amp(amp) == "fp16" else None
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> torch.nn.Module:
+    """DistributedDataParallel on the process's own GPU (or CPU/gloo); buffers are not broadcast, since the
+    trainers keep BatchNorm statistics synchronised themselves (SyncBatchNorm) or per process."""
+    device_ids = [local_rank] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def seed_everything(seed: int) -> None:
