@@ -83,6 +83,35 @@ def _sum_across(values: List[float], device: torch.device) -> List[float]:
     return tensor.tolist()
 
 
+class _LossReader:
+    """Losses stay on the device until a log step: one host read per ``log_interval`` optimizer steps (not
+    one per micro-batch), so a GPU never waits for the host; a non-finite loss is reported at the first read
+    after it, naming its step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        self.window: List[Any] = []  # (optimizer step, loss tensor) since the last read
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        detached = loss.detach().float()
+        self.total += detached
+        self.count += 1
+        self.window.append((step, detached))
+
+    def read(self, epoch: int) -> float:
+        """The window's losses on the host (one synchronisation); the last one is returned."""
+        if not self.window:
+            return float("nan")
+        values = torch.stack([loss for _, loss in self.window]).tolist()
+        for (step, _), value in zip(self.window, values):
+            if not math.isfinite(value):
+                raise DivergenceError(f"loss is {value} at epoch {epoch} step {step}; lower --base-lr, "
+                                      f"enable --clip-grad, or use --amp bf16 instead of fp16")
+        self.window = []
+        return values[-1]
+
+
 def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_epoch: int,
                     is_main: bool) -> Dict[str, float]:
     """Train ``steps_per_epoch`` optimizer steps starting at global step ``step``.
@@ -90,7 +119,8 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
     Returns the epoch's mean loss (over all processes), last lr, skipped images and the new step."""
     t = trainer
     t.model.train()
-    loss_sum, loss_count, skipped, grad_norm, lr = 0.0, 0, 0, float("nan"), 0.0
+    losses = _LossReader(t.device)
+    skipped, grad_norm, lr = 0, torch.tensor(float("nan")), 0.0
     micro_batches = steps_per_epoch * t.accum_steps
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (is_main and t.progress),
                dynamic_ncols=True, leave=False)
@@ -117,19 +147,15 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             with _autocast(t.device, t.amp_dtype):
                 logits = t.model(images)
                 loss = t.criterion(logits.float(), targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise DivergenceError(f"loss is {loss_value} at epoch {epoch} step {step}; lower --base-lr, "
-                                      f"enable --clip-grad, or use --amp bf16 instead of fp16")
             scaled = loss / t.accum_steps
             (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
-        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        losses.add(step, loss)
         if not last_micro:
             continue
         if t.scaler is not None:
             t.scaler.unscale_(t.optimizer)
         if t.clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.clip_grad))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)  # read at log steps only
         if t.scaler is not None:
             t.scaler.step(t.optimizer)
             t.scaler.update()
@@ -140,12 +166,15 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             t.ema.update(t.module)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if t.metrics is not None and (step % t.log_interval == 0 or step == 1):
-            t.metrics.log({"kind": "train_step", "epoch": epoch, "loss": loss_value, "lr": lr,
-                           "grad_norm": grad_norm}, step=step, prefix="train/")
+        if step % t.log_interval == 0 or step == 1:
+            loss_value = losses.read(epoch)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if t.metrics is not None:
+                t.metrics.log({"kind": "train_step", "epoch": epoch, "loss": loss_value, "lr": lr,
+                               "grad_norm": float(grad_norm)}, step=step, prefix="train/")
     bar.close()
-    total_loss, total_count, total_skipped = _sum_across([loss_sum, loss_count, skipped], t.device)
+    losses.read(epoch)  # the steps since the last log step (and any non-finite loss among them)
+    total_loss, total_count, total_skipped = _sum_across([float(losses.total), losses.count, skipped], t.device)
     return {"train_loss": total_loss / max(total_count, 1), "lr": lr, "train_skipped": int(total_skipped),
             "step": step}
 
