@@ -44,8 +44,9 @@ def test_the_loss_is_read_once_per_log_interval():
     trainer = _trainer(log_interval=3, criterion=nn.CrossEntropyLoss())
     result = {}
     syncs = record_host_syncs(lambda: result.update(train_one_epoch(trainer, _batches(STEPS), 0, 0, STEPS, True)))
-    # reads at steps 1 and 3 and 6 (log steps) and the epoch-end read: not one per step (6) plus logging
-    assert syncs.get("aten._local_scalar_dense", 0) <= 4, syncs
+    # the window reads (tolist) at log steps are not dispatched ops; what remains is the epoch-end total.
+    # Reading every micro-batch's loss with .item(), as before, counts STEPS here.
+    assert syncs.get("aten._local_scalar_dense", 0) <= 2 < STEPS, syncs
     assert result["step"] == STEPS and result["train_loss"] > 0
 
 
