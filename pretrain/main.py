@@ -230,12 +230,13 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
+def start(argv: Optional[Sequence[str]]) -> Tuple[Dict[str, Any], Path, DistInfo, List[Path]]:
+    """Resolve and check the options (cheap checks first), join the process group, set up logging and
+    list the data: (config, run folder, process info, image paths)."""
     config = resolve(argv)
     check_model_name(config["model"])
     check_input_size(config)
     check_input_files(config)
-    size = normalise_size(config["input_size"])
     run_dir = prepare_output_dir(Path(config["output_dir"]))
     dist_info = init_distributed(config["device"])
     setup_logging(run_dir, rank=dist_info.rank)
@@ -243,6 +244,26 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 dist_info.device, run_dir.resolve())
     paths, source = resolve_data(config, dist_info)
     logger.info("data: %d image files from %s", len(paths), source)
+    return config, run_dir, dist_info, paths
+
+
+def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: Dict[str, Any], dist_info: DistInfo,
+          start_step: int) -> Tuple[Any, Path]:
+    """The loop under a stop-signal guard, with the metrics file open: (its result, the metrics path)."""
+    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config["tensorboard"]))
+    try:
+        with GracefulStop() as stop:
+            loop = Loop(**loop_kwargs, dist_info=dist_info, metrics=metrics, stop=stop,
+                        amp_dtype=amp_dtype(config["amp"]), channels_last=bool(config["channels_last"]),
+                        progress=bool(config["progress"]), log_interval=int(config["log_interval"]))
+            return loop.run(start_step), metrics.path
+    finally:
+        metrics.close()
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    config, run_dir, dist_info, paths = start(argv)
+    size = normalise_size(config["input_size"])
     global_batch, per_rank, micro = batch_layout(config, dist_info)
 
     seed = int(config["seed"])
@@ -276,22 +297,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                                            "num_images": len(paths), "global_batch": global_batch},
                           dist_info.is_main, barrier)
 
-    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config["tensorboard"]))
     spark.train()
     try:
-        with GracefulStop() as stop:
-            loop = Loop(model=model, params=[p for p in spark.parameters() if p.requires_grad],
-                        optimizer=optimizer, scaler=scaler, schedule=schedule, batches=batches,
-                        accumulation=per_rank // micro, steps_per_epoch=sampler.steps_per_epoch,
-                        total_steps=schedule.total_steps, global_batch=global_batch, dist_info=dist_info,
-                        metrics=metrics, skips=SkipReporter(paths), stop=stop, save=saver,
-                        amp_dtype=amp_dtype(config["amp"]), channels_last=bool(config["channels_last"]),
-                        progress=bool(config["progress"]), prepare_batch=prepare_batch,
-                        log_interval=int(config["log_interval"]))
-            result = loop.run(start_step)
+        result, metrics_path = train(
+            dict(model=model, params=[p for p in spark.parameters() if p.requires_grad], optimizer=optimizer,
+                 scaler=scaler, schedule=schedule, batches=batches, accumulation=per_rank // micro,
+                 steps_per_epoch=sampler.steps_per_epoch, total_steps=schedule.total_steps,
+                 global_batch=global_batch, skips=SkipReporter(paths), save=saver, prepare_batch=prepare_batch),
+            run_dir, config, dist_info, start_step)
     finally:
-        metrics.close()
-        del batches
+        del batches  # ends the loader's workers before the pictures and the report
 
     params_sum, buffers_sum = state_checksums(spark)
     logger.info("rank %d state after step %d: parameter checksum %.12e, synchronised-norm buffer checksum %.12e",
@@ -302,12 +317,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                   "run the same command with --resume auto to continue")
         cleanup()
         return 0
-    pictures = write_pictures(spark, config, paths, size, dist_info.device, run_dir, metrics.path) \
+    pictures = write_pictures(spark, config, paths, size, dist_info.device, run_dir, metrics_path) \
         if dist_info.is_main else {}
     barrier()
     cleanup()
     if dist_info.is_main:
-        report_outputs(result, run_dir, saver, metrics.path, pictures)
+        report_outputs(result, run_dir, saver, metrics_path, pictures)
     return 0
 
 
