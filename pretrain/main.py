@@ -38,7 +38,7 @@ def prepare_output_dir(path: Path) -> Path:
     """Create the run folder and prove it is writable before any expensive work."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
+        probe = path / f".write_test.{os.getpid()}"  # one per process: ranks start together
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
