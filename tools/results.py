@@ -21,6 +21,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import yaml
 
+from sparkmim.utils.metrics import read_rows
+
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
@@ -191,11 +193,7 @@ def read_pretrain(folder: Path) -> Optional[PretrainResult]:
     if "mask_ratio" not in config or not (folder / METRICS_FILE).is_file():
         return None
     speeds, epoch_losses, epochs_done = [], [], 0
-    for line in (folder / METRICS_FILE).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+    for row in read_rows(folder / METRICS_FILE):
         if row.get("kind") == "step" and _number(row.get("img_per_s")) is not None:
             speeds.append(float(row["img_per_s"]))
         elif row.get("kind") == "epoch" and _number(row.get("loss_mean")) is not None:

@@ -210,11 +210,6 @@ def run_value_benchmark(preset: Preset, source: Optional[str], out: Path, device
 
 def _epoch_losses(metrics_path: Path) -> List[float]:
     """Mean training loss of each pre-training epoch, from spark-pretrain's metrics file."""
-    import json
-    losses: List[float] = []
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("kind") == "epoch":
-                losses.append(float(record["loss_mean"]))
-    return losses
+    from sparkmim.utils.metrics import read_rows
+
+    return [float(row["loss_mean"]) for row in read_rows(metrics_path) if row.get("kind") == "epoch"]

@@ -3,7 +3,6 @@ reconstruction grid (input | masked input | reconstruction | reconstruction with
 
 Both are drawn with matplotlib's non-interactive backend, so they work on headless servers.
 """
-import json
 import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -11,6 +10,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+from sparkmim.utils.metrics import read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,9 @@ def read_step_losses(metrics_path: Path) -> Tuple[List[int], List[float]]:
     """Per-step losses from the JSONL log; a step logged twice (work redone after a crash and
     resume) keeps its last value."""
     losses = {}
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if row.get("kind") == "step" and isinstance(row.get("loss"), (int, float)):
-                losses[int(row["step"])] = float(row["loss"])
+    for row in read_rows(metrics_path):
+        if row.get("kind") == "step" and isinstance(row.get("loss"), (int, float)):
+            losses[int(row["step"])] = float(row["loss"])
     steps = sorted(losses)
     return steps, [losses[s] for s in steps]
 
