@@ -12,7 +12,7 @@ from typing import Any
 from sparkmim.convert import load_state_dict_checked
 from sparkmim.utils.checkpoint import load_file
 
-from .convert import BACKBONE_PREFIX, OUTPUT_NORMS, convert_object, is_converted, write_checkpoint
+from sparkmim.convert.mmdet import BACKBONE_PREFIX, OUTPUT_NORMS, convert_object, is_converted, write_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,12 @@ state dicts), converts it with the project's converters, prints the key report a
 when a key cannot be accounted for. ``spark-convert --inspect FILE`` says what a file is.
 
 Exit status: 0 done; 1 key accounting failed (unknown/missing keys, wrong model) or ``--check``
-failed; 2 the input cannot be used (missing file, unsafe pickle, not a checkpoint); 3 the file was
-written but ``--check`` could not load it (the target framework is not installed): not verified.
+failed; 2 the input cannot be used (missing file, unsafe pickle, not a checkpoint, a model the target
+cannot hold); 3 the file was written but ``--check`` could not load it (the target framework is not
+installed): not verified.
+
+``spark-d2-convert`` and ``spark-mmdet-convert`` are this command with ``--to d2`` / ``--to mmdet``
+fixed (:func:`alias_main`); every conversion is a key table of :mod:`sparkmim.convert`.
 """
 import argparse
 import json
@@ -19,9 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from sparkmim.convert import KeyAccountingError
+from sparkmim.convert.detectron2 import timm_resnet_to_d2, write_pkl
 from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
+from sparkmim.convert.key_rules import RefusedKeysError
+from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
-from sparkmim.utils.errors import UserError
+from sparkmim.utils.errors import UserError, run_command
 
 from . import checks
 from .pkl_files import load_numpy_pickle
@@ -37,16 +44,24 @@ class UsageError(UserError, ValueError):
     """The input cannot be used as given; reported in one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spark-convert",
-        description="Convert SparK / timm / torchvision / reference-release weights between the formats "
-                    "of timm, Detectron2, MMDetection and sparkmim, accounting for every key.")
+def build_parser(prog: str = "spark-convert", fixed_to: Optional[str] = None) -> argparse.ArgumentParser:
+    """The options of ``spark-convert``; ``fixed_to`` builds an alias whose target format is fixed."""
+    description = ("Convert SparK / timm / torchvision / reference-release weights between the formats "
+                   "of timm, Detectron2, MMDetection and sparkmim, accounting for every key.")
+    if fixed_to:
+        description += f" Same as 'spark-convert SRC DST --to {fixed_to}'."
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("source", nargs="?", type=Path, help="checkpoint to convert (.pth)")
     parser.add_argument("target", nargs="?", type=Path, help="file to write")
-    parser.add_argument("--to", choices=TARGETS, help="target format: timm (encoder state dict), d2 "
-                        "(Detectron2 .pkl, ResNet), mmdet (MMDetection ConvNeXt backbone), sparkmim "
-                        "(whole SparK model when the source has a decoder, else the encoder)")
+    if fixed_to:
+        parser.set_defaults(to=fixed_to)
+    else:
+        parser.add_argument("--to", choices=TARGETS, help="target format: timm (encoder state dict), d2 "
+                            "(Detectron2 .pkl, ResNet), mmdet (MMDetection ConvNeXt backbone), sparkmim "
+                            "(whole SparK model when the source has a decoder, else the encoder)")
+    parser.add_argument("--final-norm", choices=FINAL_NORM_CHOICES, default="norm3",
+                        help="--to mmdet: where the classifier-side final norm goes (default: norm3, the last "
+                             "per-stage output norm, as in mmpretrain's checkpoints)")
     parser.add_argument("--model", default=None, help="timm model name of the weights (default: from the "
                         "file's config, else found by matching the weights against common timm models)")
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
@@ -146,12 +161,12 @@ def require_model(info: SourceInfo) -> str:
     return info.model
 
 
-def write_timm(info: SourceInfo, target: Path) -> Dict[str, Any]:
+def write_timm(info: SourceInfo, target: Path, args: Optional[argparse.Namespace] = None) -> Dict[str, Any]:
     save_atomic({k: v.detach().cpu() for k, v in info.encoder.items()}, target)
     return {"written": str(target), "tensors": len(info.encoder), "converted": len(info.encoder)}
 
 
-def write_sparkmim(info: SourceInfo, target: Path) -> Dict[str, Any]:
+def write_sparkmim(info: SourceInfo, target: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """Whole-model weights when the source has a decoder (reference release or ours), else the
     encoder-only checkpoint (which is a timm state dict)."""
     if not info.has_decoder:
@@ -171,26 +186,16 @@ def write_sparkmim(info: SourceInfo, target: Path) -> Dict[str, Any]:
     return {"written": str(target), "tensors": len(payload["model"]), "converted": len(payload["model"])}
 
 
-def write_d2(info: SourceInfo, target: Path) -> Dict[str, Any]:
-    from sparkmim.downstream_d2.convert import timm_resnet_to_d2, write_pkl
-
-    if target.suffix != ".pkl":
-        raise UsageError(f"Detectron2 reads converted weights from a '.pkl' file; name the target e.g. {target.with_suffix('.pkl')}")
+def write_d2(info: SourceInfo, target: Path, args: argparse.Namespace) -> Dict[str, Any]:
     conversion = timm_resnet_to_d2(info.encoder)
     info.report.dropped.extend(conversion.dropped)
     write_pkl(conversion, target)
     return {"written": str(target), "tensors": len(conversion.model), "converted": len(conversion.renamed)}
 
 
-def write_mmdet(info: SourceInfo, target: Path) -> Dict[str, Any]:
-    """The MMDetection converter: mmpretrain ConvNeXt names under ``backbone.`` (mmengine's
-    ``Pretrained`` initialiser layout)."""
-    if not checks.installed("sparkmim.downstream_mmdet.convert"):
-        raise UsageError("the MMDetection converter (sparkmim.downstream_mmdet.convert) is not available in "
-                         "this installation; --to mmdet needs it")
-    from sparkmim.downstream_mmdet.convert import timm_convnext_to_mmpretrain, write_checkpoint
-
-    conversion = timm_convnext_to_mmpretrain(info.encoder)
+def write_mmdet(info: SourceInfo, target: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """mmpretrain ConvNeXt names under ``backbone.`` (mmengine's ``Pretrained`` initialiser layout)."""
+    conversion = timm_convnext_to_mmpretrain(info.encoder, final_norm=args.final_norm)
     info.report.dropped.extend(conversion.dropped)
     info.report.notes.extend(conversion.notes)
     write_checkpoint(conversion, target)
@@ -225,7 +230,17 @@ def check_sparkmim(target: Path) -> checks.CheckResult:
     return checks.CheckResult("ok", f"loaded into a sparkmim SparK({config['model']}) built from the file's config")
 
 
+def check_target_path(args: argparse.Namespace) -> None:
+    """Before anything is loaded: a target the chosen format cannot be written to."""
+    if args.to == "d2" and args.target.suffix != ".pkl":  # Detectron2 picks its loader by the extension
+        raise UsageError(f"Detectron2 reads converted weights from a '.pkl' file; name the target e.g. "
+                         f"{args.target.with_suffix('.pkl')}")
+    if args.target.exists() and args.source.exists() and args.target.resolve() == args.source.resolve():
+        raise UsageError(f"refusing to overwrite the source checkpoint {args.source}; choose another target")
+
+
 def convert(args: argparse.Namespace) -> int:
+    check_target_path(args)
     obj = load_source(args.source, args.allow_unsafe)
     if isinstance(obj, dict) and obj.get("matching_heuristics") is not None:
         raise UsageError(f"{args.source} is a Detectron2 .pkl (an output format); convert the original checkpoint")
@@ -242,7 +257,7 @@ def convert(args: argparse.Namespace) -> int:
         raise UsageError(f"--to mmdet converts ConvNeXts (mmpretrain's ConvNeXt backbone); this file is a {model}")
     args.target.parent.mkdir(parents=True, exist_ok=True)
     writer = {"timm": write_timm, "d2": write_d2, "mmdet": write_mmdet, "sparkmim": write_sparkmim}[args.to]
-    written = writer(info, args.target)
+    written = writer(info, args.target, args)
     report = {"source": str(args.source), "format": info.format, "model": model, "model_from": info.model_from,
               "to": args.to, "dropped": sorted(set(info.report.dropped)), "errors": [], **written,
               "notes": [n for n in info.report.notes if "per-stage" in n]}
@@ -292,20 +307,20 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = "spark-convert", fixed_to: Optional[str] = None) -> int:
+    parser = build_parser(prog, fixed_to)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.inspect is None and (args.source is None or args.target is None or args.to is None):
-        parser.error("give SRC DST --to FORMAT, or --inspect FILE")
-    try:
-        return inspect(args) if args.inspect is not None else convert(args)
-    except UsageError as error:
-        print(f"spark-convert: error: {error}", file=sys.stderr)
-        return 2
-    except KeyAccountingError as error:
-        print(f"spark-convert: key accounting failed: {error}", file=sys.stderr)
-        return 1
+        parser.error("give SRC DST --to FORMAT, or --inspect FILE" if not fixed_to else "give SRC DST, or --inspect FILE")
+    body = (lambda: inspect(args)) if args.inspect is not None else (lambda: convert(args))
+    # a part the target cannot hold is unusable input (2); any other key accounting failure is 1
+    return run_command(prog, body, statuses={RefusedKeysError: 2, KeyAccountingError: 1})
+
+
+def alias_main(to: str, prog: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``prog SRC DST [options]`` = ``spark-convert SRC DST --to <to> [options]``."""
+    return main(argv, prog=prog, fixed_to=to)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import torch
 from .encoder_weights import CLASSIFIER_PREFIXES, load_encoder_state_dict
 from .loading import check_keys, shapes_of
 from .reference import spark_state_from_reference
-from .report import ConversionReport, KeyAccountingError
+from .key_rules import KeyTable, Rename
+from .report import ConversionReport
 from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
 
 # format names (stable strings, shown to users and used by tests)
@@ -84,17 +85,36 @@ class SourceInfo:
 
 # --- torchvision ConvNeXt -------------------------------------------------------------------------
 
-_TV_CONVNEXT_RULES: Sequence[Tuple[str, str]] = (
-    (r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
-    (r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", "conv_dw"),
-    (r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", "norm"),
-    (r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", "mlp.fc1"),
-    (r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", "mlp.fc2"),
-    (r"features\.(\d+)\.(\d+)\.layer_scale", "gamma"),
-    (r"features\.(\d+)\.([01])\.(weight|bias)", "downsample"),
-    (r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
-    (r"classifier\.2\.(weight|bias)", r"head.fc.\1"),
-)
+def _tv_block(module: str, field_group: bool = True):
+    """torchvision numbers ``features.<i>``: odd i = the blocks of stage (i-1)/2."""
+    def target(match) -> Optional[str]:
+        index = int(match[1])
+        suffix = f".{match[3]}" if field_group else ""
+        return f"stages.{(index - 1) // 2}.blocks.{match[2]}.{module}{suffix}" if index % 2 else None
+    return target
+
+
+def _tv_downsample(match) -> Optional[str]:
+    """even i > 0 = the downsampling (LayerNorm, conv) in front of stage i/2."""
+    index = int(match[1])
+    return None if index % 2 or index == 0 else f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
+
+
+def _flatten(value: torch.Tensor) -> torch.Tensor:
+    return value.reshape(-1)  # torchvision stores the layer scale as (C, 1, 1)
+
+
+TORCHVISION_CONVNEXT_TO_TIMM = KeyTable("torchvision ConvNeXt -> timm", renames=(
+    Rename(r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", _tv_block("conv_dw")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", _tv_block("norm")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", _tv_block("mlp.fc1")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", _tv_block("mlp.fc2")),
+    Rename(r"features\.(\d+)\.(\d+)\.layer_scale", _tv_block("gamma", field_group=False), _flatten),
+    Rename(r"features\.(\d+)\.([01])\.(weight|bias)", _tv_downsample),
+    Rename(r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
+    Rename(r"classifier\.2\.(weight|bias)", r"head.fc.\1"),
+))
 
 
 def is_torchvision_convnext(keys) -> bool:
@@ -102,39 +122,8 @@ def is_torchvision_convnext(keys) -> bool:
 
 
 def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """torchvision ``features.<i>`` numbering: odd i = stage (i-1)/2 blocks, even i > 0 = the
-    downsampling (LayerNorm, conv) in front of stage i/2."""
-    out: Dict[str, torch.Tensor] = {}
-    report, unmapped = ConversionReport(), []
-    for key, value in state.items():
-        for pattern, target in _TV_CONVNEXT_RULES:
-            match = re.fullmatch(pattern, key)
-            if not match:
-                continue
-            if target.startswith(("stem", "head")):
-                new_key = match.expand(target)
-            elif target == "downsample":
-                index = int(match[1])
-                if index % 2 or index == 0:
-                    continue
-                new_key = f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
-            else:
-                index = int(match[1])
-                if index % 2 == 0:
-                    continue
-                suffix = "" if target == "gamma" else f".{match[3]}"
-                new_key = f"stages.{(index - 1) // 2}.blocks.{match[2]}.{target}{suffix}"
-                if target == "gamma":
-                    value = value.reshape(-1)  # torchvision stores it as (C, 1, 1)
-            out[new_key] = value
-            report.converted.append(key)
-            break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        shown = ", ".join(sorted(unmapped)[:12])
-        raise KeyAccountingError(f"torchvision ConvNeXt -> timm: {len(unmapped)} key(s) cannot be mapped: {shown}")
-    return out, report
+    """torchvision's ConvNeXt state dict in timm names."""
+    return TORCHVISION_CONVNEXT_TO_TIMM.convert(state)
 
 
 # --- model identification -------------------------------------------------------------------------

@@ -4,28 +4,31 @@ The reference's full checkpoint (``*_withdecoder_1kpretrained_spark_style.pth``)
 ``sparse_encoder.sp_cnn.*`` (timm names for ResNet, facebookresearch names for ConvNeXt),
 ``densify_norms.*``, ``densify_projs.*``, ``mask_tokens.*``, ``dense_decoder.*``, unused buffers
 ``imn_m``/``imn_s``/``norm_black`` and a 'config' dict."""
-import re
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
 from .convnext_keys import convnext_fb_to_timm, is_fb_convnext
-from .report import ConversionReport, fail_on_unmapped
+from .key_rules import Drop, KeyTable, Rename
+from .report import ConversionReport
 
 REFERENCE_ENCODER_PREFIX = "sparse_encoder.sp_cnn."
 REFERENCE_UNUSED_BUFFERS = ("imn_m", "imn_s", "norm_black")
 SPARKMIM_ENCODER_PREFIX = "encoder.model."
 
-_DECODER_RULES = [
-    (re.compile(r"dense_decoder\.dec\.(\d+)\.up_sample\.(.+)$"), r"decoder.stages.\1.upsample.\2"),
-    (re.compile(r"dense_decoder\.dec\.(\d+)\.conv\.0\.(.+)$"), r"decoder.stages.\1.conv1.\2"),
-    (re.compile(r"dense_decoder\.dec\.(\d+)\.conv\.1\.(.+)$"), r"decoder.stages.\1.bn1.\2"),
-    (re.compile(r"dense_decoder\.dec\.(\d+)\.conv\.3\.(.+)$"), r"decoder.stages.\1.conv2.\2"),
-    (re.compile(r"dense_decoder\.dec\.(\d+)\.conv\.4\.(.+)$"), r"decoder.stages.\1.bn2.\2"),
-    (re.compile(r"dense_decoder\.proj\.(.+)$"), r"decoder.proj.\1"),
-    (re.compile(r"(densify_norms|densify_projs)\.(\d+)\.(.+)$"), r"\1.\2.\3"),
-    (re.compile(r"mask_tokens\.(\d+)$"), r"mask_tokens.\1"),
-]
+_STAGE = r"dense_decoder\.dec\.(\d+)"
+# the reference model minus its encoder -> sparkmim SparK names
+REFERENCE_DECODER = KeyTable("SparK reference -> sparkmim decoder", renames=(
+    Rename(_STAGE + r"\.up_sample\.(.+)", r"decoder.stages.\1.upsample.\2"),
+    Rename(_STAGE + r"\.conv\.0\.(.+)", r"decoder.stages.\1.conv1.\2"),
+    Rename(_STAGE + r"\.conv\.1\.(.+)", r"decoder.stages.\1.bn1.\2"),
+    Rename(_STAGE + r"\.conv\.3\.(.+)", r"decoder.stages.\1.conv2.\2"),
+    Rename(_STAGE + r"\.conv\.4\.(.+)", r"decoder.stages.\1.bn2.\2"),
+    Rename(r"dense_decoder\.proj\.(.+)", r"decoder.proj.\1"),
+    Rename(r"(densify_norms|densify_projs)\.(\d+)\.(.+)", r"\1.\2.\3"),
+    Rename(r"mask_tokens\.(\d+)", r"mask_tokens.\1"),
+), drops=(Drop("|".join(REFERENCE_UNUSED_BUFFERS), "unused normalisation buffers of the reference model"),
+          Drop("config", "the reference's settings (read separately)")))
 
 
 def reference_module_state(obj: Any) -> Mapping[str, Any]:
@@ -60,22 +63,11 @@ def spark_state_from_reference(obj: Any) -> Tuple[Dict[str, torch.Tensor], Conve
     encoder_timm, encoder_report = reference_encoder_to_timm(encoder_part)
     out = {SPARKMIM_ENCODER_PREFIX + k: v for k, v in encoder_timm.items()}
     report.converted.extend(REFERENCE_ENCODER_PREFIX + k for k in encoder_report.converted)
-    unmapped = []
-    for key, value in module_state.items():
-        if key.startswith(REFERENCE_ENCODER_PREFIX):
-            continue
-        if key in REFERENCE_UNUSED_BUFFERS or key == "config":
-            report.dropped.append(key)
-            continue
-        for pattern, target in _DECODER_RULES:
-            match = pattern.match(key)
-            if match:
-                out[match.expand(target)] = value
-                report.converted.append(key)
-                break
-        else:
-            unmapped.append(key)
-    fail_on_unmapped(unmapped, "SparK reference checkpoint")
+    rest = {k: v for k, v in module_state.items() if not k.startswith(REFERENCE_ENCODER_PREFIX)}
+    decoder, decoder_report = REFERENCE_DECODER.convert(rest)
+    out.update(decoder)
+    report.converted.extend(decoder_report.converted)
+    report.dropped.extend(decoder_report.dropped)
     return out, report, config
 
 

@@ -1,6 +1,6 @@
 """Key accounting shared by every weight converter: each source key is converted or dropped."""
 from dataclasses import dataclass, field
-from typing import Iterable, List
+from typing import Dict, List
 
 
 class KeyAccountingError(KeyError):
@@ -12,11 +12,15 @@ class KeyAccountingError(KeyError):
 
 @dataclass
 class ConversionReport:
-    """What a conversion did: keys converted, keys dropped on purpose (with the reason)."""
+    """What a conversion did: keys converted (and to what), keys dropped on purpose, notes."""
 
     converted: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    renamed: Dict[str, str] = field(default_factory=dict)  # source key -> target key, where renamed
+
+    def source_of(self, target_key: str) -> str:
+        return next((k for k, v in self.renamed.items() if v == target_key), "?")
 
     def summary(self) -> str:
         text = f"{len(self.converted)} keys converted, {len(self.dropped)} dropped"
@@ -25,9 +29,3 @@ class ConversionReport:
             text += f" ({shown})"
         return text
 
-
-def fail_on_unmapped(unmapped: Iterable[str], what: str) -> None:
-    keys = sorted(unmapped)
-    if keys:
-        shown = ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
-        raise KeyAccountingError(f"{what}: {len(keys)} key(s) cannot be mapped: {shown}")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from sparkmim.downstream_d2 import datasets, train_net  # noqa: E402
 from sparkmim.downstream_d2.config import add_spark_config, resolve_config_file  # noqa: E402
-from sparkmim.downstream_d2.convert import timm_resnet_to_d2, write_pkl  # noqa: E402
+from sparkmim.convert.detectron2 import timm_resnet_to_d2, write_pkl  # noqa: E402
 from sparkmim.downstream_d2.optimizer import _scale_groups, build_optimizer, build_param_groups  # noqa: E402
 
 # SyncBN needs several processes; a single CPU process uses plain BN, set through the config

@@ -2,7 +2,7 @@
 import pytest
 import timm
 
-from sparkmim.downstream_d2.convert import timm_resnet_to_d2
+from sparkmim.convert.detectron2 import timm_resnet_to_d2
 from sparkmim.downstream_d2.lr_decay import ResNetLayerDecay, count_res4_blocks
 
 HEADS = ["backbone.fpn_lateral2.weight", "backbone.fpn_output5.norm.bias", "proposal_generator.rpn_head.conv.weight",

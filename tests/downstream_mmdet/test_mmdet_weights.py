@@ -7,7 +7,7 @@ pytest.importorskip("mmdet", reason="mmdet is not installed: the MMDetection tes
 pytest.importorskip("mmpretrain", reason="mmpretrain is not installed (see scripts/setup_mmdet_env.sh)")
 
 from sparkmim.convert import convnext_timm_to_fb  # noqa: E402
-from sparkmim.downstream_mmdet.convert import convert_object, write_checkpoint  # noqa: E402
+from sparkmim.convert.mmdet import convert_object, write_checkpoint  # noqa: E402
 from sparkmim.downstream_mmdet.settings import CONFIG_DIR  # noqa: E402
 from tests.downstream_mmdet.mmdet_fixtures import (PACKAGED_B, TINY_DEPTHS, TINY_DIMS, expected_backbone_keys,  # noqa: E402
                                                  small_config, tiny_timm_convnext)

@@ -188,7 +188,6 @@ def test_check_without_the_framework_is_a_distinct_exit_status(tmp_path, capsys)
 
 
 def test_to_mmdet_uses_the_mmdetection_converter(files, tmp_path, capsys):
-    pytest.importorskip("sparkmim.downstream_mmdet.convert", reason="the MMDetection converter is not in this tree")
     target = tmp_path / "cnx_mmdet.pth"
     status = main([str(files / "cnx_1kpretrained_official_style.pth"), str(target), "--to", "mmdet", "--check"])
     captured = capsys.readouterr()
@@ -200,6 +199,26 @@ def test_to_mmdet_uses_the_mmdetection_converter(files, tmp_path, capsys):
     state = torch.load(target, weights_only=True)["state_dict"]
     assert "backbone.downsample_layers.0.0.weight" in state
     assert main([str(files / "torchvision_resnet18.pth"), str(tmp_path / "x.pth"), "--to", "mmdet"]) == 2
+    dropped = tmp_path / "cnx_no_norm3.pth"
+    assert main([str(files / "cnx_1kpretrained_official_style.pth"), str(dropped), "--to", "mmdet",
+                 "--final-norm", "drop"]) == 0
+    assert not any(k.startswith("backbone.norm3.") for k in torch.load(dropped, weights_only=True)["state_dict"])
+
+
+def test_the_framework_commands_are_spark_convert_with_a_fixed_target(files, tmp_path, capsys):
+    from sparkmim.downstream_d2.convert import main as d2_main
+    from sparkmim.downstream_mmdet.convert import main as mmdet_main
+
+    source = files / "torchvision_resnet18.pth"
+    assert d2_main([str(source), str(tmp_path / "a.pkl")]) == 0
+    assert main([str(source), str(tmp_path / "b.pkl"), "--to", "d2"]) == 0
+    assert (tmp_path / "a.pkl").read_bytes() == (tmp_path / "b.pkl").read_bytes()
+    assert "--to d2" in capsys.readouterr().out
+    # the target is checked before the (possibly large) source is read
+    assert d2_main([str(tmp_path / "missing.pth"), str(tmp_path / "a.pth")]) == 2
+    assert "'.pkl'" in capsys.readouterr().err
+    assert mmdet_main([str(source), str(tmp_path / "c.pth")]) == 2  # a ResNet has no mmpretrain ConvNeXt
+    assert capsys.readouterr().err.startswith("spark-mmdet-convert: error: --to mmdet converts ConvNeXts")
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""timm ResNet -> Detectron2 .pkl conversion (runs without Detectron2)."""
+"""timm ResNet -> Detectron2 .pkl conversion (the key table, and the spark-d2-convert alias; no Detectron2 needed)."""
 import pickle
 from typing import List, Sequence
 
@@ -8,7 +8,9 @@ import timm
 import torch
 
 from sparkmim.downstream_d2 import convert
-from sparkmim.downstream_d2.convert import D2ConversionError, timm_resnet_to_d2
+from sparkmim.convert import KeyAccountingError
+from sparkmim.convert.detectron2 import timm_resnet_to_d2
+from sparkmim.convert.key_rules import RefusedKeysError
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -74,28 +76,28 @@ def test_encoder_only_checkpoint_has_nothing_dropped(resnet50_state):
 
 @pytest.mark.parametrize("model_name, message", [("resnet50d", "deep stem"), ("resnet26d", "deep stem")])
 def test_deep_stem_is_refused(model_name, message):
-    with pytest.raises(D2ConversionError, match=message):
+    with pytest.raises(RefusedKeysError, match=message):
         timm_resnet_to_d2(timm.create_model(model_name, pretrained=False).state_dict())
 
 
 def test_avg_down_shortcut_is_refused(resnet50_state):
     # a ResNet-D shortcut (AvgPool, conv, BN) on an otherwise plain stem
     state = timm.create_model("resnet50", pretrained=False, avg_down=True).state_dict()
-    with pytest.raises(D2ConversionError, match=r"average-pool shortcut.*layer1\.0\.downsample\.2\."):
+    with pytest.raises(RefusedKeysError, match=r"average-pool shortcut.*layer1\.0\.downsample\.2\."):
         timm_resnet_to_d2(state)
 
 
 def test_unknown_key_is_named(resnet50_state):
     state = dict(resnet50_state, **{"layer2.0.se.fc1.weight": torch.zeros(1)})
-    with pytest.raises(D2ConversionError, match=r"unknown keys.*layer2\.0\.se\.fc1\.weight"):
+    with pytest.raises(KeyAccountingError, match=r"unknown keys.*layer2\.0\.se\.fc1\.weight"):
         timm_resnet_to_d2(state)
 
 
 def test_not_a_resnet_is_refused():
     state = timm.create_model("convnext_atto", pretrained=False).state_dict()
-    with pytest.raises(D2ConversionError, match="unknown keys"):
+    with pytest.raises(KeyAccountingError, match="unknown keys"):
         timm_resnet_to_d2(state)
-    with pytest.raises(D2ConversionError, match="stem"):
+    with pytest.raises(RefusedKeysError, match="stem"):
         timm_resnet_to_d2({})
 
 
@@ -144,7 +146,5 @@ def test_cli_reads_a_full_pretraining_checkpoint(tmp_path, capsys):
 
 
 def test_error_is_a_key_accounting_error():
-    from sparkmim.convert import KeyAccountingError
-
     with pytest.raises(KeyAccountingError):
         timm_resnet_to_d2({"conv1.weight": torch.zeros(1), "attnpool.proj.weight": torch.zeros(1)})

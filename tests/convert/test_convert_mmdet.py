@@ -1,4 +1,5 @@
 """ConvNeXt -> mmpretrain (MMDetection 3.x) conversion; runs without mmdet."""
+import re
 from typing import List, Sequence
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from sparkmim.convert import KeyAccountingError, convnext_timm_to_fb
 from sparkmim.downstream_mmdet import convert
-from sparkmim.downstream_mmdet.convert import convert_object, is_converted, timm_convnext_to_mmpretrain
+from sparkmim.convert.mmdet import convert_object, is_converted, timm_convnext_to_mmpretrain
 
 ATTO_DEPTHS = (2, 2, 6, 2)
 
@@ -115,7 +116,7 @@ def test_cli_writes_a_backbone_file(tmp_path, atto_state, capsys):
     assert all(k.startswith("backbone.") for k in written["state_dict"])
     assert torch.equal(written["state_dict"]["backbone.stages.1.0.pointwise_conv1.weight"],
                        atto_state["stages.1.blocks.0.mlp.fc1.weight"].flatten(1))
-    assert "dropped 2 keys" in capsys.readouterr().out
+    assert re.search(r"dropped\s+2 keys", capsys.readouterr().out)
     assert not is_converted(atto_state)
 
 
@@ -128,12 +129,3 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("spark-mmdet-convert: error:") for line in err)
     assert not (tmp_path / "out.pth").exists()
 
-
-def test_no_detections_give_zero_ap_not_a_missing_file(tmp_path):
-    import json
-
-    from sparkmim.downstream_mmdet.results import no_detection_metrics, write_results
-    path = write_results(no_detection_metrics(), tmp_path / "coco_results.json", detections=0)
-    table = json.loads(path.read_text())
-    assert table["detections"] == 0
-    assert table["bbox"] == table["segm"] == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": 0.0, "APl": 0.0}
