@@ -40,7 +40,8 @@ DEFAULTS: Dict[str, Any] = {
     "opt_eps": None,
     "momentum": 0.9,
     "clip_grad": 0.0,
-    "accum_steps": 1,
+    "accum_steps": None,   # forward passes per optimizer step (None: one, unless micro_batch is given)
+    "micro_batch": None,   # or: images per process per forward pass
     "loss": "softce",
     # augmentation and regularisation
     "input_size": 224,
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--opt-eps", type=float)
     add("--momentum", type=float, help="momentum of sgd / lars")
     add("--clip-grad", type=float, help="global grad-norm clip (0 = off)")
-    add("--accum-steps", type=int, help="gradient accumulation steps per optimizer step")
+    add("--accum-steps", type=int, help="forward passes (gradient accumulation steps) per optimizer step")
+    add("--micro-batch", type=int, help="or: images per process per forward pass (accumulation = "
+                                        "--batch-size / processes / this)")
     add("--loss", choices=CHOICES["loss"], help="softce: soft-target CE; bce: binary CE; ce: plain CE")
     add("--input-size", type=int)
     add("--auto-augment", help="'trivial' (TrivialAugmentWide), a timm string such as "
@@ -245,8 +248,11 @@ def validate(config: Dict[str, Any]) -> None:
     if config["input_size"] % stride:
         raise ConfigError(f"input_size must be a multiple of {stride} (the encoder's total stride, as in "
                           f"pre-training), got {config['input_size']}")
-    if config["batch_size"] <= 0 or config["epochs"] <= 0 or config["accum_steps"] <= 0:
-        raise ConfigError("batch_size, epochs and accum_steps must be positive")
+    if config["batch_size"] <= 0 or config["epochs"] <= 0:
+        raise ConfigError("batch_size and epochs must be positive")
+    for key in ("accum_steps", "micro_batch"):
+        if config[key] is not None and config[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
         raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config['warmup_epochs']}")
     if not 0 < config["layer_decay"]:

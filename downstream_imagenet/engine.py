@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from sparkmim.utils.distributed import is_dist
 from sparkmim.utils.metrics import MetricsLogger
-from sparkmim.utils.schedule import apply_lr_wd, warmup_cosine_lr
+from sparkmim.utils.schedule import Schedule
 
 from .data import Batch
 
@@ -25,18 +25,6 @@ logger = logging.getLogger(__name__)
 
 class DivergenceError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Where the per-step schedule goes: optimizer steps in all, warmup steps, peak lr, weight decay."""
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-    weight_decay: float
-
-    def lr(self, step: int) -> float:
-        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.peak_lr)
 
 
 @dataclass
@@ -141,7 +129,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             images, targets = t.mixup(images, targets)
         last_micro = (index + 1) % t.accum_steps == 0
         if last_micro:
-            lr, _ = apply_lr_wd(t.optimizer.param_groups, t.schedule.lr(step), t.schedule.weight_decay)
+            lr, _ = t.schedule.apply(t.optimizer, step)
         sync = contextlib.nullcontext() if last_micro or not hasattr(t.model, "no_sync") else t.model.no_sync()
         with sync:
             with _autocast(t.device, t.amp_dtype):

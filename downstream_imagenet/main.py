@@ -18,7 +18,7 @@ from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distribu
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
-from sparkmim.utils.run import amp_dtype, grad_scaler, seed_everything, wrap_ddp
+from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 
 from . import checkpoints
 from .config import UserLayers, parse, resolve, resolve_eval
@@ -35,15 +35,6 @@ logger = logging.getLogger(__name__)
 # bad input, reported as one line instead of a traceback
 USER_ERRORS = (ConfigError, checkpoints.CheckpointError, DataError, WeightLoadingError, LayerDecayError,
                UnsafeCheckpointError, FileNotFoundError)
-
-def per_process_batch(config: Dict[str, Any], world_size: int) -> int:
-    """The micro-batch of one process; the global batch must split evenly."""
-    parts = world_size * config["accum_steps"]
-    if config["batch_size"] % parts:
-        raise ConfigError(f"batch_size {config['batch_size']} must be divisible by processes x accum_steps "
-                          f"= {world_size} x {config['accum_steps']}")
-    return config["batch_size"] // parts
-
 
 def build_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
     if config["linear_probe"]:
@@ -87,7 +78,8 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     device, is_main = dist_info.device, dist_info.is_main
     train_set, val_set = load_datasets(config, training=True)
     classes = train_set.classes
-    batch = per_process_batch(config, dist_info.world_size)
+    layout = batch_layout(config["batch_size"], dist_info.world_size, config["micro_batch"], config["accum_steps"])
+    batch = layout.micro_batch
 
     seed_everything(config["seed"])  # identical initial head on every process (DDP and EMA rely on it)
     model = build_model(config, len(classes))
@@ -136,10 +128,10 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
     val_loader = eval_loader(val_set, config, config["eval_batch_size"] or batch, dist_info.rank,
                              dist_info.world_size)
-    steps_per_epoch = len(loader) // config["accum_steps"]
+    steps_per_epoch = len(loader) // layout.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
-                          f"({config['accum_steps']}); lower --batch-size or --accum-steps")
+                          f"({layout.accum_steps}); lower --batch-size or --accum-steps")
     peak_lr = config["base_lr"] * config["batch_size"] / 256
     schedule = Schedule(total_steps=config["epochs"] * steps_per_epoch,
                         warmup_steps=round(config["warmup_epochs"] * steps_per_epoch),
@@ -148,14 +140,14 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     trainer = Trainer(model=ddp_model, module=module, optimizer=optimizer, criterion=criterion,
                       schedule=schedule, device=device, mixup=mixup, ema=ema, scaler=scaler,
                       amp_dtype=amp_dtype(config["amp"]), channels_last=config["channels_last"],
-                      clip_grad=config["clip_grad"], accum_steps=config["accum_steps"],
+                      clip_grad=config["clip_grad"], accum_steps=layout.accum_steps,
                       log_interval=config["log_interval"], progress=config["progress"], metrics=metrics)
     if is_main:
         save_config(config, out / "config.yaml")
         logger.info("lr = %g x %d / 256 = %g; %d steps per epoch, %d epochs, %d warmup steps; %d x %d x %d "
                     "(processes x micro-batch x accumulation)", config["base_lr"], config["batch_size"],
                     peak_lr, steps_per_epoch, config["epochs"], schedule.warmup_steps, dist_info.world_size,
-                    batch, config["accum_steps"])
+                    batch, layout.accum_steps)
 
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0

@@ -24,6 +24,7 @@ DEFAULTS: Dict[str, Any] = {
     "warmup_epochs": 40,
     "batch_size": 4096,        # global batch, over all processes and accumulation steps
     "micro_batch": None,       # images per process per forward; None = batch_size / world size
+    "accum_steps": None,       # or: forward passes per optimizer step (micro_batch = batch / processes / this)
     "base_lr": 2e-4,           # lr = base_lr * batch_size / 256
     "lr": None,                # explicit peak lr (overrides base_lr scaling)
     "warmup_start": 0.005,     # warmup starts at this fraction of the peak lr
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="images per process per forward pass; gradients are accumulated up to --batch-size")
+    parser.add_argument("--accum-steps", type=int, default=None,
+                        help="or: forward passes per optimizer step (the micro-batch is --batch-size / processes / this)")
     parser.add_argument("--base-lr", type=float, default=None, help="lr = base_lr * batch_size / 256")
     parser.add_argument("--lr", type=float, default=None, help="peak lr, overrides --base-lr")
     parser.add_argument("--weight-decay", type=float, default=None)
@@ -182,8 +185,9 @@ def validate(config: Dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if float(config["warmup_epochs"]) < 0 or float(config["warmup_epochs"]) > int(config["epochs"]):
         raise ConfigError(f"warmup_epochs must be within [0, epochs={config['epochs']}], got {config['warmup_epochs']}")
-    if config["micro_batch"] is not None and int(config["micro_batch"]) <= 0:
-        raise ConfigError(f"micro_batch must be positive, got {config['micro_batch']}")
+    for key in ("micro_batch", "accum_steps"):
+        if config[key] is not None and int(config[key]) <= 0:
+            raise ConfigError(f"{key} must be positive, got {config[key]}")
 
 
 def check_model_name(model: str) -> None:

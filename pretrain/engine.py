@@ -16,10 +16,11 @@ from torch import nn
 
 from sparkmim.utils.distributed import DistInfo, all_reduce_mean
 from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
 from .data import SkipReporter
-from .optim import Schedule, global_grad_norm
+from .optim import global_grad_norm
 
 logger = logging.getLogger(__name__)
 

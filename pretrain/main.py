@@ -20,7 +20,8 @@ from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
-from sparkmim.utils.run import amp_dtype, grad_scaler, seed_everything, wrap_ddp
+from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
+from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
@@ -30,7 +31,7 @@ from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, firs
 from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
-from .optim import Schedule, build_optimizer
+from .optim import build_optimizer
 
 logger = logging.getLogger("sparkmim.pretrain")
 
@@ -169,19 +170,6 @@ def check_input_files(config: Dict[str, Any]) -> None:
         raise UserError(f"--init-weight {config['init_weight']}: file not found")
 
 
-def batch_layout(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[int, int, int]:
-    """(global batch, per-process batch, micro-batch), each dividing the one before."""
-    global_batch = int(config["batch_size"])
-    if global_batch % dist_info.world_size:
-        raise UserError(f"--batch-size {global_batch} is not divisible by the {dist_info.world_size} processes")
-    per_rank = global_batch // dist_info.world_size
-    micro = int(config["micro_batch"] or per_rank)
-    if per_rank % micro:
-        raise UserError(f"--micro-batch {micro} must divide the per-process batch {per_rank} "
-                        f"(= --batch-size {global_batch} / {dist_info.world_size} processes)")
-    return global_batch, per_rank, micro
-
-
 def place_model(spark: torch.nn.Module, config: Dict[str, Any], dist_info: DistInfo
                 ) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """(SparK on its device, the module the loop calls: DDP-wrapped and/or compiled when asked)."""
@@ -264,7 +252,7 @@ def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: Dict[str, Any], di
 def run(argv: Optional[Sequence[str]] = None) -> int:
     config, run_dir, dist_info, paths = start(argv)
     size = normalise_size(config["input_size"])
-    global_batch, per_rank, micro = batch_layout(config, dist_info)
+    layout = batch_layout(int(config["batch_size"]), dist_info.world_size, config["micro_batch"], config["accum_steps"])
 
     seed = int(config["seed"])
     seed_everything(seed)  # identical initial weights on every rank
@@ -272,7 +260,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if config["init_weight"]:
         load_init_weight(spark, config["init_weight"], config["model"], bool(config["allow_unsafe_load"]))
     spark, model = place_model(spark, config, dist_info)
-    sampler = StepBatchSampler(len(paths), global_batch, micro, dist_info.rank, dist_info.world_size, seed)
+    sampler = StepBatchSampler(len(paths), layout.global_batch, layout.micro_batch, dist_info.rank,
+                               dist_info.world_size, seed)
     schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config["betas"], float(config["clip_grad"]))
     scaler = grad_scaler(config["amp"], dist_info.device)
@@ -290,20 +279,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         save_config({k: config[k] for k in DEFAULTS}, run_dir / "config.yaml")
     logger.info("schedule: %d epochs x %d steps, global batch %d = %d process(es) x %d micro-batch x %d "
                 "accumulation; peak lr %.3g, warmup %d steps", int(config["epochs"]), sampler.steps_per_epoch,
-                global_batch, dist_info.world_size, micro, per_rank // micro, schedule.peak_lr,
+                layout.global_batch, dist_info.world_size, layout.micro_batch, layout.accum_steps, schedule.peak_lr,
                 round(schedule.warmup_steps))
     saver = ckpt.RunSaver(run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config["model"]), spark, optimizer,
                           scaler, config, {"seed": seed, "steps_per_epoch": sampler.steps_per_epoch,
-                                           "num_images": len(paths), "global_batch": global_batch},
+                                           "num_images": len(paths), "global_batch": layout.global_batch},
                           dist_info.is_main, barrier)
 
     spark.train()
     try:
         result, metrics_path = train(
             dict(model=model, params=[p for p in spark.parameters() if p.requires_grad], optimizer=optimizer,
-                 scaler=scaler, schedule=schedule, batches=batches, accumulation=per_rank // micro,
+                 scaler=scaler, schedule=schedule, batches=batches, accumulation=layout.accum_steps,
                  steps_per_epoch=sampler.steps_per_epoch, total_steps=schedule.total_steps,
-                 global_batch=global_batch, skips=SkipReporter(paths), save=saver, prepare_batch=prepare_batch),
+                 global_batch=layout.global_batch, skips=SkipReporter(paths), save=saver, prepare_batch=prepare_batch),
             run_dir, config, dist_info, start_step)
     finally:
         del batches  # ends the loader's workers before the pictures and the report

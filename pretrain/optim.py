@@ -1,17 +1,15 @@
-"""LAMB with the paper's weight-decay exemptions, and the per-step lr / weight-decay schedule.
+"""LAMB with the paper's weight-decay exemptions (the per-step schedule is
+:class:`sparkmim.utils.schedule.Schedule`, shared with fine-tuning).
 
 timm's ``Lamb`` clips by the *global* gradient norm itself (``max_grad_norm``: all groups' gradients
 are scaled by ``max(1, norm / max_grad_norm)`` before the moments are updated), which is the
 paper's "global grad-norm clip 5"; so no separate ``clip_grad_norm_`` is applied.
 """
 import logging
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence
 
 import torch
 from torch import nn
-
-from sparkmim.utils.schedule import apply_lr_wd, cosine_value, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +47,6 @@ def build_optimizer(model: nn.Module, lr: float, betas: Sequence[float], clip_gr
 
     return Lamb(param_groups(model), lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=0.0,
                 max_grad_norm=clip_grad if clip_grad and clip_grad > 0 else None)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The paper's per-step schedule: lr warmup + cosine, weight decay cosine from start to end."""
-
-    total_steps: int
-    warmup_steps: float
-    peak_lr: float
-    weight_decay: float
-    weight_decay_end: float
-    warmup_start: float = 0.005
-    final_lr: float = 0.001
-
-    def lr(self, step: int) -> float:
-        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.peak_lr,
-                                warmup_start=self.warmup_start, final=self.final_lr)
-
-    def wd(self, step: int) -> float:
-        return cosine_value(step, self.total_steps, self.weight_decay, self.weight_decay_end)
-
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> Tuple[float, float]:
-        return apply_lr_wd(optimizer.param_groups, self.lr(step), self.wd(step))
 
 
 def global_grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:

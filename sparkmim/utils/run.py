@@ -1,14 +1,19 @@
 """What both trainers (spark-pretrain, spark-finetune) set up the same way: seeding, mixed precision
-(autocast dtype and fp16 grad scaler) and the DDP wrapper.
+(autocast dtype and fp16 grad scaler), how a global batch splits, and the DDP wrapper.
 
 One vocabulary for ``--amp``: ``off``, ``bf16``, ``fp16``. spark-finetune's earlier spelling ``none``
-is still accepted for one release, with a deprecation warning."""
+is still accepted for one release, with a deprecation warning. One vocabulary for the batch: the
+global ``--batch-size``, split over processes, then either ``--micro-batch`` (images per forward pass)
+or ``--accum-steps`` (forward passes per optimizer step): both trainers take both."""
 import logging
 import random
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import torch
+
+from .config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +53,44 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """A global batch = processes x accumulation steps x micro-batch (each forward pass's images)."""
+
+    global_batch: int
+    processes: int
+    micro_batch: int
+
+    @property
+    def per_process(self) -> int:
+        return self.global_batch // self.processes
+
+    @property
+    def accum_steps(self) -> int:
+        return self.per_process // self.micro_batch
+
+
+def batch_layout(global_batch: int, processes: int, micro_batch: Optional[int] = None,
+                 accum_steps: Optional[int] = None) -> BatchLayout:
+    """Split ``global_batch`` over ``processes``, then by ``micro_batch`` or ``accum_steps`` (neither:
+    one forward pass per step); raises :class:`ConfigError` naming the options that do not divide."""
+    for name, value in (("--batch-size", global_batch), ("--micro-batch", micro_batch), ("--accum-steps", accum_steps)):
+        if value is not None and int(value) <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if global_batch % processes:
+        raise ConfigError(f"--batch-size {global_batch} is not divisible by the {processes} processes")
+    per_process = global_batch // processes
+    where = f"the per-process batch {per_process} (= --batch-size {global_batch} / {processes} processes)"
+    if accum_steps is not None:
+        if per_process % accum_steps:
+            raise ConfigError(f"--accum-steps {accum_steps} must divide {where}")
+        if micro_batch is not None and micro_batch * accum_steps != per_process:
+            raise ConfigError(f"--micro-batch {micro_batch} x --accum-steps {accum_steps} must equal {where}; "
+                              "give only one of them")
+        micro_batch = per_process // accum_steps
+    micro_batch = int(micro_batch or per_process)
+    if per_process % micro_batch:
+        raise ConfigError(f"--micro-batch {micro_batch} must divide {where}")
+    return BatchLayout(global_batch, processes, micro_batch)

@@ -5,7 +5,8 @@ The reference recipe updates lr and weight decay every step (not every epoch): a
 decay follows a cosine from its start value to its end value over the whole run.
 """
 import math
-from typing import Iterable, Tuple
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Tuple
 
 
 def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float,
@@ -38,3 +39,30 @@ def apply_lr_wd(param_groups: Iterable[dict], lr: float, weight_decay: float) ->
         group["weight_decay"] = weight_decay * group.get("weight_decay_scale", 1.0)
         max_lr, max_wd = max(max_lr, group["lr"]), max(max_wd, group["weight_decay"])
     return max_lr, max_wd
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The per-step schedule of both trainers: lr linear warm-up then cosine; weight decay along a
+    cosine from ``weight_decay`` to ``weight_decay_end`` (None: constant, as in fine-tuning)."""
+
+    total_steps: int
+    warmup_steps: float
+    peak_lr: float
+    weight_decay: float
+    weight_decay_end: Optional[float] = None
+    warmup_start: float = 0.005
+    final_lr: float = 0.001
+
+    def lr(self, step: int) -> float:
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.peak_lr,
+                                warmup_start=self.warmup_start, final=self.final_lr)
+
+    def wd(self, step: int) -> float:
+        if self.weight_decay_end is None:
+            return self.weight_decay
+        return cosine_value(step, self.total_steps, self.weight_decay, self.weight_decay_end)
+
+    def apply(self, optimizer: Any, step: int) -> Tuple[float, float]:
+        """Write this step's lr and weight decay into ``optimizer``; returns the largest written."""
+        return apply_lr_wd(optimizer.param_groups, self.lr(step), self.wd(step))

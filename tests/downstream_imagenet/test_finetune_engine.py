@@ -7,7 +7,8 @@ from torch import nn
 
 from sparkmim.benchmarks.perf.sync_check import record_host_syncs
 from sparkmim.downstream_imagenet.data import Batch
-from sparkmim.downstream_imagenet.engine import DivergenceError, Schedule, Trainer, train_one_epoch
+from sparkmim.downstream_imagenet.engine import DivergenceError, Trainer, train_one_epoch
+from sparkmim.utils.schedule import Schedule
 
 STEPS = 6
 

@@ -180,6 +180,13 @@ def test_resume_refuses_a_weights_only_checkpoint(workspace, capsys):
     assert "holds weights, expected training" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("split, message", [(["--micro-batch", "5"], "--micro-batch 5 must divide the per-process batch 16"),
+                                            (["--accum-steps", "3"], "--accum-steps 3 must divide")])
+def test_batch_splits_share_the_pretraining_vocabulary(workspace, capsys, split, message):
+    assert main(common_args(workspace, workspace / "bad_split") + split) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_model_without_recipe_names_missing_options(tmp_path, capsys):
     code = main(["--model", "resnet18", "--data", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     assert code == 2

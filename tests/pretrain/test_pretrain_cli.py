@@ -66,6 +66,20 @@ def test_run_writes_checkpoints_logs_and_pictures(finished_run):
         assert name in result.stdout
 
 
+def test_accum_steps_is_the_other_spelling_of_the_micro_batch(tmp_path):
+    """The vocabulary spark-finetune shares: --accum-steps 2 of a batch of 8 is --micro-batch 4."""
+    data = make_images(tmp_path / "data", 6)
+    runs = {}
+    for name, split in (("micro", ["--micro-batch", "4"]), ("accum", ["--accum-steps", "2"])):
+        out = tmp_path / name
+        result = run_cli([str(data), *TINY_ARGS, "--epochs", "1", *split, "--output-dir", str(out)])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 process(es) x 4 micro-batch x 2 accumulation" in (out / "log_rank0.txt").read_text()
+        runs[name] = load_file(out / "checkpoint_last.pth")["model"]
+    for key, value in runs["micro"].items():
+        assert torch.equal(runs["accum"][key], value), key
+
+
 def test_init_weight_from_our_encoder_and_full_checkpoints(finished_run, tmp_path):
     out, _ = finished_run
     data = make_images(tmp_path / "data", 8)
@@ -92,6 +106,8 @@ def _error_line(capsys, argv):
     (["--mask-ratio", "1.0"], "mask ratio must be strictly between 0 and 1"),
     (["--mask-ratio", "0"], "mask ratio must be strictly between 0 and 1"),
     (["--model", "resnet_5O"], "unknown model 'resnet_5O'"),
+    (["--accum-steps", "3"], "--accum-steps 3 must divide the per-process batch 8"),
+    (["--micro-batch", "2", "--accum-steps", "2"], "--micro-batch 2 x --accum-steps 2 must equal"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, expected):
     data = make_images(tmp_path / "data", 2)

@@ -12,7 +12,8 @@ import torch
 from sparkmim import build_spark
 from sparkmim.pretrain.data import SkipReporter
 from sparkmim.pretrain.engine import Loop, NonFiniteLossError
-from sparkmim.pretrain.optim import Schedule, build_optimizer
+from sparkmim.pretrain.optim import build_optimizer
+from sparkmim.utils.schedule import Schedule
 from sparkmim.benchmarks.perf.sync_check import optimizer_host_scalars, record_host_syncs
 from sparkmim.utils.distributed import DistInfo
 from sparkmim.utils.metrics import MetricsLogger

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from sparkmim.pretrain.config import family_betas, peak_lr, resolve
-from sparkmim.pretrain.optim import Schedule, build_optimizer, param_groups, takes_decay
+from sparkmim.pretrain.optim import build_optimizer, param_groups, takes_decay
+from sparkmim.utils.schedule import Schedule
 
 
 def paper_lr(step, total, warmup, peak):
