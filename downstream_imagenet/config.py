@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from sparkmim.model.settings import InputSizeError, check_input_size
+from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.config import ConfigError, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 
@@ -244,10 +246,11 @@ def validate(config: Dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
     if not isinstance(config["model_kwargs"], dict):
         raise ConfigError(f"model_kwargs must be a mapping, got {config['model_kwargs']!r}")
-    stride = _encoder_stride(config["model"], config["model_kwargs"])
-    if config["input_size"] % stride:
-        raise ConfigError(f"input_size must be a multiple of {stride} (the encoder's total stride, as in "
-                          f"pre-training), got {config['input_size']}")
+    check_model_name(config["model"])  # before any data is read; the hint names the closest timm models
+    try:  # as in pre-training
+        check_input_size(config["input_size"], config["input_size"], _encoder_stride(config["model"], config["model_kwargs"]))
+    except InputSizeError as error:
+        raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]}") from None
     if config["batch_size"] <= 0 or config["epochs"] <= 0:
         raise ConfigError("batch_size and epochs must be positive")
     for key in ("accum_steps", "micro_batch"):

@@ -5,20 +5,16 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from sparkmim.utils.config import ConfigError
-
 logger = logging.getLogger(__name__)
 
 
 def _create(model_name: str, **kwargs: Any) -> nn.Module:
     import timm
 
-    try:
-        return timm.create_model(model_name, pretrained=False, **kwargs)
-    except RuntimeError as error:
-        if "Unknown model" in str(error):
-            raise ConfigError(f"unknown timm model '{model_name}' (see timm.list_models())") from error
-        raise
+    from sparkmim.sparse.encoder import check_model_name
+
+    check_model_name(model_name)
+    return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
 def create_classifier(model_name: str, num_classes: int, drop_path: float,

@@ -4,10 +4,10 @@ Family-dependent values (LAMB betas, drop path) are left as ``None`` in the defa
 by :func:`resolve` from the model name, so a recipe or the CLI can still override them.
 """
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from sparkmim.model import settings as spark_settings
 from sparkmim.utils.config import ConfigError, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
 
@@ -172,9 +172,7 @@ def normalise_size(value: Any) -> Tuple[int, int]:
 
 def validate(config: Dict[str, Any]) -> None:
     """Checks that need no model: each failure is one line that says what to do."""
-    ratio = config["mask_ratio"]
-    if not 0.0 < float(ratio) < 1.0:
-        raise ConfigError(f"mask ratio must be strictly between 0 and 1, got {ratio} (the paper uses 0.6)")
+    spark_settings.check_mask_ratio(config["mask_ratio"])
     height, width = normalise_size(config["input_size"])
     if height <= 0 or width <= 0:
         raise ConfigError(f"input size must be positive, got {height}x{width}")
@@ -191,22 +189,10 @@ def validate(config: Dict[str, Any]) -> None:
 
 
 def check_model_name(model: str) -> None:
-    """Unknown model names fail here, with the closest timm names as a hint."""
-    import timm
+    """Unknown model names fail here (the core's check, with the closest timm names as a hint)."""
+    from sparkmim.sparse.encoder import check_model_name as core_check
 
-    from sparkmim.sparse.encoder import EncoderSpecError, import_factory, is_factory_path
-
-    if is_factory_path(model):
-        try:
-            import_factory(model)
-        except EncoderSpecError as error:
-            raise ConfigError(str(error)) from error
-        return
-    if timm.is_model(model):
-        return
-    close = difflib.get_close_matches(model, timm.list_models(), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise ConfigError(f"unknown model '{model}' (not a timm model name){hint}")
+    core_check(model)
 
 
 def check_input_size(config: Dict[str, Any]) -> None:
@@ -215,11 +201,10 @@ def check_input_size(config: Dict[str, Any]) -> None:
     from sparkmim.sparse.encoder import total_stride
 
     height, width = normalise_size(config["input_size"])
-    stride = total_stride(config["model"])
-    if height % stride or width % stride:
-        raise ConfigError(f"input size {height}x{width} is not a multiple of the encoder stride {stride}; use e.g. "
-                          f"--input-size {max(stride, round(height / stride) * stride)} "
-                          f"{max(stride, round(width / stride) * stride)}")
+    try:
+        spark_settings.check_input_size(height, width, total_stride(config["model"]))
+    except spark_settings.InputSizeError as error:
+        raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]} {error.suggestion[1]}") from None
 
 
 def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from sparkmim.convert import KeyAccountingError
+from sparkmim.model.settings import InputSizeError, check_input_size, check_mask_ratio
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command
@@ -111,9 +112,10 @@ def _size(value: Optional[List[int]], default: Tuple[int, int], stride: int) -> 
     if not value:
         return default
     height, width = (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
-    if height <= 0 or width <= 0 or height % stride or width % stride:
-        raise VizError(f"--input-size {height} {width}: each side must be a positive multiple of {stride} "
-                       "(the encoder's total stride)")
+    try:
+        check_input_size(height, width, stride)
+    except InputSizeError as error:
+        raise VizError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]} {error.suggestion[1]}") from None
     return height, width
 
 
@@ -132,8 +134,7 @@ def run(args: argparse.Namespace) -> Path:
     spark = load_spark(Path(args.inputs[0]), args.model, args.allow_unsafe)
     size = _size(args.input_size, tuple(spark.input_size), spark.downsample_ratio)
     mask_ratio = spark.mask_ratio if args.mask_ratio is None else args.mask_ratio
-    if not 0.0 < mask_ratio < 1.0:
-        raise VizError(f"--mask-ratio must be strictly between 0 and 1, got {mask_ratio}")
+    check_mask_ratio(mask_ratio)
     images = load_images([Path(p) for p in args.inputs[1:]], size)
     from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 

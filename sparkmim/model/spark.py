@@ -12,6 +12,7 @@ from ..sparse.encoder import SparseEncoder, make_sparse_encoder
 from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLayerNorm2d
 from .decoder import LightDecoder
 from .patches import patchify, unpatchify
+from .settings import check_input_size, check_mask_ratio
 
 DENSIFY_NORMS = ("bn", "ln", "identity")
 
@@ -75,8 +76,7 @@ class SparK(nn.Module):
     def __init__(self, encoder: SparseEncoder, input_size: Union[int, Sequence[int]] = 224, mask_ratio: float = 0.6,
                  decoder_width: int = 768, densify_norm: str = "auto", sync_bn: bool = False) -> None:
         super().__init__()
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        check_mask_ratio(mask_ratio)
         self.encoder = encoder
         self.downsample_ratio = encoder.downsample_ratio
         self.input_size = _as_hw(input_size)
@@ -115,10 +115,7 @@ class SparK(nn.Module):
         return nn.Identity()
 
     def _check_size(self, height: int, width: int) -> None:
-        ratio = self.downsample_ratio
-        if height % ratio or width % ratio or height <= 0 or width <= 0:
-            raise ValueError(f"input size {height}x{width} is not a multiple of the encoder's total stride {ratio}; "
-                             f"use e.g. {max(ratio, height // ratio * ratio)}x{max(ratio, width // ratio * ratio)}")
+        check_input_size(height, width, self.downsample_ratio)
 
     def config(self) -> Dict[str, Any]:
         """The settings that define this model's shapes (stored in checkpoints)."""

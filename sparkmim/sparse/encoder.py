@@ -5,12 +5,15 @@ Channels and strides come from timm's ``feature_info`` and features from
 The timm model is converted in place (see :mod:`sparkmim.sparse.rules`) and keeps its parameter
 names: ``encoder.model.state_dict()`` is a plain timm state dict.
 """
+import difflib
 import importlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
+
+from sparkmim.utils.errors import UserError
 
 from .context import MaskContext
 from .probe import verify_sparse_encoder
@@ -21,7 +24,7 @@ logger = logging.getLogger(__name__)
 NUM_LEVELS = 4
 
 
-class EncoderSpecError(ValueError):
+class EncoderSpecError(UserError, ValueError):
     """The model cannot serve as a SparK encoder (no feature_info, wrong strides, unknown name...)."""
 
 
@@ -44,15 +47,28 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def check_model_name(name: str) -> None:
+    """A timm model name, or an importable ``package.module:factory``; the error for an unknown name
+    lists the closest timm names. Every command asks this before building anything."""
+    import timm
+
+    if is_factory_path(name):
+        import_factory(name)
+        return
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise EncoderSpecError(f"unknown timm model '{name}'{hint}")
+
+
 def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
     """Create a timm model (or a custom CNN by ``package.module:factory``, called with timm's keyword
     arguments) without classifier and pooling, ready to be made sparse."""
     import timm
+
+    check_model_name(name)
     if is_factory_path(name):
         return import_factory(name)(**{"num_classes": 0, "global_pool": "", **kwargs})
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise EncoderSpecError(f"unknown timm model '{name}'" + (f"; similar names: {', '.join(close)}" if close else ""))
     options = dict(pretrained=False, num_classes=0, global_pool="")
     options.update(kwargs)
     return timm.create_model(name, **options)

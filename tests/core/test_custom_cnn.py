@@ -91,4 +91,4 @@ def test_spark_pretrain_checks_the_size_against_the_custom_stride(tmp_path):
                                 "--input-size", "70", "--output-dir", str(tmp_path / "run")],
                                capture_output=True, text=True)
     assert completed.returncode == 2
-    assert "not a multiple of the encoder stride 16" in completed.stderr and "--input-size 64 64" in completed.stderr
+    assert "not a multiple of the encoder's total stride 16" in completed.stderr and "--input-size 64 64" in completed.stderr

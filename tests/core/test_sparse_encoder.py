@@ -192,7 +192,7 @@ def test_unsupported_layers_are_refused_with_their_path(layer, message):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(encoder="resnet18", input_size=70), "not a multiple of the encoder's total stride 32"),
-    (dict(encoder="resnet18", mask_ratio=1.0), r"mask_ratio must be in \(0, 1\)"),
+    (dict(encoder="resnet18", mask_ratio=1.0), "mask ratio must be strictly between 0 and 1"),
     (dict(encoder="no_such_net_xyz"), "unknown timm model 'no_such_net_xyz'"),
 ])
 def test_build_errors_are_actionable(kwargs, message):
@@ -232,3 +232,18 @@ def test_probe_accepts_a_block_with_a_rule():
     from timm.layers.squeeze_excite import SEModule
     model.layer2[0].se = SEModule(128)
     make_sparse_encoder(model)  # the same gating, but through a layer type with a visible-mean rule
+
+
+def test_the_setting_rules_live_in_the_core_and_say_what_would_work():
+    from sparkmim.model.settings import InputSizeError, SparKSettingError, check_input_size, check_mask_ratio
+    from sparkmim.utils.errors import UserError
+
+    with pytest.raises(InputSizeError) as caught:
+        check_input_size(90, 200, 32)
+    assert caught.value.suggestion == (96, 192) and caught.value.stride == 32
+    assert str(caught.value).endswith("use e.g. 96x192")
+    check_input_size(64, 96, 32)
+    for ratio in (0.0, 1.0, -0.1):
+        with pytest.raises(SparKSettingError, match="strictly between 0 and 1"):
+            check_mask_ratio(ratio)
+    assert issubclass(SparKSettingError, UserError) and issubclass(SparKSettingError, ValueError)

@@ -216,3 +216,11 @@ def test_amp_vocabulary_is_shared_and_none_is_a_deprecated_alias(caplog):
     with caplog.at_level("WARNING"):
         assert canonical_amp("none") == "off"
     assert "deprecated" in caplog.text and "--amp off" in caplog.text
+
+
+def test_unknown_model_gets_the_core_hint(tmp_path, capsys):
+    assert main(["--model", "resnet_5O", "--data", str(tmp_path), "--output-dir", str(tmp_path / "o"),
+                 "--base-lr", "1e-3", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--opt", "adamw",
+                 "--layer-decay", "1", "--weight-decay", "0", "--mixup", "0", "--repeated-aug", "0",
+                 "--drop-path", "0", "--ema", "0"]) == 2
+    assert "unknown timm model 'resnet_5O'; did you mean resnet50" in capsys.readouterr().err

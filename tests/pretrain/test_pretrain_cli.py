@@ -101,11 +101,11 @@ def _error_line(capsys, argv):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--input-size", "100"], "not a multiple of the encoder stride 32"),
+    (["--input-size", "100"], "not a multiple of the encoder's total stride 32"),
     (["--input-size", "64", "90"], "--input-size 64 96"),
     (["--mask-ratio", "1.0"], "mask ratio must be strictly between 0 and 1"),
     (["--mask-ratio", "0"], "mask ratio must be strictly between 0 and 1"),
-    (["--model", "resnet_5O"], "unknown model 'resnet_5O'"),
+    (["--model", "resnet_5O"], "unknown timm model 'resnet_5O'; did you mean resnet50"),
     (["--accum-steps", "3"], "--accum-steps 3 must divide the per-process batch 8"),
     (["--micro-batch", "2", "--accum-steps", "2"], "--micro-batch 2 x --accum-steps 2 must equal"),
 ])

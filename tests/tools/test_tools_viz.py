@@ -63,7 +63,10 @@ def test_errors_are_one_line(workspace, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path / "x.png"),
                  "--input-size", "70"]) == 2
-    assert "multiple of 32" in capsys.readouterr().err
+    assert "multiple of the encoder's total stride 32; use e.g. --input-size 64 64" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path / "x.png"),
+                 "--mask-ratio", "1.0"]) == 2
+    assert "mask ratio must be strictly between 0 and 1" in capsys.readouterr().err
 
 
 def test_spconv_demo(workspace, tmp_path):
