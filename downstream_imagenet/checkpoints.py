@@ -6,7 +6,7 @@ All are written atomically and hold only tensors and plain Python values, so the
 """
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -23,7 +23,7 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, of the wrong kind, or does not match the run."""
 
 
-def weights_record(model_state: Dict[str, torch.Tensor], config: Dict[str, Any], classes: list,
+def weights_record(model_state: Dict[str, torch.Tensor], config: Mapping[str, Any], classes: list,
                    epoch: int, metrics: Dict[str, float], ema: bool) -> Dict[str, Any]:
     """What a best checkpoint holds: the classifier weights and what is needed to evaluate them."""
     return {"format": FORMAT, "kind": "weights", "arch": config["model"],
@@ -33,7 +33,7 @@ def weights_record(model_state: Dict[str, torch.Tensor], config: Dict[str, Any],
 
 
 def training_record(model_state: Dict[str, torch.Tensor], ema_state: Optional[Dict[str, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, scaler: Optional[Any], config: Dict[str, Any],
+                    optimizer: torch.optim.Optimizer, scaler: Optional[Any], config: Mapping[str, Any],
                     classes: list, epoch: int, step: int, best: Dict[str, float]) -> Dict[str, Any]:
     """The last checkpoint: everything needed to continue the run where it stopped (random streams
     are re-seeded from the seed, rank and epoch on resume rather than restored)."""

@@ -5,13 +5,13 @@ its hyper-parameters from ``--recipe`` or the command line (the run refuses to g
 """
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
-from sparkmim.utils.config import ConfigError, load_recipe, merge
+from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -20,57 +20,74 @@ RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPE_KEYS = ("batch_size", "epochs", "warmup_epochs", "opt", "base_lr", "layer_decay", "weight_decay",
                "mixup", "repeated_aug", "drop_path", "ema")
 
-DEFAULTS: Dict[str, Any] = {
+@dataclass(frozen=True)
+class FinetuneConfig(TypedConfig):
+    """spark-finetune's options. The paper's per-model table (:data:`RECIPE_KEYS`) has no default: it
+    comes from the built-in model recipe, ``--recipe`` or the command line. Types are checked once."""
+
     # what to run
-    "model": None,
-    "model_kwargs": {},
-    "data": None,
-    "train_dir": None,
-    "val_dir": None,
-    "weights": None,
-    "output_dir": None,
-    "resume": None,
-    "eval_only": False,
-    "checkpoint": None,
-    "eval_ema": False,
-    "linear_probe": False,
-    "allow_unsafe": False,
+    model: Optional[str] = None
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    data: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    weights: Optional[str] = None
+    output_dir: Optional[str] = None
+    resume: Optional[str] = None
+    eval_only: bool = False
+    checkpoint: Optional[str] = None
+    eval_ema: bool = False
+    linear_probe: bool = False
+    allow_unsafe: bool = False
     # the paper's table (from the per-model recipe)
-    **{key: None for key in RECIPE_KEYS},
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    warmup_epochs: Optional[float] = None
+    opt: Optional[str] = None
+    base_lr: Optional[float] = None
+    layer_decay: Optional[float] = None
+    weight_decay: Optional[float] = None
+    mixup: Optional[float] = None
+    repeated_aug: Optional[int] = None
+    drop_path: Optional[float] = None
+    ema: Optional[float] = None
     # optimisation details
-    "opt_betas": [0.9, 0.999],
-    "opt_eps": None,
-    "momentum": 0.9,
-    "clip_grad": 0.0,
-    "accum_steps": None,   # forward passes per optimizer step (None: one, unless micro_batch is given)
-    "micro_batch": None,   # or: images per process per forward pass
-    "loss": "softce",
+    opt_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    opt_eps: Optional[float] = None
+    momentum: float = 0.9
+    clip_grad: float = 0.0
+    accum_steps: Optional[int] = None   # forward passes per optimizer step (None: one, unless micro_batch is given)
+    micro_batch: Optional[int] = None   # or: images per process per forward pass
+    loss: str = "softce"
     # augmentation and regularisation
-    "input_size": 224,
-    "cutmix": 1.0,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "label_smoothing": 0.1,
-    "auto_augment": "trivial",
-    "color_jitter": 0.0,
-    "reprob": 0.25,
-    "remode": "pixel",
-    "train_scale": [0.08, 1.0],
-    "crop_pct": 0.95,
-    "crop_mode": "center",
-    "interpolation": "bicubic",
+    input_size: int = 224
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    auto_augment: str = "trivial"
+    color_jitter: float = 0.0
+    reprob: float = 0.25
+    remode: str = "pixel"
+    train_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_pct: float = 0.95
+    crop_mode: str = "center"
+    interpolation: str = "bicubic"
     # runtime
-    "amp": "off",
-    "channels_last": False,
-    "sync_bn": True,
-    "device": "auto",
-    "workers": 8,
-    "eval_batch_size": None,
-    "seed": 0,
-    "log_interval": 50,
-    "stop_after_epoch": None,
-    "progress": True,
-}
+    amp: str = "off"
+    channels_last: bool = False
+    sync_bn: bool = True
+    device: str = "auto"
+    workers: int = 8
+    eval_batch_size: Optional[int] = None
+    seed: int = 0
+    log_interval: int = 50
+    stop_after_epoch: Optional[int] = None
+    progress: bool = True
+    recipe: Optional[str] = None        # the --recipe file the run used (a record; set by resolve)
+
+
+DEFAULTS: Dict[str, Any] = FinetuneConfig.defaults()
 
 CHOICES = {
     "opt": ("adamw", "lamb", "sgd", "lars"),
@@ -188,7 +205,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> UserLayers:
     return UserLayers(recipe_file, recipe, {key: value for key, value in args.items() if value is not None})
 
 
-def resolve(user: UserLayers) -> Dict[str, Any]:
+def resolve(user: UserLayers) -> FinetuneConfig:
     """Training configuration: defaults <- model recipe (<- linear-probe recipe) <- --recipe <- CLI."""
     probe = merge(DEFAULTS, user.recipe, user.cli)
     layers = []
@@ -200,12 +217,13 @@ def resolve(user: UserLayers) -> Dict[str, Any]:
         layers.append(load_recipe(str(RECIPE_DIR / "linear_probe.yaml")))
     config = merge(DEFAULTS, *layers, user.recipe, user.cli)
     config["recipe"] = user.recipe_file
-    validate(config)
     config["amp"] = canonical_amp(config["amp"])
-    return config
+    typed = FinetuneConfig.from_mapping(config)
+    validate(typed)
+    return typed
 
 
-def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> Dict[str, Any]:
+def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
     """Evaluation configuration: the checkpoint's own configuration (so the evaluation transform
     matches the one used during training) <- --recipe <- CLI."""
     known = {key: value for key, value in trained.items() if key in DEFAULTS}
@@ -213,7 +231,7 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> Dict[str, Any]:
     config["recipe"] = user.recipe_file
     config["eval_only"] = True
     config["amp"] = canonical_amp(config["amp"])
-    return config
+    return FinetuneConfig.from_mapping(config)
 
 
 def _encoder_stride(model: str, model_kwargs: Dict[str, Any]) -> int:
@@ -227,38 +245,36 @@ def _encoder_stride(model: str, model_kwargs: Dict[str, Any]) -> int:
         return 32
 
 
-def validate(config: Dict[str, Any]) -> None:
+def validate(config: FinetuneConfig) -> None:
     """Refuse incomplete or inconsistent configurations with one actionable line."""
-    if not config["model"]:
+    if not config.model:
         raise ConfigError("--model is required (a timm model name such as resnet50)")
-    if not config["output_dir"]:
+    if not config.output_dir:
         raise ConfigError("--output-dir is required")
-    if not config["data"] and not (config["train_dir"] and config["val_dir"]):
+    if not config.data and not (config.train_dir and config.val_dir):
         raise ConfigError("give --data (with train/ and val/) or both --train-dir and --val-dir")
     missing = [key for key in RECIPE_KEYS if config[key] is None]
     if missing:
         raise ConfigError(
-            f"no built-in recipe for model '{config['model']}' (built-in: {', '.join(builtin_recipes())}); "
+            f"no built-in recipe for model '{config.model}' (built-in: {', '.join(builtin_recipes())}); "
             f"give these options with --recipe or on the command line: "
             + ", ".join("--" + key.replace("_", "-") for key in missing))
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
-    if not isinstance(config["model_kwargs"], dict):
-        raise ConfigError(f"model_kwargs must be a mapping, got {config['model_kwargs']!r}")
-    check_model_name(config["model"])  # before any data is read; the hint names the closest timm models
+    check_model_name(config.model)  # before any data is read; the hint names the closest timm models
     try:  # as in pre-training
-        check_input_size(config["input_size"], config["input_size"], _encoder_stride(config["model"], config["model_kwargs"]))
+        check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))
     except InputSizeError as error:
         raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]}") from None
-    if config["batch_size"] <= 0 or config["epochs"] <= 0:
+    if config.batch_size <= 0 or config.epochs <= 0:
         raise ConfigError("batch_size and epochs must be positive")
     for key in ("accum_steps", "micro_batch"):
         if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
-    if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
-        raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config['warmup_epochs']}")
-    if not 0 < config["layer_decay"]:
-        raise ConfigError(f"layer_decay must be positive, got {config['layer_decay']}")
-    if not 0 <= config["ema"] < 1:
-        raise ConfigError(f"ema must be in [0, 1) (0 = off), got {config['ema']}")
+    if config.warmup_epochs < 0 or config.warmup_epochs > config.epochs:
+        raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config.warmup_epochs}")
+    if not 0 < config.layer_decay:
+        raise ConfigError(f"layer_decay must be positive, got {config.layer_decay}")
+    if not 0 <= config.ema < 1:
+        raise ConfigError(f"ema must be in [0, 1) (0 = off), got {config.ema}")

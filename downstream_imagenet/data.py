@@ -7,7 +7,7 @@ logged instead of hidden.
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -16,6 +16,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
 from sparkmim.utils.errors import UserError
+
+from .config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +93,12 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def dataset_dirs(config: Dict[str, Any]) -> Tuple[Optional[Path], Path]:
+def dataset_dirs(config: FinetuneConfig) -> Tuple[Optional[Path], Path]:
     """(train folder, val folder) from --data or --train-dir/--val-dir."""
-    if config.get("train_dir") or config.get("val_dir"):
-        train = Path(config["train_dir"]) if config.get("train_dir") else None
-        return train, Path(config["val_dir"])
-    root = Path(config["data"])
+    if config.train_dir or config.val_dir:
+        train = Path(config.train_dir) if config.train_dir else None
+        return train, Path(config.val_dir)
+    root = Path(config.data)
     for name in ("train", "val"):
         if not (root / name).is_dir():
             raise DataError(f"{root} must contain train/ and val/ class folders (missing {name}/); "
@@ -142,27 +144,27 @@ class RedrawRefusedPosterize:
         return f"{type(self).__name__}({self.policy!r})"
 
 
-def train_transform(config: Dict[str, Any]) -> Callable:
+def train_transform(config: FinetuneConfig) -> Callable:
     """timm's ImageNet training pipeline: RandomResizedCrop, flip, auto-augment, ToTensor,
     Normalize, RandomErasing. 'trivial' inserts torchvision's TrivialAugmentWide after the flip
     (what the reference fine-tuning used below 384 px)."""
     from timm.data import create_transform
     from torchvision import transforms
 
-    auto_augment = config["auto_augment"]
+    auto_augment = config.auto_augment
     trivial = auto_augment == "trivial"
     if trivial or auto_augment in (None, "", "none"):
         auto_augment = None
     transform = create_transform(
-        input_size=config["input_size"], is_training=True, scale=tuple(config["train_scale"]),
-        auto_augment=auto_augment, color_jitter=config["color_jitter"] or None,
-        interpolation=config["interpolation"], re_prob=config["reprob"], re_mode=config["remode"],
+        input_size=config.input_size, is_training=True, scale=tuple(config.train_scale),
+        auto_augment=auto_augment, color_jitter=config.color_jitter or None,
+        interpolation=config.interpolation, re_prob=config.reprob, re_mode=config.remode,
         re_count=1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     steps = list(transform.transforms)
     if trivial:
         flip = next(i for i, step in enumerate(steps) if isinstance(step, transforms.RandomHorizontalFlip))
         steps.insert(flip + 1, transforms.TrivialAugmentWide(
-            interpolation=_interpolation_mode(config["interpolation"])))
+            interpolation=_interpolation_mode(config.interpolation)))
     else:
         from timm.data.auto_augment import AugMixAugment, AutoAugment, RandAugment
         steps = [RedrawRefusedPosterize(step) if isinstance(step, (AutoAugment, RandAugment, AugMixAugment))
@@ -170,35 +172,35 @@ def train_transform(config: Dict[str, Any]) -> Callable:
     return transforms.Compose(steps)
 
 
-def eval_transform(config: Dict[str, Any]) -> Callable:
+def eval_transform(config: FinetuneConfig) -> Callable:
     from timm.data import create_transform
 
     return create_transform(
-        input_size=config["input_size"], is_training=False, interpolation=config["interpolation"],
-        crop_pct=config["crop_pct"], crop_mode=config["crop_mode"], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        input_size=config.input_size, is_training=False, interpolation=config.interpolation,
+        crop_pct=config.crop_pct, crop_mode=config.crop_mode, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def train_loader(dataset: ImageFolderDataset, config: Dict[str, Any], batch_per_process: int,
+def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
                  rank: int, world_size: int) -> DataLoader:
     """Shuffled, epoch-seeded and sharded (call ``loader.sampler.set_epoch``); batches are full
     (drop_last) because mixup pairs a batch with its reverse."""
-    if config["repeated_aug"]:
+    if config.repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
         sampler = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                   num_repeats=config["repeated_aug"])
+                                   num_repeats=config.repeated_aug)
     else:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=config["seed"], drop_last=True)
+                                     seed=config.seed, drop_last=True)
     if len(sampler) < batch_per_process:
         raise DataError(f"the batch per process ({batch_per_process}) is larger than the training "
                         f"images per process ({len(sampler)}); lower --batch-size")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
-                      num_workers=config["workers"], pin_memory=torch.cuda.is_available(),
-                      persistent_workers=config["workers"] > 0, collate_fn=collate_skipping)
+                      num_workers=config.workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=config.workers > 0, collate_fn=collate_skipping)
 
 
-def eval_loader(dataset: ImageFolderDataset, config: Dict[str, Any], batch_per_process: int,
+def eval_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
                 rank: int, world_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=config["workers"], pin_memory=torch.cuda.is_available(),
+                      num_workers=config.workers, pin_memory=torch.cuda.is_available(),
                       collate_fn=collate_skipping)

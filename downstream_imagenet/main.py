@@ -21,7 +21,7 @@ from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 
 from . import checkpoints
-from .config import UserLayers, parse, resolve, resolve_eval
+from .config import FinetuneConfig, UserLayers, parse, resolve, resolve_eval
 from .data import (DataError, ImageFolderDataset, check_same_classes, dataset_dirs, eval_loader, eval_transform,
                    train_loader, train_transform)
 from .engine import Schedule, Trainer, evaluate, train_one_epoch
@@ -36,10 +36,10 @@ logger = logging.getLogger(__name__)
 USER_ERRORS = (ConfigError, checkpoints.CheckpointError, DataError, WeightLoadingError, LayerDecayError,
                UnsafeCheckpointError, FileNotFoundError)
 
-def build_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
-    if config["linear_probe"]:
-        return create_linear_probe(config["model"], num_classes, config["model_kwargs"])
-    return create_classifier(config["model"], num_classes, config["drop_path"], config["model_kwargs"])
+def build_model(config: FinetuneConfig, num_classes: int) -> nn.Module:
+    if config.linear_probe:
+        return create_linear_probe(config.model, num_classes, config.model_kwargs)
+    return create_classifier(config.model, num_classes, config.drop_path, config.model_kwargs)
 
 
 def weight_target(model: nn.Module) -> nn.Module:
@@ -47,10 +47,10 @@ def weight_target(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
 
 
-def wrap_distributed(model: nn.Module, config: Dict[str, Any], dist_info: DistInfo) -> nn.Module:
+def wrap_distributed(model: nn.Module, config: FinetuneConfig, dist_info: DistInfo) -> nn.Module:
     if not dist_info.distributed:
         return model
-    if config["sync_bn"] and not config["linear_probe"]:
+    if config.sync_bn and not config.linear_probe:
         if dist_info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
@@ -58,7 +58,7 @@ def wrap_distributed(model: nn.Module, config: Dict[str, Any], dist_info: DistIn
     return wrap_ddp(model, dist_info.device, dist_info.local_rank)
 
 
-def load_datasets(config: Dict[str, Any], training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
+def load_datasets(config: FinetuneConfig, training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
     train_dir, val_dir = dataset_dirs(config)
     val = ImageFolderDataset(val_dir, eval_transform(config))
     if not training:
@@ -71,50 +71,50 @@ def load_datasets(config: Dict[str, Any], training: bool) -> Tuple[Optional[Imag
     return train, val
 
 
-def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
+def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     """The fine-tuning run; returns the final summary (best accuracies and checkpoint paths)."""
-    out = Path(config["output_dir"])
+    out = Path(config.output_dir)
     setup_logging(out, dist_info.rank)
     device, is_main = dist_info.device, dist_info.is_main
     train_set, val_set = load_datasets(config, training=True)
     classes = train_set.classes
-    layout = batch_layout(config["batch_size"], dist_info.world_size, config["micro_batch"], config["accum_steps"])
+    layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)
     batch = layout.micro_batch
 
-    seed_everything(config["seed"])  # identical initial head on every process (DDP and EMA rely on it)
+    seed_everything(config.seed)  # identical initial head on every process (DDP and EMA rely on it)
     model = build_model(config, len(classes))
-    resume_from = checkpoints.resume_path(config["resume"], out)
+    resume_from = checkpoints.resume_path(config.resume, out)
     record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
     if record is not None:
-        if record["arch"] != config["model"] or record["linear_probe"] != config["linear_probe"] \
+        if record["arch"] != config.model or record["linear_probe"] != config.linear_probe \
                 or record["classes"] != classes:
             raise checkpoints.CheckpointError(
                 f"{resume_from} was trained as {record['arch']} (linear_probe={record['linear_probe']}, "
-                f"{len(record['classes'])} classes), not as this run's {config['model']} "
-                f"(linear_probe={config['linear_probe']}, {len(classes)} classes)")
+                f"{len(record['classes'])} classes), not as this run's {config.model} "
+                f"(linear_probe={config.linear_probe}, {len(classes)} classes)")
         model.load_state_dict(record["model"])
         logger.info("resuming from %s (epoch %d done, step %d)", resume_from, record["epoch"], record["step"])
-    elif config["weights"]:
-        load_pretrained(weight_target(model), config["weights"], allow_unsafe=config["allow_unsafe"])
+    elif config.weights:
+        load_pretrained(weight_target(model), config.weights, allow_unsafe=config.allow_unsafe)
     else:
         logger.warning("no --weights given: fine-tuning from random initialisation")
     model.to(device)
-    if config["channels_last"]:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    logger.info("model %s: %s", config["model"], count_parameters(model))
+    logger.info("model %s: %s", config.model, count_parameters(model))
 
     ema = None
-    if config["ema"] > 0:
+    if config.ema > 0:
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=config["ema"])
+        ema = ModelEmaV3(model, decay=config.ema)
         if record is not None and record.get("ema") is not None:
             ema.module.load_state_dict(record["ema"])
 
-    groups = param_groups(model, config["layer_decay"])
+    groups = param_groups(model, config.layer_decay)
     if is_main:
-        logger.info("parameter groups (layer decay %s):\n%s", config["layer_decay"], describe_groups(groups))
+        logger.info("parameter groups (layer decay %s):\n%s", config.layer_decay, describe_groups(groups))
     optimizer = create_optimizer(groups, config)
-    scaler = grad_scaler(config["amp"], device)
+    scaler = grad_scaler(config.amp, device)
     if record is not None:
         optimizer.load_state_dict(record["optimizer"])
         if scaler is not None and record.get("scaler"):
@@ -126,52 +126,52 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
     mixup = create_mixup(config, len(classes))
     criterion = create_criterion(config, mixup is not None)
     loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
-    val_loader = eval_loader(val_set, config, config["eval_batch_size"] or batch, dist_info.rank,
+    val_loader = eval_loader(val_set, config, config.eval_batch_size or batch, dist_info.rank,
                              dist_info.world_size)
     steps_per_epoch = len(loader) // layout.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
                           f"({layout.accum_steps}); lower --batch-size or --accum-steps")
-    peak_lr = config["base_lr"] * config["batch_size"] / 256
-    schedule = Schedule(total_steps=config["epochs"] * steps_per_epoch,
-                        warmup_steps=round(config["warmup_epochs"] * steps_per_epoch),
-                        peak_lr=peak_lr, weight_decay=config["weight_decay"])
+    peak_lr = config.base_lr * config.batch_size / 256
+    schedule = Schedule(total_steps=config.epochs * steps_per_epoch,
+                        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+                        peak_lr=peak_lr, weight_decay=config.weight_decay)
     metrics = MetricsLogger(out, enabled=is_main)
     trainer = Trainer(model=ddp_model, module=module, optimizer=optimizer, criterion=criterion,
                       schedule=schedule, device=device, mixup=mixup, ema=ema, scaler=scaler,
-                      amp_dtype=amp_dtype(config["amp"]), channels_last=config["channels_last"],
-                      clip_grad=config["clip_grad"], accum_steps=layout.accum_steps,
-                      log_interval=config["log_interval"], progress=config["progress"], metrics=metrics)
+                      amp_dtype=amp_dtype(config.amp), channels_last=config.channels_last,
+                      clip_grad=config.clip_grad, accum_steps=layout.accum_steps,
+                      log_interval=config.log_interval, progress=config.progress, metrics=metrics)
     if is_main:
         save_config(config, out / "config.yaml")
         logger.info("lr = %g x %d / 256 = %g; %d steps per epoch, %d epochs, %d warmup steps; %d x %d x %d "
-                    "(processes x micro-batch x accumulation)", config["base_lr"], config["batch_size"],
-                    peak_lr, steps_per_epoch, config["epochs"], schedule.warmup_steps, dist_info.world_size,
+                    "(processes x micro-batch x accumulation)", config.base_lr, config.batch_size,
+                    peak_lr, steps_per_epoch, config.epochs, schedule.warmup_steps, dist_info.world_size,
                     batch, layout.accum_steps)
 
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0
-    autocast_dtype = amp_dtype(config["amp"])
-    last_epoch = min(config["epochs"], config["stop_after_epoch"] or config["epochs"])
+    autocast_dtype = amp_dtype(config.amp)
+    last_epoch = min(config.epochs, config.stop_after_epoch or config.epochs)
     if start_epoch >= last_epoch:
         logger.info("nothing to train: %d of %d epochs already done", start_epoch, last_epoch)
     for epoch in range(start_epoch, last_epoch):
         # random streams are a function of (seed, rank, epoch), so a resumed run continues exactly
-        seed_everything(config["seed"] + dist_info.rank + 7919 * epoch)
+        seed_everything(config.seed + dist_info.rank + 7919 * epoch)
         loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(trainer, loader, epoch, step, steps_per_epoch, is_main)
         step = stats.pop("step")
-        result = evaluate(module, val_loader, device, autocast_dtype, config["channels_last"])
+        result = evaluate(module, val_loader, device, autocast_dtype, config.channels_last)
         row = {"kind": "epoch", "epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in result.items()}}
         if ema is not None:
-            ema_result = evaluate(ema.module, val_loader, device, autocast_dtype, config["channels_last"])
+            ema_result = evaluate(ema.module, val_loader, device, autocast_dtype, config.channels_last)
             row.update({f"ema_{k}": v for k, v in ema_result.items() if k in ("top1", "top5")})
         if is_main:
             save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch + 1, step,
                                    best, row)
             metrics.log(row, step=step, prefix="epoch/")
             logger.info("epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f%s (best %.2f)%s", epoch + 1,
-                        config["epochs"], row["train_loss"], row["val_top1"], row["val_top5"],
+                        config.epochs, row["train_loss"], row["val_top1"], row["val_top5"],
                         f", EMA top-1 {row['ema_top1']:.2f}" if ema is not None else "", best["top1"],
                         f"; skipped unreadable: {row['train_skipped']} train, {row['val_skipped']} val"
                         if row["train_skipped"] or row["val_skipped"] else "")
@@ -180,7 +180,7 @@ def train(config: Dict[str, Any], dist_info: DistInfo) -> Dict[str, Any]:
         barrier()
     metrics.close()
     summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if ema is not None else None,
-               "epochs_done": last_epoch, "epochs": config["epochs"], "output_dir": str(out)}
+               "epochs_done": last_epoch, "epochs": config.epochs, "output_dir": str(out)}
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -221,10 +221,10 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
         path = Path(user.get("output_dir")) / checkpoints.BEST
     record = checkpoints.load_record(Path(path))
     config = resolve_eval(user, record["config"])
-    setup_logging(Path(config["output_dir"]) if user.get("output_dir") else None, dist_info.rank)
-    if config["model"] != record["arch"]:
-        raise ConfigError(f"{path} holds a {record['arch']}, not a {config['model']}")
-    if not (config["data"] or config["val_dir"]):
+    setup_logging(Path(config.output_dir) if user.get("output_dir") else None, dist_info.rank)
+    if config.model != record["arch"]:
+        raise ConfigError(f"{path} holds a {record['arch']}, not a {config.model}")
+    if not (config.data or config.val_dir):
         raise ConfigError("--eval-only needs --data (with a val/ folder) or --val-dir")
     state = record["model"]
     if user.get("eval_ema"):
@@ -241,11 +241,11 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     model = build_model(config, len(record["classes"]))
     model.load_state_dict(state)
     model.to(dist_info.device)
-    if config["channels_last"]:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    batch = config["eval_batch_size"] or 128  # the training batch may be far too big for one device
+    batch = config.eval_batch_size or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
-    result = evaluate(model, loader, dist_info.device, amp_dtype(config["amp"]), config["channels_last"])
+    result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), config.channels_last)
     result["checkpoint"] = str(path)
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
@@ -263,7 +263,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                   f"{result['skipped']} unreadable skipped) from {result['checkpoint']}")
         return 0
     config = resolve(user)
-    dist_info = init_distributed(config["device"])
+    dist_info = init_distributed(config.device)
     summary = train(config, dist_info)
     if dist_info.is_main:
         ema_part = (f", best EMA top-1 {summary['best_ema_top1']:.2f}"

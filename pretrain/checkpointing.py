@@ -10,7 +10,7 @@ import logging
 import random
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def restore_rng_state(states: List[Dict[str, Any]], rank: int) -> bool:
 
 def save_full(path: Path, *, model_state: Dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
               scaler: Optional[Any], epoch: int, step: int, rng: List[Dict[str, Any]],
-              sampler: Dict[str, Any], config: Dict[str, Any]) -> Path:
+              sampler: Dict[str, Any], config: Mapping[str, Any]) -> Path:
     payload = {
         "format": FORMAT, "model": model_state, "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -130,12 +130,12 @@ def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[s
     return payload
 
 
-def _changed_options(saved: Dict[str, Any], current: Dict[str, Any], keys: Sequence[str]) -> List[str]:
-    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs"}
+def _changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> List[str]:
+    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe"}
     return [k for k in keys if k not in ignore and saved.get(k) != current.get(k)]
 
 
-def resume_into(config: Dict[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: Optional[Any], steps_per_epoch: int, option_keys: Sequence[str]
                 ) -> Tuple[int, Optional[List[Dict[str, Any]]]]:
     """Load ``--resume`` (a path, or ``auto``) into the model, optimizer and scaler; returns the steps
@@ -172,7 +172,7 @@ class RunSaver:
     spark: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: Optional[Any]
-    config: Dict[str, Any]
+    config: Mapping[str, Any]
     sampler_info: Dict[str, Any]
     is_main: bool
     barrier: Callable[[], None]

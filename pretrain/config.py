@@ -5,55 +5,62 @@ by :func:`resolve` from the model name, so a recipe or the CLI can still overrid
 """
 import argparse
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from sparkmim.model import settings as spark_settings
-from sparkmim.utils.config import ConfigError, load_recipe, merge
+from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 DEMO_RECIPE = "demo"
 
-# the paper's pre-training recipe (PAPER.md, "Pre-training recipe")
-DEFAULTS: Dict[str, Any] = {
-    "data": None,              # folder of images (searched recursively) or text file of paths
-    "model": "resnet50",       # any timm CNN name, or package.module:factory of a custom CNN
-    "input_size": 224,         # int or [height, width], multiples of the encoder stride (32)
-    "mask_ratio": 0.6,
-    "epochs": 1600,
-    "warmup_epochs": 40,
-    "batch_size": 4096,        # global batch, over all processes and accumulation steps
-    "micro_batch": None,       # images per process per forward; None = batch_size / world size
-    "accum_steps": None,       # or: forward passes per optimizer step (micro_batch = batch / processes / this)
-    "base_lr": 2e-4,           # lr = base_lr * batch_size / 256
-    "lr": None,                # explicit peak lr (overrides base_lr scaling)
-    "warmup_start": 0.005,     # warmup starts at this fraction of the peak lr
-    "final_lr": 0.001,         # cosine ends at this fraction of the peak lr
-    "weight_decay": 0.04,
-    "weight_decay_end": 0.2,
-    "betas": None,             # LAMB betas; None = (0.9, 0.95) ResNet-like, (0.9, 0.999) ConvNeXt
-    "clip_grad": 5.0,          # global grad-norm clip inside LAMB; 0 disables
-    "drop_path": None,         # None = the paper's per-model value (0 for models it does not list)
-    "decoder_width": 768,
-    "densify_norm": "auto",
-    "amp": "off",              # off | bf16 | fp16
-    "channels_last": False,
-    "compile": False,
-    "device": "auto",
-    "workers": None,           # data-loading processes; None = min(8, cpu count)
-    "decode_on_device": False, # decode JPEGs (and crop/resize) on the training device, e.g. nvJPEG on a GPU
-    "seed": 0,
-    "output_dir": None,        # None = runs/spark_<model>
-    "resume": None,            # checkpoint path or 'auto' (the run folder's last checkpoint)
-    "init_weight": None,       # weights only: ours or the reference release files
-    "allow_unsafe_load": False,
-    "num_vis": 4,              # images in the reconstruction picture
-    "progress": True,          # tqdm progress bar on rank 0
-    "log_interval": 10,        # steps between reads of the loss from the device (the host's only wait for it)
-    "tensorboard": True,
-    "demo_images": 1024,       # size of the generated demo set (used when no data is given)
-    "demo_image_size": 128,
-}
+@dataclass(frozen=True)
+class PretrainConfig(TypedConfig):
+    """spark-pretrain's options; the defaults are the paper's pre-training recipe (PAPER.md,
+    "Pre-training recipe"). Each type is checked once when the layers are merged."""
+
+    data: Optional[str] = None              # folder of images (searched recursively) or text file of paths
+    model: str = "resnet50"                 # any timm CNN name, or package.module:factory of a custom CNN
+    input_size: Union[int, List[int]] = 224  # int or [height, width], multiples of the encoder's total stride
+    mask_ratio: float = 0.6
+    epochs: int = 1600
+    warmup_epochs: float = 40
+    batch_size: int = 4096                  # global batch, over all processes and accumulation steps
+    micro_batch: Optional[int] = None       # images per process per forward; None = batch_size / world size
+    accum_steps: Optional[int] = None       # or: forward passes per optimizer step
+    base_lr: float = 2e-4                   # lr = base_lr * batch_size / 256
+    lr: Optional[float] = None              # explicit peak lr (overrides base_lr scaling)
+    warmup_start: float = 0.005             # warmup starts at this fraction of the peak lr
+    final_lr: float = 0.001                 # cosine ends at this fraction of the peak lr
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    betas: Optional[List[float]] = None     # LAMB betas; None = (0.9, 0.95) ResNet-like, (0.9, 0.999) ConvNeXt
+    clip_grad: float = 5.0                  # global grad-norm clip inside LAMB; 0 disables
+    drop_path: Optional[float] = None       # None = the paper's per-model value (0 for models it does not list)
+    decoder_width: int = 768
+    densify_norm: str = "auto"
+    amp: str = "off"                        # off | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    workers: Optional[int] = None           # data-loading processes; None = min(8, cpu count)
+    decode_on_device: bool = False          # decode JPEGs (and crop/resize) on the training device (nvJPEG on a GPU)
+    seed: int = 0
+    output_dir: Optional[str] = None        # None = runs/spark_<model>
+    resume: Optional[str] = None            # checkpoint path or 'auto' (the run folder's last checkpoint)
+    init_weight: Optional[str] = None       # weights only: ours or the reference release files
+    allow_unsafe_load: bool = False
+    num_vis: int = 4                        # images in the reconstruction picture
+    progress: bool = True                   # tqdm progress bar on rank 0
+    log_interval: int = 10                  # steps between reads of the loss from the device (the host's only wait)
+    tensorboard: bool = True
+    demo_images: int = 1024                 # size of the generated demo set (used when no data is given)
+    demo_image_size: int = 128
+    recipe: Optional[str] = None            # the recipe the run started from (a record; set by resolve)
+
+
+DEFAULTS: Dict[str, Any] = PretrainConfig.defaults()
 
 # per-model drop path from the paper
 DROP_PATH = {
@@ -170,22 +177,19 @@ def normalise_size(value: Any) -> Tuple[int, int]:
     raise ConfigError(f"input_size must be an integer or [height, width], got {value!r}")
 
 
-def validate(config: Dict[str, Any]) -> None:
+def validate(config: PretrainConfig) -> None:
     """Checks that need no model: each failure is one line that says what to do."""
-    spark_settings.check_mask_ratio(config["mask_ratio"])
-    height, width = normalise_size(config["input_size"])
+    spark_settings.check_mask_ratio(config.mask_ratio)
+    height, width = normalise_size(config.input_size)
     if height <= 0 or width <= 0:
         raise ConfigError(f"input size must be positive, got {height}x{width}")
-    if config["amp"] not in AMP_CHOICES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config['amp']!r}")
-    for key in ("epochs", "batch_size", "log_interval"):
-        if int(config[key]) <= 0:
+    if config.amp not in AMP_CHOICES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config.amp!r}")
+    for key in ("epochs", "batch_size", "log_interval", "micro_batch", "accum_steps"):
+        if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
-    if float(config["warmup_epochs"]) < 0 or float(config["warmup_epochs"]) > int(config["epochs"]):
-        raise ConfigError(f"warmup_epochs must be within [0, epochs={config['epochs']}], got {config['warmup_epochs']}")
-    for key in ("micro_batch", "accum_steps"):
-        if config[key] is not None and int(config[key]) <= 0:
-            raise ConfigError(f"{key} must be positive, got {config[key]}")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise ConfigError(f"warmup_epochs must be within [0, epochs={config.epochs}], got {config.warmup_epochs}")
 
 
 def check_model_name(model: str) -> None:
@@ -195,20 +199,21 @@ def check_model_name(model: str) -> None:
     core_check(model)
 
 
-def check_input_size(config: Dict[str, Any]) -> None:
+def check_input_size(config: PretrainConfig) -> None:
     """The input size fits the encoder: a multiple of its total stride, which the core reads from the
     model's ``feature_info`` (32 for timm CNNs, 16 for ``sparkmim.models:small_resnet``)."""
     from sparkmim.sparse.encoder import total_stride
 
-    height, width = normalise_size(config["input_size"])
+    height, width = normalise_size(config.input_size)
     try:
-        spark_settings.check_input_size(height, width, total_stride(config["model"]))
+        spark_settings.check_input_size(height, width, total_stride(config.model))
     except spark_settings.InputSizeError as error:
         raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]} {error.suggestion[1]}") from None
 
 
-def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """defaults -> recipe (or the demo recipe when no data is given) -> CLI; family values filled in."""
+def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
+    """defaults -> recipe (or the demo recipe when no data is given) -> CLI; family values filled in;
+    types checked once, then the rules that need no model."""
     args = build_parser().parse_args(argv)
     cli = _cli_layer(args)
     recipe_name = args.recipe
@@ -226,9 +231,10 @@ def resolve(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         config["drop_path"] = DROP_PATH.get(model, 0.0)
     if config["output_dir"] is None:
         config["output_dir"] = str(Path("runs") / f"spark_{model}")
-    validate(config)
     config["amp"] = canonical_amp(config["amp"])
-    return config
+    typed = PretrainConfig.from_mapping(config)
+    validate(typed)
+    return typed
 
 
 def scaled_warmup(base: Dict[str, Any], epochs: int) -> float:
@@ -238,7 +244,7 @@ def scaled_warmup(base: Dict[str, Any], epochs: int) -> float:
     return base_warmup * epochs / base_epochs if base_epochs > 0 else 0.0
 
 
-def peak_lr(config: Dict[str, Any]) -> float:
-    if config["lr"] is not None:
-        return float(config["lr"])
-    return float(config["base_lr"]) * int(config["batch_size"]) / 256
+def peak_lr(config: PretrainConfig) -> float:
+    if config.lr is not None:
+        return float(config.lr)
+    return float(config.base_lr) * int(config.batch_size) / 256

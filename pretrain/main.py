@@ -25,7 +25,7 @@ from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
-from .config import DEFAULTS, check_input_size, check_model_name, normalise_size, peak_lr, resolve
+from .config import DEFAULTS, PretrainConfig, check_input_size, check_model_name, normalise_size, peak_lr, resolve
 from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
@@ -48,11 +48,11 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
-def resolve_data(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[List[Path], str]:
+def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[List[Path], str]:
     """Image paths to train on; the generated demo set when no data is given."""
-    source = config["data"]
+    source = config.data
     if source is None:
-        kwargs = dict(num_images=int(config["demo_images"]), image_size=int(config["demo_image_size"]))
+        kwargs = dict(num_images=int(config.demo_images), image_size=int(config.demo_image_size))
         if dist_info.is_main:
             folder = ensure_demo_dataset(**kwargs)
         barrier()
@@ -65,16 +65,16 @@ def resolve_data(config: Dict[str, Any], dist_info: DistInfo) -> Tuple[List[Path
     return paths, source
 
 
-def build_model(config: Dict[str, Any], size: Tuple[int, int]) -> torch.nn.Module:
+def build_model(config: PretrainConfig, size: Tuple[int, int]) -> torch.nn.Module:
     from sparkmim import build_spark
 
-    encoder_kwargs = {"drop_path_rate": float(config["drop_path"])} if config["drop_path"] else None
+    encoder_kwargs = {"drop_path_rate": float(config.drop_path)} if config.drop_path else None
     try:
-        return build_spark(config["model"], input_size=size, mask_ratio=float(config["mask_ratio"]),
-                           decoder_width=int(config["decoder_width"]), densify_norm=config["densify_norm"],
+        return build_spark(config.model, input_size=size, mask_ratio=float(config.mask_ratio),
+                           decoder_width=int(config.decoder_width), densify_norm=config.densify_norm,
                            encoder_kwargs=encoder_kwargs)
     except (ValueError, TypeError, KeyError, NotImplementedError) as error:
-        raise UserError(f"cannot build SparK for '{config['model']}' at {size[0]}x{size[1]}: "
+        raise UserError(f"cannot build SparK for '{config.model}' at {size[0]}x{size[1]}: "
                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
 
 
@@ -112,13 +112,13 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
     logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
 
 
-def write_pictures(spark: torch.nn.Module, config: Dict[str, Any], paths: Sequence[Path], size: Tuple[int, int],
+def write_pictures(spark: torch.nn.Module, config: PretrainConfig, paths: Sequence[Path], size: Tuple[int, int],
                    device: torch.device, run_dir: Path, metrics_path: Path) -> Dict[str, Path]:
     outputs = {"loss curve": plot_loss_curve(metrics_path, run_dir / "loss_curve.png")}
-    images = load_vis_images(paths, size, int(config["num_vis"]))
-    if images is None or int(config["num_vis"]) <= 0:
+    images = load_vis_images(paths, size, int(config.num_vis))
+    if images is None or int(config.num_vis) <= 0:
         return outputs
-    panels = reconstruct(spark, images.to(device), seed=int(config["seed"]))
+    panels = reconstruct(spark, images.to(device), seed=int(config.seed))
     outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png")
     return outputs
 
@@ -162,35 +162,35 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
     return loader, None
 
 
-def check_input_files(config: Dict[str, Any]) -> None:
+def check_input_files(config: PretrainConfig) -> None:
     """Files named on the command line exist: fail before the data set and the model are built."""
-    if config["resume"] not in (None, "auto"):
-        ckpt.find_resume(config["resume"], Path(config["output_dir"]))
-    if config["init_weight"] and not Path(config["init_weight"]).is_file():
-        raise UserError(f"--init-weight {config['init_weight']}: file not found")
+    if config.resume not in (None, "auto"):
+        ckpt.find_resume(config.resume, Path(config.output_dir))
+    if config.init_weight and not Path(config.init_weight).is_file():
+        raise UserError(f"--init-weight {config.init_weight}: file not found")
 
 
-def place_model(spark: torch.nn.Module, config: Dict[str, Any], dist_info: DistInfo
+def place_model(spark: torch.nn.Module, config: PretrainConfig, dist_info: DistInfo
                 ) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """(SparK on its device, the module the loop calls: DDP-wrapped and/or compiled when asked)."""
     device = dist_info.device
     spark = spark.to(device)
-    if config["channels_last"]:
+    if config.channels_last:
         spark = spark.to(memory_format=torch.channels_last)
     model: torch.nn.Module = spark
     if dist_info.distributed:
         spark = sync_batchnorms(spark, device)
         model = wrap_ddp(spark, device, device.index if device.type == "cuda" else 0)
-    if config["compile"]:
+    if config.compile:
         model = torch.compile(model)
     return spark, model
 
 
-def build_schedule(config: Dict[str, Any], steps_per_epoch: int) -> Schedule:
-    return Schedule(total_steps=steps_per_epoch * int(config["epochs"]),
-                    warmup_steps=float(config["warmup_epochs"]) * steps_per_epoch, peak_lr=peak_lr(config),
-                    weight_decay=float(config["weight_decay"]), weight_decay_end=float(config["weight_decay_end"]),
-                    warmup_start=float(config["warmup_start"]), final_lr=float(config["final_lr"]))
+def build_schedule(config: PretrainConfig, steps_per_epoch: int) -> Schedule:
+    return Schedule(total_steps=steps_per_epoch * int(config.epochs),
+                    warmup_steps=float(config.warmup_epochs) * steps_per_epoch, peak_lr=peak_lr(config),
+                    weight_decay=float(config.weight_decay), weight_decay_end=float(config.weight_decay_end),
+                    warmup_start=float(config.warmup_start), final_lr=float(config.final_lr))
 
 
 def seed_streams(rng_states: Optional[List[Dict[str, Any]]], seed: int, dist_info: DistInfo, start_step: int) -> None:
@@ -218,15 +218,15 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def start(argv: Optional[Sequence[str]]) -> Tuple[Dict[str, Any], Path, DistInfo, List[Path]]:
+def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, List[Path]]:
     """Resolve and check the options (cheap checks first), join the process group, set up logging and
     list the data: (config, run folder, process info, image paths)."""
     config = resolve(argv)
-    check_model_name(config["model"])
+    check_model_name(config.model)
     check_input_size(config)
     check_input_files(config)
-    run_dir = prepare_output_dir(Path(config["output_dir"]))
-    dist_info = init_distributed(config["device"])
+    run_dir = prepare_output_dir(Path(config.output_dir))
+    dist_info = init_distributed(config.device)
     setup_logging(run_dir, rank=dist_info.rank)
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
@@ -235,15 +235,15 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[Dict[str, Any], Path, DistInfo
     return config, run_dir, dist_info, paths
 
 
-def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: Dict[str, Any], dist_info: DistInfo,
+def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,
           start_step: int) -> Tuple[Any, Path]:
     """The loop under a stop-signal guard, with the metrics file open: (its result, the metrics path)."""
-    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config["tensorboard"]))
+    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config.tensorboard))
     try:
         with GracefulStop() as stop:
             loop = Loop(**loop_kwargs, dist_info=dist_info, metrics=metrics, stop=stop,
-                        amp_dtype=amp_dtype(config["amp"]), channels_last=bool(config["channels_last"]),
-                        progress=bool(config["progress"]), log_interval=int(config["log_interval"]))
+                        amp_dtype=amp_dtype(config.amp), channels_last=bool(config.channels_last),
+                        progress=bool(config.progress), log_interval=int(config.log_interval))
             return loop.run(start_step), metrics.path
     finally:
         metrics.close()
@@ -251,37 +251,37 @@ def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: Dict[str, Any], di
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     config, run_dir, dist_info, paths = start(argv)
-    size = normalise_size(config["input_size"])
-    layout = batch_layout(int(config["batch_size"]), dist_info.world_size, config["micro_batch"], config["accum_steps"])
+    size = normalise_size(config.input_size)
+    layout = batch_layout(int(config.batch_size), dist_info.world_size, config.micro_batch, config.accum_steps)
 
-    seed = int(config["seed"])
+    seed = int(config.seed)
     seed_everything(seed)  # identical initial weights on every rank
     spark = build_model(config, size)
-    if config["init_weight"]:
-        load_init_weight(spark, config["init_weight"], config["model"], bool(config["allow_unsafe_load"]))
+    if config.init_weight:
+        load_init_weight(spark, config.init_weight, config.model, bool(config.allow_unsafe_load))
     spark, model = place_model(spark, config, dist_info)
     sampler = StepBatchSampler(len(paths), layout.global_batch, layout.micro_batch, dist_info.rank,
                                dist_info.world_size, seed)
     schedule = build_schedule(config, sampler.steps_per_epoch)
-    optimizer = build_optimizer(spark, schedule.peak_lr, config["betas"], float(config["clip_grad"]))
-    scaler = grad_scaler(config["amp"], dist_info.device)
+    optimizer = build_optimizer(spark, schedule.peak_lr, config.betas, float(config.clip_grad))
+    scaler = grad_scaler(config.amp, dist_info.device)
     start_step, rng_states = ckpt.resume_into(config, run_dir, spark, optimizer, scaler, sampler.steps_per_epoch,
                                               list(DEFAULTS))
     if start_step >= schedule.total_steps:
         logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, schedule.total_steps)
     sampler.start_step = start_step
-    workers = config["workers"] if config["workers"] is not None else min(8, os.cpu_count() or 1)
+    workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
     loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), dist_info.device,
-                                         bool(config["decode_on_device"]))
+                                         bool(config.decode_on_device))
     batches = iter(loader)
     seed_streams(rng_states, seed, dist_info, start_step)
     if dist_info.is_main:
         save_config({k: config[k] for k in DEFAULTS}, run_dir / "config.yaml")
     logger.info("schedule: %d epochs x %d steps, global batch %d = %d process(es) x %d micro-batch x %d "
-                "accumulation; peak lr %.3g, warmup %d steps", int(config["epochs"]), sampler.steps_per_epoch,
+                "accumulation; peak lr %.3g, warmup %d steps", int(config.epochs), sampler.steps_per_epoch,
                 layout.global_batch, dist_info.world_size, layout.micro_batch, layout.accum_steps, schedule.peak_lr,
                 round(schedule.warmup_steps))
-    saver = ckpt.RunSaver(run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config["model"]), spark, optimizer,
+    saver = ckpt.RunSaver(run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config.model), spark, optimizer,
                           scaler, config, {"seed": seed, "steps_per_epoch": sampler.steps_per_epoch,
                                            "num_images": len(paths), "global_batch": layout.global_batch},
                           dist_info.is_main, barrier)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sparkmim.downstream_imagenet.config import DEFAULTS, RECIPE_DIR, parse, resolve
+from sparkmim.downstream_imagenet.config import DEFAULTS, RECIPE_DIR, FinetuneConfig, parse, resolve
 from sparkmim.downstream_imagenet.data import (DataError, ImageFolderDataset, RedrawRefusedPosterize,
                                                ShardSampler, check_same_classes, collate_skipping,
                                                eval_transform, train_transform)
@@ -21,7 +21,7 @@ def make_folder(root, classes, per_class=2, size=24):
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     make_folder(tmp_path, ["a", "b"])
     (tmp_path / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    dataset = ImageFolderDataset(tmp_path, eval_transform(dict(DEFAULTS, input_size=32)))
+    dataset = ImageFolderDataset(tmp_path, eval_transform(FinetuneConfig.from_mapping(dict(DEFAULTS, input_size=32))))
     assert dataset.classes == ["a", "b"] and len(dataset) == 5
     batch = collate_skipping([dataset[i] for i in range(len(dataset))])
     assert batch.skipped == 1
@@ -51,7 +51,7 @@ def test_shards_cover_every_image_once():
     ("none", None),
 ])
 def test_train_transform_policies(policy, expected):
-    transform = train_transform(dict(DEFAULTS, auto_augment=policy, input_size=32, reprob=0.25))
+    transform = train_transform(FinetuneConfig.from_mapping(dict(DEFAULTS, auto_augment=policy, input_size=32, reprob=0.25)))
     names = [type(step).__name__ for step in transform.transforms]
     assert names[0] == "RandomResizedCropAndInterpolation" and names[-1] == "RandomErasing"
     if expected:

@@ -1,5 +1,4 @@
 """spark-pretrain end to end on tiny generated data, and its one-line errors on bad input."""
-import json
 import struct
 
 import pytest
