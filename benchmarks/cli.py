@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sparkmim.utils.errors import run_command
+from sparkmim.utils.logging_setup import setup_command_logging
 
 from .perf.step import PRECISIONS, VARIANTS, StepConfig
 
@@ -219,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["value"]:  # its own parser and logging (a whole protocol, not a timing)
         from .value.cli import main as value_main
         return value_main(argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_command_logging(logging.INFO, fmt="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
                 "norm": _run_norm, "worker": _run_worker}

@@ -10,6 +10,8 @@ from pathlib import Path
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
 
+from sparkmim.utils.logging_setup import setup_command_logging
+
 from .settings import DataSpec, SettingsError, apply_data, apply_loader, resolve_config
 
 logger = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ def start(prog: str, parser: argparse.ArgumentParser, configure: Callable[[argpa
     """The common start of the two commands: logging, the framework check, the arguments and the
     config. Returns (args, cfg), or None after printing a one-line ``<prog>: error: ...`` for a
     missing framework or any of ``errors`` (the caller then exits with status 2)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_command_logging(logging.INFO)
     try:
         require_mmdet(prog)
         args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
 from sparkmim.utils.errors import UserError, run_command
+from sparkmim.utils.logging_setup import setup_command_logging
 
 from . import checks
 from .pkl_files import load_numpy_pickle
@@ -310,7 +311,7 @@ def inspect(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "spark-convert", fixed_to: Optional[str] = None) -> int:
     parser = build_parser(prog, fixed_to)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_command_logging(logging.WARNING)
     if args.inspect is None and (args.source is None or args.target is None or args.to is None):
         parser.error("give SRC DST --to FORMAT, or --inspect FILE" if not fixed_to else "give SRC DST, or --inspect FILE")
     body = (lambda: inspect(args)) if args.inspect is not None else (lambda: convert(args))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sparkmim.utils.errors import UserError, run_command
+from sparkmim.utils.logging_setup import setup_command_logging
 
 from .results import CocoResult, ImageNetResult, Results, collect
 
@@ -203,7 +204,7 @@ def report(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_command_logging(logging.WARNING)
     return run_command("spark-report", lambda: report(args), statuses={FileNotFoundError: 2})
 
 

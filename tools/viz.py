@@ -22,6 +22,7 @@ from sparkmim.model.settings import InputSizeError, check_input_size, check_mask
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command
+from sparkmim.utils.logging_setup import setup_command_logging
 
 logger = logging.getLogger("sparkmim.tools.viz")
 
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_command_logging(logging.WARNING)
     def body() -> int:
         print(f"spark-viz: wrote {run(args)}")
         return 0

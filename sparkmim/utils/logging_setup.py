@@ -1,4 +1,5 @@
-"""Configure ``logging`` once per process: rank 0 logs to stdout, every rank to its own file."""
+"""Configure ``logging``: the trainers' rank 0 logs to stdout and every rank to its own file
+(:func:`setup_logging`); the one-shot commands log to stderr (:func:`setup_command_logging`)."""
 import logging
 import sys
 from pathlib import Path
@@ -25,3 +26,35 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int =
         handler._sparkmim = True  # marks handlers this function owns, so a second call replaces them
         handler.setFormatter(formatter)
         root.addHandler(handler)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (not the stream of the moment the
+    handler was made), so a command run twice in one process (tests, notebooks) never writes to a
+    stream that was closed in between."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401 - logging reads this attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def setup_command_logging(level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """One stderr handler at ``level`` for a command-line tool, replacing the one a previous call made."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_sparkmim_command", False):
+            root.removeHandler(handler)
+    handler = _CurrentStderr()
+    handler._sparkmim_command = True  # type: ignore[attr-defined]
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)

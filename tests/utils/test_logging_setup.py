@@ -1,0 +1,22 @@
+"""Command logging writes to the stderr of the moment, so repeated runs in one process never hit a closed stream."""
+import io
+import logging
+import sys
+
+from sparkmim.utils.logging_setup import setup_command_logging
+
+
+def test_command_logging_follows_the_current_stderr(monkeypatch):
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_command_logging(logging.WARNING)
+    setup_command_logging(logging.WARNING)  # a second command in the same process replaces the handler
+    logger = logging.getLogger("sparkmim.test_logging")
+    logger.warning("to the first")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logger.warning("to the second")
+    logger.info("below the level")
+    assert second.getvalue() == "WARNING sparkmim.test_logging: to the second\n"
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "_sparkmim_command", False)]
+    assert len(handlers) == 1
