@@ -3,9 +3,27 @@
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class CurrentStream(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` / ``sys.stderr`` is at the time of each record (not the stream
+    of the moment the handler was made), so a command run twice in one process (tests, notebooks)
+    never writes to a stream that was closed in between."""
+
+    def __init__(self, name: str = "stderr") -> None:
+        self.stream_name = name
+        super().__init__(getattr(sys, name))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401 - logging reads this attribute
+        return getattr(sys, self.stream_name)
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int = logging.INFO) -> None:
@@ -16,9 +34,9 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int =
             root.removeHandler(handler)
             handler.close()
     formatter = logging.Formatter(FORMAT, datefmt="%H:%M:%S")
-    handlers = []
+    handlers: List[logging.Handler] = []
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stdout))
+        handlers.append(CurrentStream("stdout"))
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(output_dir) / f"log_rank{rank}.txt"))
@@ -28,30 +46,13 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int =
         root.addHandler(handler)
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of each record (not the stream of the moment the
-    handler was made), so a command run twice in one process (tests, notebooks) never writes to a
-    stream that was closed in between."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D401 - logging reads this attribute
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
 def setup_command_logging(level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
     """One stderr handler at ``level`` for a command-line tool, replacing the one a previous call made."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_sparkmim_command", False):
             root.removeHandler(handler)
-    handler = _CurrentStderr()
+    handler = CurrentStream("stderr")
     handler._sparkmim_command = True  # type: ignore[attr-defined]
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(fmt))

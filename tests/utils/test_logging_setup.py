@@ -3,7 +3,7 @@ import io
 import logging
 import sys
 
-from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.utils.logging_setup import setup_command_logging, setup_logging
 
 
 def test_command_logging_follows_the_current_stderr(monkeypatch):
@@ -20,3 +20,14 @@ def test_command_logging_follows_the_current_stderr(monkeypatch):
     assert second.getvalue() == "WARNING sparkmim.test_logging: to the second\n"
     handlers = [h for h in logging.getLogger().handlers if getattr(h, "_sparkmim_command", False)]
     assert len(handlers) == 1
+
+
+def test_trainer_logging_follows_the_current_stdout(monkeypatch, tmp_path):
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", first)
+    setup_logging(tmp_path, rank=0)
+    first.close()
+    monkeypatch.setattr(sys, "stdout", second)
+    logging.getLogger("sparkmim.test_logging").info("after the first stream closed")
+    assert "after the first stream closed" in second.getvalue()
+    assert "after the first stream closed" in (tmp_path / "log_rank0.txt").read_text()
