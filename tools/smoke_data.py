@@ -8,18 +8,16 @@
 The pixels come from :mod:`sparkmim.utils.synthetic` (smooth gradients, solid-colour classes, filled
 shapes with exact polygons), so a smoke run exercises real data paths, not just noise."""
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from sparkmim.utils.synthetic import box_and_triangle, noisy_colour, smooth_waves
+from sparkmim.utils.synthetic import noisy_colour, smooth_waves, write_coco_split
 
 COLOURS = {"blue": (30, 40, 220), "red": (220, 30, 30)}
-CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "triangle"}]
 
 
 def write_images(folder: Path, count: int, size: int, seed: int) -> Path:
@@ -43,32 +41,11 @@ def write_imagefolder(root: Path, per_class: int, size: int, seed: int) -> Path:
     return root
 
 
-def _coco_split(root: Path, split: str, count: int, size: int, rng: np.random.Generator) -> None:
-    images_dir = root / f"{split}2017"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    images: List[dict] = []
-    annotations: List[dict] = []
-    for image_id in range(1, count + 1):
-        image, shapes = box_and_triangle(rng, size)
-        for category, polygon in shapes:
-            xs, ys = polygon[0::2], polygon[1::2]
-            area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "segmentation": [[float(v) for v in polygon]], "iscrowd": 0, "area": area,
-                                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]})
-        file_name = f"{image_id:012d}.jpg"
-        image.save(images_dir / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    payload = {"images": images, "annotations": annotations, "categories": CATEGORIES}
-    (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(payload))
-
-
 def write_coco(root: Path, train: int, val: int, size: int, seed: int) -> Path:
     """A COCO-layout dataset with two categories (box, triangle) and polygon masks."""
     rng = np.random.default_rng(seed)
-    _coco_split(root, "train", train, size, rng)
-    _coco_split(root, "val", val, size, rng)
+    for split, count in (("train", train), ("val", val)):
+        write_coco_split(root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json", count, size, rng)
     return root
 
 

@@ -1,12 +1,14 @@
-"""Every generated image of the project, in one place: the demo set, the pipelines' smoke data, the value
-benchmark's smoke data and the tests draw their pixels from here.
+"""Every generated image of the project, in one place: the demo set, the pipelines' smoke data (COCO
+layout included), the value benchmark's smoke data and the tests draw their pixels from here.
 
 The images are learnable on purpose (smooth gradients, textures that continue under a mask, solid
 shapes with exact polygons, class-dependent patterns), so that a run on them exercises a real data path
 and a loss that can fall, not just noise. Every function takes a numpy ``Generator``: same seed, same
 pixels."""
+import json
 import math
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -102,3 +104,33 @@ def class_stripes(label: int, num_classes: int, size: int, rng: np.random.Genera
     wave = np.sin(2 * np.pi * frequency * (np.cos(angle) * xs + np.sin(angle) * ys) + rng.uniform(0, 2 * np.pi))
     pixels = 128 + rng.uniform(40, 100) * wave + rng.normal(0, 20, (size, size))
     return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def polygon_area(polygon: Polygon) -> float:
+    """The shoelace area of a flat [x0, y0, x1, y1, ...] polygon (COCO's ``area``)."""
+    xs, ys = polygon[0::2], polygon[1::2]
+    return 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
+
+
+def write_coco_split(image_dir: Path, json_file: Path, count: int, size: int, rng: np.random.Generator,
+                     names: Sequence[str] = ("box", "triangle"), suffix: str = ".jpg") -> Tuple[Path, Path]:
+    """``count`` :func:`box_and_triangle` images in ``image_dir`` and their COCO instances file (boxes,
+    polygon masks and areas that pycocotools evaluates): the detection smoke data and tests use this."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images: List[dict] = []
+    annotations: List[dict] = []
+    for image_id in range(1, count + 1):
+        image, shapes = box_and_triangle(rng, size)
+        for category, polygon in shapes:
+            xs, ys = polygon[0::2], polygon[1::2]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "segmentation": [[float(v) for v in polygon]], "iscrowd": 0,
+                                "area": polygon_area(polygon),
+                                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]})
+        file_name = f"{image_id:012d}{suffix}"
+        image.save(image_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+    categories = [{"id": index + 1, "name": name} for index, name in enumerate(names)]
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return json_file, image_dir

@@ -17,11 +17,11 @@ pytest.importorskip("detectron2", reason="Detectron2 is not installed (it is ins
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
 from sparkmim.downstream_d2 import datasets, train_net  # noqa: E402
 from sparkmim.downstream_d2.config import add_spark_config, resolve_config_file  # noqa: E402
 from sparkmim.convert.detectron2 import timm_resnet_to_d2, write_pkl  # noqa: E402
+from sparkmim.utils.synthetic import write_coco_split  # noqa: E402
 from sparkmim.downstream_d2.optimizer import _scale_groups, build_optimizer, build_param_groups  # noqa: E402
 
 # SyncBN needs several processes; a single CPU process uses plain BN, set through the config
@@ -119,32 +119,8 @@ def test_optimizer_lr_factors(r50_model):
 
 
 def write_tiny_coco(root, name, num_images, seed):
-    """Images with filled polygons (a box and a triangle) and their COCO annotations."""
-    rng = np.random.default_rng(seed)
-    images_dir = root / name
-    images_dir.mkdir()
-    images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        image = Image.fromarray(rng.integers(0, 60, (128, 128, 3), dtype=np.uint8))
-        draw = ImageDraw.Draw(image)
-        x, y = (int(v) for v in rng.integers(8, 40, 2))
-        shapes = [(1, [x, y, x + 48, y, x + 48, y + 40, x, y + 40]),
-                  (2, [70, 70, 120, 70, 95, 120])]
-        for category, polygon in shapes:
-            draw.polygon(polygon, fill=(200, 40, 40) if category == 1 else (40, 200, 40))
-            xs, ys = polygon[0::2], polygon[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                "segmentation": [[float(v) for v in polygon]], "bbox": box, "area": area,
-                                "iscrowd": 0})
-        file_name = f"{image_id:04d}.jpg"
-        image.save(images_dir / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": 128, "height": 128})
-    json_file = root / f"{name}.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                     "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "triangle"}]}))
-    return json_file, images_dir
+    """128 px images with a box and a triangle and their COCO annotations (the project's one generator)."""
+    return write_coco_split(root / name, root / f"{name}.json", num_images, 128, np.random.default_rng(seed))
 
 
 TINY_RUN = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",

@@ -3,13 +3,13 @@
 Everything is real: a timm ConvNeXt supplies the weights, images are PNG files with drawn objects,
 annotations carry polygons and boxes that pycocotools evaluates.
 """
-import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+
+from sparkmim.utils.synthetic import write_coco_split
 
 TINY_DEPTHS = (1, 1, 2, 1)
 TINY_DIMS = (16, 32, 64, 128)
@@ -30,44 +30,11 @@ def tiny_timm_convnext(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def _objects(rng: np.random.Generator, size: int) -> List[Tuple[int, List[float]]]:
-    """One or two objects per image as (category id, polygon)."""
-    objects = []
-    for category in rng.permutation([1, 2])[: rng.integers(1, 3)]:
-        side = int(rng.integers(size // 4, size // 2))
-        x, y = (int(v) for v in rng.integers(2, size - side - 2, size=2))
-        if category == 1:
-            polygon = [x, y, x + side, y, x + side, y + side, x, y + side]
-        else:
-            polygon = [x, y + side, x + side // 2, y, x + side, y + side]
-        objects.append((int(category), [float(v) for v in polygon]))
-    return objects
-
-
 def make_coco_split(root: Path, split: str, count: int, size: int = 96, seed: int = 0) -> Tuple[Path, Path]:
-    """Write ``count`` PNG images with drawn squares/triangles and their COCO instances json."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / split
-    image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for index in range(count):
-        canvas = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 80, size=3)))
-        draw = ImageDraw.Draw(canvas)
-        for category, polygon in _objects(rng, size):
-            color = (230, 60, 60) if category == 1 else (60, 230, 60)
-            draw.polygon(polygon, fill=color)
-            xs, ys = polygon[0::2], polygon[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
-                                "segmentation": [polygon], "bbox": box, "area": box[2] * box[3] / category,
-                                "iscrowd": 0})
-        name = f"{split}_{index:03d}.png"
-        canvas.save(image_dir / name)
-        images.append({"id": index + 1, "file_name": name, "width": size, "height": size})
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
-    json_file = root / f"{split}.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return json_file, image_dir
+    """``count`` PNG images with a drawn square and triangle and their COCO instances json (the project's
+    one generator, :func:`sparkmim.utils.synthetic.write_coco_split`)."""
+    return write_coco_split(root / split, root / f"{split}.json", count, size, np.random.default_rng(seed),
+                            names=CLASSES, suffix=".png")
 
 
 def small_config(path: Path, base: Path, max_epochs: int = 1, scale: int = 128) -> Path:
