@@ -29,10 +29,7 @@ class CurrentStream(logging.StreamHandler):
 def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        if getattr(handler, "_sparkmim", False):
-            root.removeHandler(handler)
-            handler.close()
+    _remove_own_handlers(root)
     formatter = logging.Formatter(FORMAT, datefmt="%H:%M:%S")
     handlers: List[logging.Handler] = []
     if rank == 0:
@@ -47,15 +44,21 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int =
 
 
 def setup_command_logging(level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
-    """One stderr handler at ``level`` for a command-line tool, replacing the one a previous call made."""
+    """One stderr handler at ``level`` for a command-line tool, replacing the handlers a previous call
+    (or a trainer's :func:`setup_logging`) made in this process."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_sparkmim_command", False):
-            root.removeHandler(handler)
+    _remove_own_handlers(root)  # a trainer run earlier in this process must not print into this command's output
     handler = CurrentStream("stderr")
-    handler._sparkmim_command = True  # type: ignore[attr-defined]
+    handler._sparkmim = True  # type: ignore[attr-defined]
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > level:
-        root.setLevel(level)
+    root.setLevel(level)
+
+
+def _remove_own_handlers(root: logging.Logger) -> None:
+    """Remove (and close) the handlers an earlier :func:`setup_logging` / :func:`setup_command_logging` made."""
+    for handler in list(root.handlers):
+        if getattr(handler, "_sparkmim", False):
+            root.removeHandler(handler)
+            handler.close()

@@ -18,7 +18,7 @@ def test_command_logging_follows_the_current_stderr(monkeypatch):
     logger.warning("to the second")
     logger.info("below the level")
     assert second.getvalue() == "WARNING sparkmim.test_logging: to the second\n"
-    handlers = [h for h in logging.getLogger().handlers if getattr(h, "_sparkmim_command", False)]
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "_sparkmim", False)]
     assert len(handlers) == 1
 
 
@@ -31,3 +31,13 @@ def test_trainer_logging_follows_the_current_stdout(monkeypatch, tmp_path):
     logging.getLogger("sparkmim.test_logging").info("after the first stream closed")
     assert "after the first stream closed" in second.getvalue()
     assert "after the first stream closed" in (tmp_path / "log_rank0.txt").read_text()
+
+
+def test_a_command_after_a_trainer_prints_only_its_own_output(monkeypatch, tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    setup_logging(tmp_path, rank=0)  # e.g. spark-pretrain run in this process before
+    setup_command_logging(logging.WARNING)
+    logging.getLogger("sparkmim.test_logging").info("progress of the command")
+    assert out.getvalue() == "" and err.getvalue() == ""  # --json output on stdout stays clean
