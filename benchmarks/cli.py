@@ -15,6 +15,9 @@ Subcommands::
     spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
     spark-bench value    what SparK pre-training buys downstream: SparK vs scratch on real data
                          (kNN, linear probe, fine-tuning on label subsets); see docs/value.md
+    spark-bench gpu-check  one prepared run of everything the CPU cannot check (CUDA correctness, no
+                         host-device syncs, throughput and memory, data path, DDP); --device cpu
+                         --quick runs every part's code path on tiny sizes
 
 See docs/benchmarks.md for the measured tables and exact commands.
 """
@@ -29,6 +32,7 @@ from typing import List, Optional, Sequence
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.logging_setup import setup_command_logging
 
+from .gpu_check.part import PARTS as GPU_CHECK_PARTS
 from .perf.step import PRECISIONS, VARIANTS, StepConfig
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,14 @@ def _variants(text: str) -> List[str]:
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; use a,b,c or spark,dense,naive")
     return chosen
+
+
+def _parts(text: str) -> List[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in GPU_CHECK_PARTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown}; choose from {','.join(GPU_CHECK_PARTS)}")
+    return [part for part in GPU_CHECK_PARTS if part in chosen]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     norm.add_argument("--threads", type=int, default=None)
     norm.add_argument("--repeats", type=int, default=10)
     norm.add_argument("--json", type=Path, default=None)
+
+    gpu = sub.add_parser("gpu-check", help="the GPU validation run (parts 1-6, results after each part)")
+    gpu.add_argument("--out", type=Path, required=True, help="folder for results.json, summary.md and the parts' files")
+    gpu.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    gpu.add_argument("--quick", action="store_true", help="tiny sizes: every part's code path in minutes (CI)")
+    gpu.add_argument("--parts", type=_parts, default=list(GPU_CHECK_PARTS),
+                     help=f"comma-separated subset of {','.join(GPU_CHECK_PARTS)}")
+    gpu.add_argument("--budget-s", type=float, default=None,
+                     help="stop starting parts once this many seconds are used (default: 480 on a GPU, none with --quick)")
+    gpu.add_argument("--fixtures", type=Path, default=None,
+                     help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
+    gpu.add_argument("--value-data", default=None, help="data for part 6 (default: the installed Fashion-MNIST)")
 
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--variant", required=True, choices=list(VARIANTS))
@@ -206,6 +230,22 @@ def _run_norm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_gpu_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from .gpu_check.options import CheckOptions
+    from .gpu_check.runner import default_fixtures, exit_status, run_gpu_check
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is visible; use --device cpu --quick for the CPU code path")
+    fixtures = args.fixtures or default_fixtures()
+    options = CheckOptions(out=str(args.out), device=args.device, quick=args.quick,
+                           fixtures=str(fixtures) if fixtures else None, value_data=args.value_data)
+    budget = args.budget_s if args.budget_s is not None else (None if args.quick else 480.0)
+    results = run_gpu_check(options, args.parts, budget)
+    print((args.out / "summary.md").read_text())
+    return exit_status(results)
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .perf.compare import WORKER_MARK
     from .perf.step import measure
@@ -223,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_command_logging(logging.INFO, fmt="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
-                "norm": _run_norm, "worker": _run_worker}
+                "norm": _run_norm, "gpu-check": _run_gpu_check, "worker": _run_worker}
     # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback
     return run_command("spark-bench", lambda: handlers[args.command](args), statuses={ValueError: 2, RuntimeError: 2})
 

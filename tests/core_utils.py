@@ -6,27 +6,14 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from sparkmim import SparK, SparseEncoder
-from sparkmim.convert import convnext_timm_to_fb, load_state_dict_checked, spark_state_from_reference
-from sparkmim.convert.reference import build_kwargs_from_reference_config
+from sparkmim import SparK
+from sparkmim.convert import convnext_timm_to_fb
+from sparkmim.convert.reference_fixture import spark_from_reference_case
 
 
 def spark_from_fixture(case: dict) -> SparK:
-    """Build the fixture's encoder as a timm model and import the reference checkpoint into SparK."""
-    from timm.models.convnext import ConvNeXt
-    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-    cfg = case["model_cfg"]
-    kwargs = dict(cfg["kwargs"])
-    if cfg["family"] == "resnet":
-        kwargs["block"] = {"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[kwargs["block"]]
-        model = ResNet(num_classes=0, global_pool="", **kwargs)
-    else:
-        model = ConvNeXt(num_classes=0, global_pool="", **kwargs)
-    state, _, config = spark_state_from_reference(case["state"])
-    spark = SparK(SparseEncoder(model), **build_kwargs_from_reference_config(config))
-    load_state_dict_checked(spark, state, "reference fixture",
-                            allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
-    return spark
+    """The fixture's model (the library's builder, also used by ``spark-bench gpu-check``)."""
+    return spark_from_reference_case(case)
 
 
 def random_mask(batch: int, h: int, w: int, visible: int, seed: int = 0) -> torch.Tensor:

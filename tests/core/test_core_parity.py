@@ -6,6 +6,7 @@ import torch
 
 from sparkmim.convert import KeyAccountingError, spark_state_from_reference
 from sparkmim.convert.reference import SPARKMIM_ENCODER_PREFIX
+from sparkmim.convert.reference_fixture import load_reference_case
 from tests.core_utils import spark_from_fixture
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"  # data of the repository: never skipped
@@ -14,7 +15,7 @@ RTOL = 1e-4  # relative to the largest magnitude of each tensor; observed agreem
 
 
 def load_case(name: str) -> dict:
-    return torch.load(FIXTURES / f"{name}.pt", map_location="cpu", weights_only=False)
+    return load_reference_case(FIXTURES / f"{name}.pt")
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:

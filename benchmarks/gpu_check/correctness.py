@@ -1,0 +1,134 @@
+"""Part 1: the numbers on the device are the numbers on the CPU, and the masking holds under autocast.
+
+- The reference-parity fixtures in float64: loss, the four feature maps and every gradient on the
+  device against the same model on the CPU (different kernels, same mathematics: agreement to ~1e-12).
+- Under bf16 and fp16 autocast: masked positions of every feature map are exactly zero, and changing
+  the masked pixels leaves the visible features bit for bit unchanged.
+- One fp16 step with a grad scaler and one bf16 step: finite, and the loss within a stated tolerance
+  of the fp32 loss on the same batch, mask and weights."""
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+from .options import CheckOptions
+from .results import NO_CUDA, PartResult
+
+FLOAT64_RTOL = 1e-9
+LOSS_RTOL = {"bf16": 5e-2, "fp16": 1e-2}   # relative to the fp32 loss
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().item() + 1e-30
+    return (actual.double() - expected.double()).abs().max().item() / scale
+
+
+def _float64_run(case: dict, device: torch.device) -> Tuple[torch.Tensor, List[torch.Tensor], Dict[str, torch.Tensor]]:
+    from sparkmim.convert.reference_fixture import spark_from_reference_case
+
+    spark = spark_from_reference_case(case).double().to(device).train()
+    captured = {}
+    handle = spark.encoder.register_forward_hook(lambda _m, _i, out: captured.setdefault("features", out))
+    out = spark(case["input"].double().to(device), case["active"].to(device))
+    handle.remove()
+    out.loss.backward()
+    grads = {n: p.grad.detach().cpu() for n, p in spark.named_parameters() if p.grad is not None}
+    return out.loss.detach().cpu(), [f.detach().cpu() for f in captured["features"]], grads
+
+
+def fixture_parity(options: CheckOptions, result: PartResult) -> None:
+    folder = Path(options.fixtures) if options.fixtures else None
+    cases = sorted(folder.glob("*.pt")) if folder and folder.is_dir() else []
+    if not cases:
+        result.add("reference fixtures, float64, device vs CPU", None, f"no fixtures found (--fixtures {folder})")
+        return
+    from sparkmim.convert.reference_fixture import load_reference_case
+
+    for path in cases:
+        case = load_reference_case(path)
+        cpu = _float64_run(case, torch.device("cpu"))
+        if not options.cuda:
+            result.add(f"{path.stem}: float64 on the device vs CPU", None, f"{NO_CUDA} (the float64 path ran on CPU)")
+            continue
+        device = _float64_run(case, options.torch_device)
+        worst = max([_relative(device[0], cpu[0])] + [_relative(a, b) for a, b in zip(device[1], cpu[1])]
+                    + [_relative(device[2][n], g) for n, g in cpu[2].items()])
+        result.add(f"{path.stem}: float64 on the device vs CPU (loss, features, {len(cpu[2])} gradients)",
+                   worst < FLOAT64_RTOL, f"largest relative difference {worst:.1e} (limit {FLOAT64_RTOL:.0e})")
+
+
+def _model_and_batch(options: CheckOptions, batch: int = 4):
+    """(SparK in training mode on the device, its name, a batch of images, a random visible mask)."""
+    from sparkmim import build_spark
+
+    name, size, width = ("test_resnet", 64, 32) if options.quick else ("resnet50", 224, 256)
+    torch.manual_seed(0)
+    spark = build_spark(name, input_size=size, decoder_width=width).to(options.torch_device).train()
+    h = size // spark.downsample_ratio
+    active = spark.mask(batch, h, h, options.torch_device)
+    return spark, name, torch.randn(batch, 3, size, size, device=options.torch_device), active
+
+
+def masking_under_autocast(options: CheckOptions, result: PartResult) -> None:
+    from sparkmim.sparse.context import upsample_mask
+
+    spark, name, images, active = _model_and_batch(options)
+    device = options.torch_device
+    visible = upsample_mask(active, *images.shape[-2:])
+    changed = torch.where(visible, images, torch.randn_like(images) * 5)
+    for label, dtype in AUTOCAST.items():
+        try:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+                first = spark.encoder(images, active)
+                second = spark.encoder(changed, active)
+        except RuntimeError as error:  # e.g. an op without a CPU kernel in this precision
+            result.add(f"{name} {label} autocast: masked positions zero", None, f"autocast failed here: {error}")
+            continue
+        leak = max((f[~upsample_mask(active, *f.shape[-2:]).expand_as(f)]).abs().max().item() for f in first)
+        moved = max((a.float() - b.float()).abs().max().item() for a, b in zip(first, second))
+        where = "" if options.cuda else " (on CPU: the code path; the CUDA kernels are the point)"
+        result.add(f"{name} {label} autocast: masked positions of all 4 feature maps are exactly zero", leak == 0.0,
+                   f"largest magnitude at a masked position {leak:.3g}{where}")
+        result.add(f"{name} {label} autocast: changing masked pixels leaves visible features unchanged", moved == 0.0,
+                   f"largest change {moved:.3g}{where}")
+
+
+def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
+    from sparkmim.pretrain.optim import build_optimizer
+
+    spark, name, images, active = _model_and_batch(options)
+    device = options.torch_device
+    state = {k: v.clone() for k, v in spark.state_dict().items()}
+    with torch.no_grad():
+        reference = spark(images, active).loss.item()
+    for label, dtype in AUTOCAST.items():
+        spark.load_state_dict(state)
+        optimizer = build_optimizer(spark, lr=1e-4, betas=(0.9, 0.95), clip_grad=5.0)
+        scaler = torch.amp.GradScaler(device.type) if label == "fp16" else None
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                loss = spark(images, active).loss
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        except RuntimeError as error:
+            result.add(f"{name} {label} step", None, f"{label} failed here: {str(error).splitlines()[0]}")
+            continue
+        value = loss.item()
+        finite = torch.isfinite(loss).item() and all(torch.isfinite(p).all().item() for p in spark.parameters())
+        relative = abs(value - reference) / max(abs(reference), 1e-12)
+        result.add(f"{name} {label} step{' with a grad scaler' if scaler else ''}: loss and weights finite", finite,
+                   f"loss {value:.5f}")
+        result.add(f"{name} {label} loss within {LOSS_RTOL[label]:.0e} of fp32 (same batch, mask, weights)",
+                   relative < LOSS_RTOL[label], f"fp32 {reference:.5f}, {label} {value:.5f}, relative {relative:.1e}")
+    spark.load_state_dict(state)
+
+
+def run(options: CheckOptions, result: PartResult) -> None:
+    fixture_parity(options, result)
+    masking_under_autocast(options, result)
+    mixed_precision_steps(options, result)

@@ -1,0 +1,47 @@
+"""Run one part of ``spark-bench gpu-check`` in this process and print its result as one marked
+line (the runner starts each part in a fresh process, so a crash, a hang or an out-of-memory in one
+part costs only that part)."""
+import json
+import sys
+import time
+import traceback
+
+from .options import CheckOptions
+from .results import PartResult
+
+MARK = "GPU_CHECK_PART "
+PARTS = {  # name -> (title, module)
+    "correctness": ("1. Correctness on the device", "correctness"),
+    "sync": ("2. No host-device synchronisation", "sync"),
+    "throughput": ("3. Throughput and memory", "throughput"),
+    "data": ("4. Data path", "data_path"),
+    "distributed": ("5. Distributed code path", "distributed"),
+    "value": ("6. Proof-of-value benchmark, gpu preset", "value_part"),
+}
+
+
+def run_part(name: str, options: CheckOptions) -> PartResult:
+    import importlib
+
+    title, module = PARTS[name]
+    result = PartResult(part=name, title=title)
+    tick = time.monotonic()
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        importlib.import_module(f"{__package__}.{module}").run(options, result)
+    except Exception as error:  # noqa: BLE001 - a part's failure is reported, the next part still runs
+        result.status = "error"
+        result.message = f"{type(error).__name__}: {error}"
+        result.figures["traceback"] = traceback.format_exc()
+    result.seconds = time.monotonic() - tick
+    return result.settle()
+
+
+def main() -> int:
+    name, options = sys.argv[1], CheckOptions.from_json(sys.argv[2])
+    print(MARK + json.dumps(run_part(name, options).to_json()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The order of the parts, their time limits, and the files written after each one."""
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .options import CheckOptions
+from .part import MARK, PARTS
+from .results import PartResult, environment, write_reports
+
+logger = logging.getLogger(__name__)
+
+# seconds each part may take: on a GPU (the whole command fits in 8 minutes with start-up) and in
+# --quick mode on a small CPU (CI)
+LIMITS = {"correctness": (60, 240), "sync": (45, 120), "throughput": (200, 300), "data": (75, 240),
+          "distributed": (60, 300), "value": (None, 420)}
+MIN_VALUE_SECONDS = 60  # below this the value benchmark is not started
+
+
+def run_gpu_check(options: CheckOptions, parts: Sequence[str], budget_s: Optional[float]) -> List[PartResult]:
+    """Every part in order, each in a fresh process within its limit (and the budget left); the
+    reports are rewritten after each part, so a visit cut short keeps what finished."""
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    header = {**environment(options.device), "command": "spark-bench gpu-check " + " ".join(sys.argv[2:]),
+              "mode": "quick" if options.quick else "full"}
+    start, results = time.monotonic(), []
+    for name in parts:
+        left = None if budget_s is None else budget_s - (time.monotonic() - start)
+        limit = LIMITS[name][1 if options.quick else 0]
+        if limit is None or (left is not None and left < limit):
+            limit = left
+        title = PARTS[name][0]
+        if limit is not None and (limit < MIN_VALUE_SECONDS if name == "value" else limit <= 0):
+            results.append(PartResult(part=name, title=title, status="skipped",
+                                      message=f"not started: {max(0.0, left or 0):.0f} s of the budget left"))
+        else:
+            logger.info("gpu-check: %s (limit %s s)", title, "none" if limit is None else f"{limit:.0f}")
+            results.append(_run_in_process(name, replace(options, seconds=float(limit or 0)), limit))
+            logger.info("gpu-check: %s: %s in %.0f s", title, results[-1].status, results[-1].seconds)
+        write_reports(out, header, results)
+    return results
+
+
+def _run_in_process(name: str, options: CheckOptions, limit: Optional[float]) -> PartResult:
+    command = [sys.executable, "-m", "sparkmim.benchmarks.gpu_check.part", name, options.to_json()]
+    tick = time.monotonic()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as expired:
+        return PartResult(part=name, title=PARTS[name][0], status="timed out", seconds=time.monotonic() - tick,
+                          message=f"stopped after its limit of {limit:.0f} s; "
+                                  f"last output: {_last_line(expired.stderr)}")
+    line = next((l for l in done.stdout.splitlines() if l.startswith(MARK)), None)
+    if line is None:
+        return PartResult(part=name, title=PARTS[name][0], status="error", seconds=time.monotonic() - tick,
+                          message=f"the part's process ended with exit {done.returncode}: {_last_line(done.stderr)}")
+    return PartResult.from_json(json.loads(line[len(MARK):]))
+
+
+def _last_line(text) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "none"
+
+
+def exit_status(results: List[PartResult]) -> int:
+    """0 when nothing failed (skips allowed), 1 otherwise."""
+    return 1 if any(r.status in ("failed", "error", "timed out") for r in results) else 0
+
+
+def default_fixtures() -> Optional[Path]:
+    """The reference-parity fixtures of a source checkout (tests/fixtures/reference), if present."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "tests" / "fixtures" / "reference"
+        if candidate.is_dir():
+            return candidate
+    return None

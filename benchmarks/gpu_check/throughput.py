@@ -1,0 +1,79 @@
+"""Part 3: throughput and peak memory of (a) SparK, (b) the dense floor and (c) the naive reference.
+
+ResNet-50 (batch 128) and ConvNeXt-B (batch 64) at 224 px, fp32 and bf16, channels_last off and on,
+all variants interleaved in this process (CUDA peak memory is per variant: the counter is reset
+before each), so the ratios a/b and c/a come from one run under the same conditions. When bf16 a/b
+exceeds 1.10 a torch.profiler table of (a) against (b) is written next to the results. With
+``--quick`` on a CPU the figures are only a sign that the code path runs (one step, no warm-up)."""
+import time
+from typing import List, Tuple
+
+from .options import CheckOptions
+from .results import PartResult
+
+FULL = [("resnet50", 128), ("convnext_base", 64)]
+QUICK = [("test_resnet", 2), ("test_convnext", 2)]
+PROFILE_ABOVE = 1.10
+
+
+def _settings(options: CheckOptions) -> Tuple[List[Tuple[str, int]], int, int, int, int]:
+    """(models, size, warm-up steps, timed steps, rounds)."""
+    return (QUICK, 64, 0, 1, 1) if options.quick else (FULL, 224, 5, 15, 2)
+
+
+def run(options: CheckOptions, result: PartResult) -> None:
+    from sparkmim.benchmarks.perf.compare import run_interleaved, summarise
+    from sparkmim.benchmarks.perf.step import StepConfig
+
+    models, size, warmup, steps, rounds = _settings(options)
+    rows = ["| model | batch | precision | channels_last | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
+            "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
+    for model, batch in models:
+        for precision in ("fp32", "bf16"):
+            for channels_last in (False, True):
+                if deadline is not None and time.monotonic() > deadline:
+                    result.message = "stopped early to stay within the part's time limit; the rows above are complete"
+                    break
+                config = StepConfig(model=model, batch=batch, size=size, precision=precision, device=options.device,
+                                    channels_last=channels_last, warmup=warmup, steps=steps,
+                                    decoder_width=32 if options.quick else 768)
+                summary = summarise(run_interleaved(["spark", "dense", "naive"], config, rounds, isolate=False))
+                variants, ratios = summary["variants"], summary["ratios"]
+                key = f"{model} b{batch} {precision} cl={channels_last}"
+                result.figures[key] = summary
+                # in one process only the CUDA counter is per variant (CPU RSS growth is not)
+                memory = [variants[v]["peak_memory_mib"] if options.cuda else None for v in ("spark", "dense", "naive")]
+                rows.append(f"| {model} | {batch} | {precision} | {channels_last} | "
+                            + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
+                            + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
+                            + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
+                if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
+                    _profile(options, config, result, key)
+    result.tables.append("\n".join(rows))
+    if options.cuda and not options.quick:
+        _compiled(options, result)
+
+
+def _profile(options: CheckOptions, config, result: PartResult, key: str) -> None:
+    from sparkmim.benchmarks.perf.profiling import format_profile, profile_variants
+
+    path = options.out_dir / f"profile_{key.replace(' ', '_').replace('=', '')}.md"
+    path.write_text(format_profile(profile_variants(config, 3), top=25))
+    result.add(f"{key}: a/b above {PROFILE_ABOVE}", None, f"profile of (a) against (b) in {path.name}")
+
+
+def _compiled(options: CheckOptions, result: PartResult) -> None:
+    """torch.compile for ResNet-50 bf16 (a) and (b), if the part still has the time."""
+    from sparkmim.benchmarks.perf.compare import run_interleaved, summarise
+    from sparkmim.benchmarks.perf.step import StepConfig
+
+    config = StepConfig(model="resnet50", batch=128, size=224, precision="bf16", device=options.device,
+                        compile=True, warmup=3, steps=10)
+    tick = time.monotonic()
+    summary = summarise(run_interleaved(["spark", "dense"], config, 1, isolate=False))
+    result.figures["resnet50 b128 bf16 compiled"] = summary
+    result.tables.append(f"torch.compile, ResNet-50 bf16 batch 128: (a) {summary['variants']['spark']['images_per_s']:.1f} "
+                         f"img/s, (b) {summary['variants']['dense']['images_per_s']:.1f} img/s, a/b "
+                         f"{summary['ratios']['a/b']['median']:.3f} (compilation included in "
+                         f"{time.monotonic() - tick:.0f} s)")

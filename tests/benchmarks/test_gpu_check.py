@@ -1,0 +1,60 @@
+"""spark-bench gpu-check: its CPU mode (every part's code path on tiny sizes, what CI runs) and the
+runner's promises (a part's limit, the budget, reports after every part, one-line errors)."""
+import json
+
+import pytest
+import torch
+
+from sparkmim.benchmarks.cli import main
+from sparkmim.benchmarks.gpu_check.options import CheckOptions
+from sparkmim.benchmarks.gpu_check.runner import run_gpu_check
+
+PARTS = ["correctness", "sync", "throughput", "data", "distributed", "value"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "quick"
+    status = main(["gpu-check", "--device", "cpu", "--quick", "--out", str(out)])
+    return status, out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_part_runs_its_code_path_on_cpu(quick_run):
+    status, out, results = quick_run
+    parts = {part["part"]: part for part in results["parts"]}
+    assert status == 0 and list(parts) == PARTS
+    assert all(part["status"] == "ok" for part in parts.values()), {k: (v["status"], v["message"]) for k, v in parts.items()}
+    checks = [check for part in parts.values() for check in part["checks"]]
+    assert all(check["passed"] is not False for check in checks)
+    cuda_only = [c for c in checks if "set_sync_debug_mode" in c["name"] or "device vs CPU" in c["name"]]
+    assert cuda_only and all(c["passed"] is None and "skipped: no CUDA" in c["detail"] for c in cuda_only)
+    assert sum(c["passed"] is True for c in checks) >= 15  # the checks that do run on CPU, and pass
+    assert results["environment"]["device"] == "cpu" and results["environment"]["mode"] == "quick"
+
+
+@pytest.mark.slow
+def test_the_summary_names_each_part_and_its_figures(quick_run):
+    _, out, results = quick_run
+    summary = (out / "summary.md").read_text()
+    for part in results["parts"]:
+        assert f"## {part['title']}: ok" in summary
+    assert "| test_resnet | 2 | bf16 | True |" in summary  # a throughput row: model, batch, precision, layout
+    assert "a/b" in summary and "spark-pretrain end to end" in summary and "--resume auto" in summary
+
+
+def test_a_part_past_its_limit_is_reported_and_the_budget_stops_the_rest(tmp_path):
+    options = CheckOptions(out=str(tmp_path), device="cpu", quick=True)
+    results = run_gpu_check(options, ["correctness", "sync"], budget_s=0.3)  # no part can finish in 0.3 s
+    assert [r.status for r in results] == ["timed out", "skipped"]
+    assert "limit" in results[0].message and "budget" in results[1].message
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert [p["status"] for p in written["parts"]] == ["timed out", "skipped"]  # rewritten after each part
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        assert main(["gpu-check", "--out", str(tmp_path)]) == 2  # --device cuda is the default
+        assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["gpu-check", "--out", str(tmp_path), "--parts", "speed"])
