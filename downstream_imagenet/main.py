@@ -6,8 +6,9 @@ Setup lives here; the loop bodies are in :mod:`.engine`.
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -71,18 +72,8 @@ def load_datasets(config: FinetuneConfig, training: bool) -> Tuple[Optional[Imag
     return train, val
 
 
-def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
-    """The fine-tuning run; returns the final summary (best accuracies and checkpoint paths)."""
-    out = Path(config.output_dir)
-    setup_logging(out, dist_info.rank)
-    device, is_main = dist_info.device, dist_info.is_main
-    train_set, val_set = load_datasets(config, training=True)
-    classes = train_set.classes
-    layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)
-    batch = layout.micro_batch
-
-    seed_everything(config.seed)  # identical initial head on every process (DDP and EMA rely on it)
-    model = build_model(config, len(classes))
+def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: List[str], out: Path) -> Optional[Dict[str, Any]]:
+    """Load the run's checkpoint when resuming (returned), else the pre-trained weights, if any."""
     resume_from = checkpoints.resume_path(config.resume, out)
     record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
     if record is not None:
@@ -98,35 +89,59 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
         load_pretrained(weight_target(model), config.weights, allow_unsafe=config.allow_unsafe)
     else:
         logger.warning("no --weights given: fine-tuning from random initialisation")
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    logger.info("model %s: %s", config.model, count_parameters(model))
+    return record
 
+
+def optimisation(config: FinetuneConfig, model: nn.Module, record: Optional[Dict[str, Any]], dist_info: DistInfo
+                 ) -> Tuple[Optional[Any], torch.optim.Optimizer, Optional[Any]]:
+    """(EMA, optimizer with layer-decay groups, fp16 grad scaler), restored from ``record`` when resuming."""
     ema = None
     if config.ema > 0:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=config.ema)
         if record is not None and record.get("ema") is not None:
             ema.module.load_state_dict(record["ema"])
-
     groups = param_groups(model, config.layer_decay)
-    if is_main:
+    if dist_info.is_main:
         logger.info("parameter groups (layer decay %s):\n%s", config.layer_decay, describe_groups(groups))
     optimizer = create_optimizer(groups, config)
-    scaler = grad_scaler(config.amp, device)
+    scaler = grad_scaler(config.amp, dist_info.device)
     if record is not None:
         optimizer.load_state_dict(record["optimizer"])
         if scaler is not None and record.get("scaler"):
             scaler.load_state_dict(record["scaler"])
-    ddp_model = wrap_distributed(model, config, dist_info)
-    module = ddp_model.module if hasattr(ddp_model, "module") else ddp_model
+    return ema, optimizer, scaler
 
-    start_epoch = record["epoch"] if record is not None else 0
+
+@dataclass
+class FinetuneRun:
+    """What the epoch loop needs, built once by :func:`prepare`."""
+    trainer: Trainer
+    loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    classes: List[str]
+    record: Optional[Dict[str, Any]]
+
+
+def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneRun:
+    """Data, model (resumed or pre-trained), optimisation, loaders and the per-step schedule."""
+    device = dist_info.device
+    train_set, val_set = load_datasets(config, training=True)
+    classes = train_set.classes
+    layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)
+    seed_everything(config.seed)  # identical initial head on every process (DDP and EMA rely on it)
+    model = build_model(config, len(classes))
+    record = restore_or_initialise(config, model, classes, out)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    logger.info("model %s: %s", config.model, count_parameters(model))
+    ema, optimizer, scaler = optimisation(config, model, record, dist_info)
+    ddp_model = wrap_distributed(model, config, dist_info)
     mixup = create_mixup(config, len(classes))
-    criterion = create_criterion(config, mixup is not None)
-    loader = train_loader(train_set, config, batch, dist_info.rank, dist_info.world_size)
-    val_loader = eval_loader(val_set, config, config.eval_batch_size or batch, dist_info.rank,
+    loader = train_loader(train_set, config, layout.micro_batch, dist_info.rank, dist_info.world_size)
+    val_loader = eval_loader(val_set, config, config.eval_batch_size or layout.micro_batch, dist_info.rank,
                              dist_info.world_size)
     steps_per_epoch = len(loader) // layout.accum_steps
     if steps_per_epoch == 0:
@@ -136,50 +151,58 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     schedule = Schedule(total_steps=config.epochs * steps_per_epoch,
                         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
                         peak_lr=peak_lr, weight_decay=config.weight_decay)
-    metrics = MetricsLogger(out, enabled=is_main)
-    trainer = Trainer(model=ddp_model, module=module, optimizer=optimizer, criterion=criterion,
-                      schedule=schedule, device=device, mixup=mixup, ema=ema, scaler=scaler,
-                      amp_dtype=amp_dtype(config.amp), channels_last=config.channels_last,
-                      clip_grad=config.clip_grad, accum_steps=layout.accum_steps,
-                      log_interval=config.log_interval, progress=config.progress, metrics=metrics)
-    if is_main:
+    trainer = Trainer(model=ddp_model, module=ddp_model.module if hasattr(ddp_model, "module") else ddp_model,
+                      optimizer=optimizer, criterion=create_criterion(config, mixup is not None), schedule=schedule,
+                      device=device, mixup=mixup, ema=ema, scaler=scaler, amp_dtype=amp_dtype(config.amp),
+                      channels_last=config.channels_last, clip_grad=config.clip_grad, accum_steps=layout.accum_steps,
+                      log_interval=config.log_interval, progress=config.progress,
+                      metrics=MetricsLogger(out, enabled=dist_info.is_main))
+    if dist_info.is_main:
         save_config(config, out / "config.yaml")
         logger.info("lr = %g x %d / 256 = %g; %d steps per epoch, %d epochs, %d warmup steps; %d x %d x %d "
                     "(processes x micro-batch x accumulation)", config.base_lr, config.batch_size,
                     peak_lr, steps_per_epoch, config.epochs, schedule.warmup_steps, dist_info.world_size,
-                    batch, layout.accum_steps)
+                    layout.micro_batch, layout.accum_steps)
+    return FinetuneRun(trainer, loader, val_loader, steps_per_epoch, classes, record)
 
+
+def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
+    """The fine-tuning run; returns the final summary (best accuracies and checkpoint paths)."""
+    out = Path(config.output_dir)
+    setup_logging(out, dist_info.rank)
+    run = prepare(config, dist_info, out)
+    t, record, is_main, device = run.trainer, run.record, dist_info.is_main, dist_info.device
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0
-    autocast_dtype = amp_dtype(config.amp)
+    start_epoch = record["epoch"] if record is not None else 0
     last_epoch = min(config.epochs, config.stop_after_epoch or config.epochs)
     if start_epoch >= last_epoch:
         logger.info("nothing to train: %d of %d epochs already done", start_epoch, last_epoch)
     for epoch in range(start_epoch, last_epoch):
         # random streams are a function of (seed, rank, epoch), so a resumed run continues exactly
         seed_everything(config.seed + dist_info.rank + 7919 * epoch)
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(trainer, loader, epoch, step, steps_per_epoch, is_main)
+        run.loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(t, run.loader, epoch, step, run.steps_per_epoch, is_main)
         step = stats.pop("step")
-        result = evaluate(module, val_loader, device, autocast_dtype, config.channels_last)
+        result = evaluate(t.module, run.val_loader, device, t.amp_dtype, config.channels_last)
         row = {"kind": "epoch", "epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in result.items()}}
-        if ema is not None:
-            ema_result = evaluate(ema.module, val_loader, device, autocast_dtype, config.channels_last)
+        if t.ema is not None:
+            ema_result = evaluate(t.ema.module, run.val_loader, device, t.amp_dtype, config.channels_last)
             row.update({f"ema_{k}": v for k, v in ema_result.items() if k in ("top1", "top5")})
         if is_main:
-            save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch + 1, step,
+            save_epoch_checkpoints(config, out, t.module, t.ema, t.optimizer, t.scaler, run.classes, epoch + 1, step,
                                    best, row)
-            metrics.log(row, step=step, prefix="epoch/")
+            t.metrics.log(row, step=step, prefix="epoch/")
             logger.info("epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f%s (best %.2f)%s", epoch + 1,
                         config.epochs, row["train_loss"], row["val_top1"], row["val_top5"],
-                        f", EMA top-1 {row['ema_top1']:.2f}" if ema is not None else "", best["top1"],
+                        f", EMA top-1 {row['ema_top1']:.2f}" if t.ema is not None else "", best["top1"],
                         f"; skipped unreadable: {row['train_skipped']} train, {row['val_skipped']} val"
                         if row["train_skipped"] or row["val_skipped"] else "")
         else:
             track_best(best, row)
         barrier()
-    metrics.close()
-    summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if ema is not None else None,
+    t.metrics.close()
+    summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if t.ema is not None else None,
                "epochs_done": last_epoch, "epochs": config.epochs, "output_dir": str(out)}
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
