@@ -39,6 +39,7 @@ class FinetuneConfig(TypedConfig):
     eval_ema: bool = False
     linear_probe: bool = False
     allow_unsafe: bool = False
+    overwrite: bool = False             # train again from the start in a folder that already holds a run
     # the paper's table (from the per-model recipe)
     batch_size: Optional[int] = None
     epochs: Optional[int] = None
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
     add("--linear-probe", help="frozen backbone + BatchNorm1d(affine=False) + linear head", **flag)
     add("--allow-unsafe", help="allow full (code-executing) unpickling of trusted weight files", **flag)
+    add("--overwrite", help="train again from the start in an --output-dir that already holds a run (without "
+                            "it, such a folder is refused: continue it with --resume auto)", **flag)
     add("--batch-size", type=int, help="global batch size")
     add("--epochs", type=int)
     add("--warmup-epochs", type=float)

@@ -51,6 +51,7 @@ class PretrainConfig(TypedConfig):
     resume: Optional[str] = None            # checkpoint path or 'auto' (the run folder's last checkpoint)
     init_weight: Optional[str] = None       # weights only: ours or the reference release files
     allow_unsafe_load: bool = False
+    overwrite: bool = False                 # start from step 0 in a folder that already holds a run
     num_vis: int = 4                        # images in the reconstruction picture
     progress: bool = True                   # tqdm progress bar on rank 0
     log_interval: int = 10                  # steps between reads of the loss from the device (the host's only wait)
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load checkpoints that need full unpickling (only for files you trust); the same flag "
                              "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
                              "removed in the next release)")
+    parser.add_argument("--overwrite", action="store_const", const=True, default=None,
+                        help="train again from step 0 in an --output-dir that already holds a run (without it, "
+                             "such a folder is refused: continue it with --resume auto)")
     parser.add_argument("--num-vis", type=int, default=None)
     parser.add_argument("--log-interval", type=int, default=None,
                         help="steps between loss reads, log lines and stop checks (default 10); each read makes "

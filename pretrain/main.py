@@ -21,6 +21,8 @@ from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
+from sparkmim.utils.run_folder import (RunFolderLock, check_fresh_start, is_main_process,
+                                       remove_orphan_temporaries)
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
@@ -218,21 +220,36 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, List[Path]]:
-    """Resolve and check the options (cheap checks first), join the process group, set up logging and
-    list the data: (config, run folder, process info, image paths)."""
+def claim_run_folder(config: PretrainConfig, run_dir: Path) -> Optional[RunFolderLock]:
+    """One writer per folder: refuse a fresh start over an earlier run, take the lock (main process),
+    clear an interrupted save's temporary files, and with --overwrite drop the old metrics."""
+    check_fresh_start(run_dir, ckpt.LAST_NAME, config.resume, config.overwrite)
+    if not is_main_process():
+        return None
+    lock = RunFolderLock(run_dir, "spark-pretrain").acquire()
+    remove_orphan_temporaries(run_dir)
+    if config.overwrite and config.resume is None:  # the old run's checkpoint and metrics would mix with this one
+        for name in (ckpt.LAST_NAME, "metrics.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    return lock
+
+
+def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, List[Path], Optional[RunFolderLock]]:
+    """Resolve and check the options (cheap checks first), claim the run folder, join the process group,
+    set up logging and list the data: (config, run folder, process info, image paths, folder lock)."""
     config = resolve(argv)
     check_model_name(config.model)
     check_input_size(config)
     check_input_files(config)
     run_dir = prepare_output_dir(Path(config.output_dir))
+    lock = claim_run_folder(config, run_dir)
     dist_info = init_distributed(config.device)
     setup_logging(run_dir, rank=dist_info.rank)
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
     paths, source = resolve_data(config, dist_info)
     logger.info("data: %d image files from %s", len(paths), source)
-    return config, run_dir, dist_info, paths
+    return config, run_dir, dist_info, paths, lock
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,
@@ -250,7 +267,16 @@ def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, di
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-    config, run_dir, dist_info, paths = start(argv)
+    config, run_dir, dist_info, paths, lock = start(argv)
+    try:
+        return train_and_report(config, run_dir, dist_info, paths)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo, paths: List[Path]) -> int:
+    """Build, resume, train and write the outputs of a claimed run folder."""
     size = normalise_size(config.input_size)
     layout = batch_layout(int(config.batch_size), dist_info.world_size, config.micro_batch, config.accum_steps)
 

@@ -224,3 +224,27 @@ def test_unknown_model_gets_the_core_hint(tmp_path, capsys):
                  "--layer-decay", "1", "--weight-decay", "0", "--mixup", "0", "--repeated-aug", "0",
                  "--drop-path", "0", "--ema", "0"]) == 2
     assert "unknown timm model 'resnet_5O'; did you mean resnet50" in capsys.readouterr().err
+
+
+def test_run_folder_has_one_writer_and_is_not_restarted_silently(workspace, capsys):
+    import socket
+
+    from sparkmim.utils.run_folder import LOCK_NAME
+
+    out = workspace / "claimed"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "started": 0,
+                                                 "command": "spark-finetune"}))
+        assert main(common_args(workspace, out)) == 2
+        assert f"is in use by spark-finetune (pid {other.pid} on" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    (out / LOCK_NAME).unlink()
+    (out / "checkpoint_last.pth").write_bytes(b"an earlier run")
+    assert main(common_args(workspace, out)) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume auto" in err
+    assert (out / "checkpoint_last.pth").read_bytes() == b"an earlier run"  # nothing overwritten

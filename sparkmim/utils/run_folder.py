@@ -1,0 +1,124 @@
+"""One writer per run folder, for both trainers.
+
+A second job started on a folder that a live job is writing would interleave its metrics and leave
+whichever checkpoint was written last beside the other job's config; a job restarted without
+``--resume`` on a finished folder would silently train again from step 0 over the old checkpoint.
+:class:`RunFolderLock` (an advisory lock file holding host, pid and start time, taken by the main
+process only, released on exit, taken over when its process is gone) stops the first;
+:func:`check_fresh_start` stops the second. Orphaned temporary files of an earlier crashed save
+(``.<name>.<random>.tmp``, up to a whole checkpoint in size) are removed once the lock is held."""
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".sparkmim.lock"
+
+
+class RunFolderError(UserError):
+    """The run folder is in use by another job, or holds a run this command would overwrite."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (or a plain process): the one that owns the run folder's lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class RunFolderLock:
+    """The advisory lock of one run folder; :meth:`acquire` raises :class:`RunFolderError` naming the holder."""
+
+    def __init__(self, folder: Path, command: str) -> None:
+        self.folder, self.command = Path(folder), command
+        self.path = self.folder / LOCK_NAME
+        self.held = False
+
+    def _describe(self, holder: Dict[str, Any]) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("started", 0)))
+        return f"{holder.get('command', 'a job')} (pid {holder.get('pid')} on {holder.get('host')}, since {started})"
+
+    def _read(self) -> Optional[Dict[str, Any]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, holder: Optional[Dict[str, Any]]) -> bool:
+        if holder is None:  # unreadable or half written: only a crash leaves that
+            return True
+        if holder.get("host") != socket.gethostname():
+            return False  # cannot look at another machine's processes
+        pid = int(holder.get("pid", -1))
+        return pid == os.getpid() or not _alive(pid)
+
+    def acquire(self) -> "RunFolderLock":
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": self.command}
+        for _ in range(2):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read()
+                if not self._stale(holder):
+                    raise RunFolderError(
+                        f"{self.folder} is in use by {self._describe(holder)}; wait for it or choose another "
+                        f"--output-dir (if that job is gone for good, delete {self.path})") from None
+                logger.warning("taking over the run folder lock of a job that no longer runs (%s)",
+                               self._describe(holder or {}))
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w") as lock_file:
+                json.dump(record, lock_file)
+            self.held = True
+            return self
+        raise RunFolderError(f"another job took {self.folder} at the same moment; choose another --output-dir")
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._read()
+            if holder is not None and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunFolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def remove_orphan_temporaries(folder: Path) -> int:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted atomic save left in ``folder`` (not below
+    it); returns how many. Only call with the folder's lock held: a live job's save uses the same names."""
+    removed, size = 0, 0
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            size += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) (%.1f MB) left by an interrupted save", removed, size / 2 ** 20)
+    return removed
+
+
+def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str], overwrite: bool) -> None:
+    """A run without ``--resume`` must not start over a folder that already holds its checkpoint."""
+    existing = Path(folder) / checkpoint_name
+    if resume is None and not overwrite and existing.is_file():
+        raise RunFolderError(f"{folder} already holds a run ({existing.name}); continue it with --resume auto, "
+                             "choose another --output-dir, or pass --overwrite to train again from the start")

@@ -1,0 +1,54 @@
+"""One writer per run folder: the lock, the refusal to start over a run, and leftover temporary files."""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from sparkmim.utils.run_folder import (LOCK_NAME, RunFolderError, RunFolderLock, check_fresh_start,
+                                       remove_orphan_temporaries)
+
+
+def write_lock(folder, pid, host=None):
+    (folder / LOCK_NAME).write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
+                                                "started": 0, "command": "spark-pretrain"}))
+
+
+def test_a_live_holder_is_named_and_a_dead_one_is_taken_over(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path, other.pid)
+        with pytest.raises(RunFolderError, match=rf"in use by spark-pretrain \(pid {other.pid} on"):
+            RunFolderLock(tmp_path, "spark-finetune").acquire()
+    finally:
+        other.kill()
+        other.wait()
+    with RunFolderLock(tmp_path, "spark-finetune") as lock:  # its process is gone: stale
+        assert json.loads(lock.path.read_text())["command"] == "spark-finetune"
+    assert not (tmp_path / LOCK_NAME).exists()  # released on exit
+
+
+def test_a_lock_from_another_host_is_never_guessed_stale(tmp_path):
+    write_lock(tmp_path, 1, host="some-other-node")
+    with pytest.raises(RunFolderError, match="some-other-node.*delete"):
+        RunFolderLock(tmp_path, "spark-pretrain").acquire()
+
+
+def test_fresh_start_over_an_existing_run_is_refused(tmp_path):
+    check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False)  # empty folder: fine
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"x")
+    with pytest.raises(RunFolderError, match="--resume auto.*--overwrite"):
+        check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False)
+    check_fresh_start(tmp_path, "checkpoint_last.pth", "auto", overwrite=False)
+    check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=True)
+
+
+def test_only_our_temporary_files_in_the_folder_itself_are_removed(tmp_path):
+    (tmp_path / ".checkpoint_last.pth.k3j_x9.tmp").write_bytes(b"0" * 100)
+    (tmp_path / "checkpoint_last.pth").write_bytes(b"keep")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".other.pth.a.tmp").write_bytes(b"keep")
+    assert remove_orphan_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pth", "sub"]
+    assert (tmp_path / "sub" / ".other.pth.a.tmp").exists()
