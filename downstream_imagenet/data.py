@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+from sparkmim.utils.images import UnreadableImageError, find_image_files, load_rgb
 from sparkmim.utils.errors import UserError
 
 from .config import FinetuneConfig
@@ -42,7 +42,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{self.root} has no class sub-folders (expected <root>/<class>/<images>)")
         self.samples: List[Tuple[str, int]] = []
         for index, name in enumerate(self.classes):
-            files = sorted(str(p) for p in (self.root / name).rglob("*") if p.is_file() and is_image_file(p))
+            files = [str(p) for p in find_image_files(self.root / name)]
             if not files:
                 raise DataError(f"class folder {self.root / name} contains no image files")
             self.samples.extend((path, index) for path in files)

@@ -19,7 +19,7 @@ from torchvision.transforms import functional as TF
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sparkmim.utils.images import UnreadableImageError, is_image_file, load_rgb
+from sparkmim.utils.images import UnreadableImageError, find_image_files, is_image_file, load_rgb
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def list_images(source: str) -> List[Path]:
     listed in a text file (one per line; relative paths are relative to the list file)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        files = find_image_files(path)
         if not files:
             raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}; "
                             "point DATA at a folder of images or a text file listing image paths")

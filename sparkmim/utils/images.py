@@ -2,11 +2,14 @@
 
 Any mode PIL can open (grayscale, RGBA, CMYK, palette, 16-bit) comes out as 8-bit RGB; files that
 cannot be decoded raise :class:`UnreadableImageError` so the dataset can skip and count them."""
+import logging
 from pathlib import Path
-from typing import Union
+from typing import List, Union
 
 import numpy as np
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -45,3 +48,32 @@ def load_rgb(path: Union[str, Path]) -> Image.Image:
 
 def is_image_file(path: Union[str, Path]) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_image_files(folder: Union[str, Path]) -> List[Path]:
+    """The image files under ``folder`` (recursively, sorted). Entries with an image name that are not
+    readable files (dangling or looping links, folders named like images) are left out and reported
+    once, with their number and a few examples, instead of vanishing from the count without a word."""
+    named = [path for path in Path(folder).rglob("*") if is_image_file(path)]
+    files, unusable = [], []
+    for path in named:
+        (files if path.is_file() else unusable).append(path)
+    if unusable:
+        unusable.sort()
+        examples = ", ".join(f"{p} ({_why_not_a_file(p)})" for p in unusable[:3])
+        logger.warning("%d entr%s under %s named like images cannot be read as files and %s left out: %s%s",
+                       len(unusable), "y" if len(unusable) == 1 else "ies", folder,
+                       "is" if len(unusable) == 1 else "are", examples, " ..." if len(unusable) > 3 else "")
+    return sorted(files)
+
+
+def _why_not_a_file(path: Path) -> str:
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "link loop"
+        except OSError:
+            return "dangling link"
+        return "link to a folder"
+    return "a folder" if path.is_dir() else "not a regular file"
