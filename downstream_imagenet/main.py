@@ -20,7 +20,7 @@ from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
-from sparkmim.utils.run_folder import RunFolderLock, check_fresh_start, remove_orphan_temporaries
+from sparkmim.utils.run_folder import claim_run_folder
 
 from . import checkpoints
 from .config import FinetuneConfig, UserLayers, parse, resolve, resolve_eval
@@ -172,14 +172,9 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     returns the final summary (best accuracies and checkpoint paths)."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_fresh_start(out, checkpoints.LAST, config.resume, config.overwrite)
-    lock = RunFolderLock(out, "spark-finetune").acquire() if dist_info.is_main else None
+    lock = claim_run_folder(out, "spark-finetune", checkpoints.LAST, config.resume, config.overwrite,
+                            is_main=dist_info.is_main)
     try:
-        if lock is not None:
-            remove_orphan_temporaries(out)
-            if config.overwrite and config.resume is None:
-                for name in (checkpoints.LAST, "metrics.jsonl"):
-                    (out / name).unlink(missing_ok=True)
         return train_in_folder(config, dist_info, out)
     finally:
         if lock is not None:

@@ -21,13 +21,13 @@ from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
-from sparkmim.utils.run_folder import (RunFolderLock, check_fresh_start, is_main_process,
-                                       remove_orphan_temporaries)
+from sparkmim.sparse.encoder import check_model_name
+from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
 from . import checkpointing as ckpt
-from .config import DEFAULTS, PretrainConfig, check_input_size, check_model_name, normalise_size, peak_lr, resolve
+from .config import DEFAULTS, PretrainConfig, check_input_size, normalise_size, peak_lr, resolve
 from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
@@ -220,20 +220,6 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def claim_run_folder(config: PretrainConfig, run_dir: Path) -> Optional[RunFolderLock]:
-    """One writer per folder: refuse a fresh start over an earlier run, take the lock (main process),
-    clear an interrupted save's temporary files, and with --overwrite drop the old metrics."""
-    check_fresh_start(run_dir, ckpt.LAST_NAME, config.resume, config.overwrite)
-    if not is_main_process():
-        return None
-    lock = RunFolderLock(run_dir, "spark-pretrain").acquire()
-    remove_orphan_temporaries(run_dir)
-    if config.overwrite and config.resume is None:  # the old run's checkpoint and metrics would mix with this one
-        for name in (ckpt.LAST_NAME, "metrics.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    return lock
-
-
 def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, List[Path], Optional[RunFolderLock]]:
     """Resolve and check the options (cheap checks first), claim the run folder, join the process group,
     set up logging and list the data: (config, run folder, process info, image paths, folder lock)."""
@@ -242,7 +228,9 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo
     check_input_size(config)
     check_input_files(config)
     run_dir = prepare_output_dir(Path(config.output_dir))
-    lock = claim_run_folder(config, run_dir)
+    # before the process group exists: the main process is told by torchrun's RANK
+    lock = claim_run_folder(run_dir, "spark-pretrain", ckpt.LAST_NAME, config.resume, config.overwrite,
+                            is_main=is_main_process())
     dist_info = init_distributed(config.device)
     setup_logging(run_dir, rank=dist_info.rank)
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,

@@ -122,3 +122,20 @@ def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str],
     if resume is None and not overwrite and existing.is_file():
         raise RunFolderError(f"{folder} already holds a run ({existing.name}); continue it with --resume auto, "
                              "choose another --output-dir, or pass --overwrite to train again from the start")
+
+
+def claim_run_folder(folder: Path, command: str, checkpoint_name: str, resume: Optional[str], overwrite: bool,
+                     is_main: bool, metrics_file: str = "metrics.jsonl") -> Optional[RunFolderLock]:
+    """What both trainers do before writing to their folder: refuse a fresh start over an earlier run,
+    take the lock (main process only), clear an interrupted save's temporary files and, with
+    ``overwrite``, delete the earlier run's checkpoint and metrics so they cannot mix with the new run's.
+    Returns the lock (None on other processes); release it when the run ends."""
+    check_fresh_start(folder, checkpoint_name, resume, overwrite)
+    if not is_main:
+        return None
+    lock = RunFolderLock(folder, command).acquire()
+    remove_orphan_temporaries(folder)
+    if overwrite and resume is None:
+        for name in (checkpoint_name, metrics_file):
+            (Path(folder) / name).unlink(missing_ok=True)
+    return lock
