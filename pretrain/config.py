@@ -196,13 +196,6 @@ def validate(config: PretrainConfig) -> None:
         raise ConfigError(f"warmup_epochs must be within [0, epochs={config.epochs}], got {config.warmup_epochs}")
 
 
-def check_model_name(model: str) -> None:
-    """Unknown model names fail here (the core's check, with the closest timm names as a hint)."""
-    from sparkmim.sparse.encoder import check_model_name as core_check
-
-    core_check(model)
-
-
 def check_input_size(config: PretrainConfig) -> None:
     """The input size fits the encoder: a multiple of its total stride, which the core reads from the
     model's ``feature_info`` (32 for timm CNNs, 16 for ``sparkmim.models:small_resnet``)."""

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from sparkmim.convert import KeyAccountingError
-from sparkmim.convert.detectron2 import timm_resnet_to_d2, write_pkl
+from sparkmim.convert.detectron2 import check_d2_target, timm_resnet_to_d2, write_pkl
 from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
 from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
@@ -233,9 +233,11 @@ def check_sparkmim(target: Path) -> checks.CheckResult:
 
 def check_target_path(args: argparse.Namespace) -> None:
     """Before anything is loaded: a target the chosen format cannot be written to."""
-    if args.to == "d2" and args.target.suffix != ".pkl":  # Detectron2 picks its loader by the extension
-        raise UsageError(f"Detectron2 reads converted weights from a '.pkl' file; name the target e.g. "
-                         f"{args.target.with_suffix('.pkl')}")
+    if args.to == "d2":
+        try:
+            check_d2_target(args.target)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if args.target.exists() and args.source.exists() and args.target.resolve() == args.source.resolve():
         raise UsageError(f"refusing to overwrite the source checkpoint {args.source}; choose another target")
 

@@ -5,16 +5,12 @@ from typing import Dict, Mapping, Tuple
 
 import torch
 
-from .key_rules import KeyTable, keep, name_rule
+from .key_rules import KeyTable, keep, name_rule, to_vector
 from .report import ConversionReport
 
 
-def grn_to_timm(value: torch.Tensor) -> torch.Tensor:
-    return value.reshape(-1)  # facebookresearch stores GRN parameters as (1, 1, 1, C)
-
-
 def grn_to_fb(value: torch.Tensor) -> torch.Tensor:
-    return value.reshape(1, 1, 1, -1)
+    return value.reshape(1, 1, 1, -1)  # facebookresearch stores GRN parameters as (1, 1, 1, C)
 
 
 # (facebookresearch name, timm name); the first match wins, so the stem comes before the other downsamplings
@@ -32,7 +28,7 @@ NAMES = (
 )
 
 FB_TO_TIMM = KeyTable("ConvNeXt facebookresearch -> timm", renames=tuple(
-    name_rule(fb, timm_name, grn_to_timm if ".grn." in fb else keep) for fb, timm_name in NAMES
+    name_rule(fb, timm_name, to_vector if ".grn." in fb else keep) for fb, timm_name in NAMES
 ) + (name_rule("fc.{p}", "head.fc.{p}"),))  # the SparK reference names the classifier ``fc``
 
 TIMM_TO_FB = KeyTable("ConvNeXt timm -> facebookresearch", renames=tuple(

@@ -17,7 +17,6 @@ import torch
 from sparkmim.utils.checkpoint import save_atomic
 
 from .key_rules import Drop, KeyTable, Refuse, Rename
-from .report import ConversionReport
 
 AUTHOR = "sparkmim"
 _BN = "weight|bias|running_mean|running_var|num_batches_tracked"
@@ -55,10 +54,6 @@ class D2Conversion:
     model: Dict[str, np.ndarray]
     renamed: Dict[str, str] = field(default_factory=dict)  # timm key -> Detectron2 key
     dropped: List[str] = field(default_factory=list)  # timm keys left out on purpose (classifier)
-
-    def report(self) -> ConversionReport:
-        return ConversionReport(converted=list(self.renamed), dropped=list(self.dropped),
-                                notes=["timm ResNet -> Detectron2 ResNet names"], renamed=dict(self.renamed))
 
     def checkpoint(self) -> Dict[str, Any]:
         """The object Detectron2's ``DetectionCheckpointer`` expects inside a ``.pkl`` file."""

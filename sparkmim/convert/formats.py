@@ -13,7 +13,7 @@ import torch
 from .encoder_weights import CLASSIFIER_PREFIXES, load_encoder_state_dict
 from .loading import check_keys, shapes_of
 from .reference import spark_state_from_reference
-from .key_rules import KeyTable, Rename
+from .key_rules import KeyTable, Rename, to_vector
 from .report import ConversionReport
 from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
 
@@ -100,17 +100,13 @@ def _tv_downsample(match) -> Optional[str]:
     return None if index % 2 or index == 0 else f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
 
 
-def _flatten(value: torch.Tensor) -> torch.Tensor:
-    return value.reshape(-1)  # torchvision stores the layer scale as (C, 1, 1)
-
-
 TORCHVISION_CONVNEXT_TO_TIMM = KeyTable("torchvision ConvNeXt -> timm", renames=(
     Rename(r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
     Rename(r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", _tv_block("conv_dw")),
     Rename(r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", _tv_block("norm")),
     Rename(r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", _tv_block("mlp.fc1")),
     Rename(r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", _tv_block("mlp.fc2")),
-    Rename(r"features\.(\d+)\.(\d+)\.layer_scale", _tv_block("gamma", field_group=False), _flatten),
+    Rename(r"features\.(\d+)\.(\d+)\.layer_scale", _tv_block("gamma", field_group=False), to_vector),
     Rename(r"features\.(\d+)\.([01])\.(weight|bias)", _tv_downsample),
     Rename(r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
     Rename(r"classifier\.2\.(weight|bias)", r"head.fc.\1"),

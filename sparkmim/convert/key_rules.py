@@ -7,7 +7,7 @@ renamed by the first matching rule (with an optional value transform). A key tha
 an error that names it, so a converter never guesses and never loses a tensor silently."""
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -25,6 +25,12 @@ class RefusedKeysError(KeyAccountingError):
 
 def keep(value: torch.Tensor) -> torch.Tensor:
     return value
+
+
+def to_vector(value: torch.Tensor) -> torch.Tensor:
+    """(C,) from any shape holding C values: per-channel parameters that one naming scheme stores as
+    (1, 1, 1, C) or (C, 1, 1) (facebookresearch GRN, torchvision layer scale) and another as (C,)."""
+    return value.reshape(-1)
 
 
 def describe_keys(keys: Sequence[str], limit: int = 6) -> str:
@@ -137,13 +143,3 @@ class KeyTable:
                 raise RefusedKeysError(f"{self.name}: {message}")
         return out, report
 
-
-def reasons_for(table: KeyTable, keys: Sequence[str]) -> List[str]:
-    """``key: reason`` for each dropped key of ``table`` (for reports that say why)."""
-    lines = []
-    for key in keys:
-        for drop in table.drops:
-            if re.fullmatch(drop.pattern, key):
-                lines.append(f"{key}: {drop.reason}")
-                break
-    return lines

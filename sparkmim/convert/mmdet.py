@@ -28,8 +28,7 @@ import torch
 from sparkmim.utils.checkpoint import save_atomic
 
 from .encoder_weights import load_encoder_state_dict
-from .key_rules import Drop, KeyTable, name_rule
-from .report import ConversionReport
+from .key_rules import Drop, KeyTable, name_rule, to_vector
 
 BACKBONE_PREFIX = "backbone."
 FINAL_NORM_CHOICES = ("norm3", "drop")
@@ -43,10 +42,6 @@ def _flatten_pointwise(value: torch.Tensor) -> torch.Tensor:
     return value.flatten(1) if value.dim() == 4 else value
 
 
-def _flatten_grn(value: torch.Tensor) -> torch.Tensor:
-    return value.reshape(-1)  # mmpretrain's GRN keeps gamma/beta as (C,)
-
-
 _BODY = (  # timm name -> mmpretrain name
     name_rule("stem.{i}.{p}", "downsample_layers.0.{i}.{p}"),
     name_rule("stages.{s}.downsample.{i}.{p}", "downsample_layers.{s}.{i}.{p}"),
@@ -54,8 +49,8 @@ _BODY = (  # timm name -> mmpretrain name
     name_rule("stages.{s}.blocks.{b}.norm.{p}", "stages.{s}.{b}.norm.{p}"),
     name_rule("stages.{s}.blocks.{b}.mlp.fc{n}.{p}", "stages.{s}.{b}.pointwise_conv{n}.{p}", _flatten_pointwise),
     name_rule("stages.{s}.blocks.{b}.gamma", "stages.{s}.{b}.gamma"),
-    name_rule("stages.{s}.blocks.{b}.mlp.grn.weight", "stages.{s}.{b}.grn.gamma", _flatten_grn),
-    name_rule("stages.{s}.blocks.{b}.mlp.grn.bias", "stages.{s}.{b}.grn.beta", _flatten_grn),
+    name_rule("stages.{s}.blocks.{b}.mlp.grn.weight", "stages.{s}.{b}.grn.gamma", to_vector),  # mmpretrain's GRN: (C,)
+    name_rule("stages.{s}.blocks.{b}.mlp.grn.bias", "stages.{s}.{b}.grn.beta", to_vector),
 )
 _CLASSIFIER = Drop(r"head\.fc\.(weight|bias)", "ImageNet classifier")
 _STEM_REQUIRED = (("downsample_layers.0.0.weight", "no ConvNeXt stem ('stem.0.weight') found: is this a ConvNeXt state dict?"),)
@@ -77,10 +72,6 @@ class MMDetConversion:
     renamed: Dict[str, str] = field(default_factory=dict)  # timm key -> mmpretrain key
     dropped: List[str] = field(default_factory=list)  # source keys left out on purpose
     notes: List[str] = field(default_factory=list)
-
-    def report(self) -> ConversionReport:
-        return ConversionReport(converted=list(self.renamed), dropped=list(self.dropped), notes=list(self.notes),
-                                renamed=dict(self.renamed))
 
     def checkpoint(self) -> Dict[str, Any]:
         """The object mmengine's ``Pretrained`` initialiser reads with ``prefix='backbone.'``."""

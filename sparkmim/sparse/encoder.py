@@ -66,9 +66,9 @@ def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
     arguments) without classifier and pooling, ready to be made sparse."""
     import timm
 
-    check_model_name(name)
-    if is_factory_path(name):
+    if is_factory_path(name):  # import_factory raises the same errors check_model_name would
         return import_factory(name)(**{"num_classes": 0, "global_pool": "", **kwargs})
+    check_model_name(name)
     options = dict(pretrained=False, num_classes=0, global_pool="")
     options.update(kwargs)
     return timm.create_model(name, **options)
