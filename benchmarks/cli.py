@@ -15,6 +15,9 @@ Subcommands::
     spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
     spark-bench value    what SparK pre-training buys downstream: SparK vs scratch on real data
                          (kNN, linear probe, fine-tuning on label subsets); see docs/value.md
+    spark-bench kill-trials  SIGKILL spark-pretrain or spark-finetune at random moments, resume, and count
+                         corrupt checkpoints, failed resumes, duplicated or missing metric rows and
+                         summaries that differ from an uninterrupted run (all expected 0)
     spark-bench gpu-check  one prepared run of everything the CPU cannot check (CUDA correctness, no
                          host-device syncs, throughput and memory, data path, DDP); --device cpu
                          --quick runs every part's code path on tiny sizes
@@ -145,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
     gpu.add_argument("--value-data", default=None, help="data for part 6 (default: the installed Fashion-MNIST)")
 
+    kills = sub.add_parser("kill-trials", help="random SIGKILLs then --resume auto, against an uninterrupted run")
+    kills.add_argument("--work-dir", type=Path, required=True, help="where the data, the runs and the logs go")
+    kills.add_argument("--trainer", choices=["pretrain", "finetune"], default="pretrain")
+    kills.add_argument("--trials", type=int, default=12)
+    kills.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
+    kills.add_argument("--json", type=Path, default=None)
+
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--variant", required=True, choices=list(VARIANTS))
     worker.add_argument("--config-json", required=True)
@@ -246,6 +256,15 @@ def _run_gpu_check(args: argparse.Namespace) -> int:
     return exit_status(results)
 
 
+def _run_kill_trials(args: argparse.Namespace) -> int:
+    from .faults.kill_trials import TrialConfig, all_clean, format_kill_trials, run_kill_trials
+    report = run_kill_trials(TrialConfig(work_dir=args.work_dir, trainer=args.trainer, trials=args.trials,
+                                         seed=args.seed))
+    print(format_kill_trials(report))
+    _write_json(args.json, report)
+    return 0 if all_clean(report) else 1
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .perf.compare import WORKER_MARK
     from .perf.step import measure
@@ -263,7 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_command_logging(logging.INFO, fmt="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
-                "norm": _run_norm, "gpu-check": _run_gpu_check, "worker": _run_worker}
+                "norm": _run_norm, "gpu-check": _run_gpu_check, "kill-trials": _run_kill_trials,
+                "worker": _run_worker}
     # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback
     return run_command("spark-bench", lambda: handlers[args.command](args), statuses={ValueError: 2, RuntimeError: 2})
 

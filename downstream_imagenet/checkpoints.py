@@ -34,14 +34,15 @@ def weights_record(model_state: Dict[str, torch.Tensor], config: Mapping[str, An
 
 def training_record(model_state: Dict[str, torch.Tensor], ema_state: Optional[Dict[str, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, scaler: Optional[Any], config: Mapping[str, Any],
-                    classes: list, epoch: int, step: int, best: Dict[str, float]) -> Dict[str, Any]:
+                    classes: list, epoch: int, step: int, best: Dict[str, float], metrics_rows: int) -> Dict[str, Any]:
     """The last checkpoint: everything needed to continue the run where it stopped (random streams
-    are re-seeded from the seed, rank and epoch on resume rather than restored)."""
+    are re-seeded from the seed, rank and epoch on resume rather than restored), and the number of
+    ``metrics.jsonl`` rows it covers (a resume cuts the file back to them)."""
     return {"format": FORMAT, "kind": "training", "arch": config["model"],
             "linear_probe": bool(config["linear_probe"]), "classes": list(classes),
             "model": model_state, "ema": ema_state, "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch, "step": step, "best": dict(best), "config": dict(config)}
+            "epoch": epoch, "step": step, "best": dict(best), "config": dict(config), "metrics_rows": metrics_rows}
 
 
 def save(record: Dict[str, Any], output_dir: Path, name: str) -> Path:

@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import UnreadableImageError, find_image_files, load_rgb
 from sparkmim.utils.errors import UserError
+from sparkmim.utils.signals import ignore_interrupt_in_worker
 
 from .config import FinetuneConfig
 
@@ -196,11 +197,12 @@ def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_
                         f"images per process ({len(sampler)}); lower --batch-size")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
                       num_workers=config.workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=config.workers > 0, collate_fn=collate_skipping)
+                      persistent_workers=config.workers > 0, collate_fn=collate_skipping,
+                      worker_init_fn=ignore_interrupt_in_worker)
 
 
 def eval_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
                 rank: int, world_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
                       num_workers=config.workers, pin_memory=torch.cuda.is_available(),
-                      collate_fn=collate_skipping)
+                      collate_fn=collate_skipping, worker_init_fn=ignore_interrupt_in_worker)

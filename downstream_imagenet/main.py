@@ -15,12 +15,14 @@ from torch import nn
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError, save_config
+from sparkmim.utils.disk import check_free_space, keeping_last_good, state_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 from sparkmim.utils.run_folder import claim_run_folder
+from sparkmim.utils.signals import stop_at_once
 
 from . import checkpoints
 from .config import FinetuneConfig, UserLayers, parse, resolve, resolve_eval
@@ -114,6 +116,27 @@ def optimisation(config: FinetuneConfig, model: nn.Module, record: Optional[Dict
     return ema, optimizer, scaler
 
 
+def open_metrics(out: Path, record: Optional[Dict[str, Any]], is_main: bool) -> MetricsLogger:
+    """The metrics file, cut back to the rows the resumed checkpoint covers (all of them for a fresh
+    start), so every step and epoch appears once however the earlier process ended; TensorBoard drops
+    its events after the checkpoint's step likewise."""
+    if record is None:
+        return MetricsLogger(out, enabled=is_main, keep_rows=0, purge_step=0)
+    return MetricsLogger(out, enabled=is_main, keep_rows=record.get("metrics_rows"), purge_step=record["step"] + 1)
+
+
+def check_space_for_checkpoints(model: nn.Module, with_ema: bool, out: Path) -> None:
+    """Warn at start when the run folder cannot hold the saves: the last checkpoint (weights, EMA weights,
+    AdamW's two moments) and the best weights (and best EMA weights), each written beside the old file."""
+    weights = state_bytes(model)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    last = weights * (2 if with_ema else 1) + 2 * trainable
+    best = weights * (2 if with_ema else 1)
+    existing = sum(p.stat().st_size for p in (out / checkpoints.LAST, out / checkpoints.BEST, out / checkpoints.BEST_EMA)
+                   if p.is_file())
+    check_free_space(out, 2 * (last + best) - existing, "saving the checkpoints")
+
+
 @dataclass
 class FinetuneRun:
     """What the epoch loop needs, built once by :func:`prepare`."""
@@ -157,8 +180,9 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
                       device=device, mixup=mixup, ema=ema, scaler=scaler, amp_dtype=amp_dtype(config.amp),
                       channels_last=config.channels_last, clip_grad=config.clip_grad, accum_steps=layout.accum_steps,
                       log_interval=config.log_interval, progress=config.progress,
-                      metrics=MetricsLogger(out, enabled=dist_info.is_main))
+                      metrics=open_metrics(out, record, dist_info.is_main))
     if dist_info.is_main:
+        check_space_for_checkpoints(model, ema is not None, out)
         save_config(config, out / "config.yaml")
         logger.info("lr = %g x %d / 256 = %g; %d steps per epoch, %d epochs, %d warmup steps; %d x %d x %d "
                     "(processes x micro-batch x accumulation)", config.base_lr, config.batch_size,
@@ -174,8 +198,15 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     lock = claim_run_folder(out, "spark-finetune", checkpoints.LAST, config.resume, config.overwrite,
                             is_main=dist_info.is_main)
+    last = out / checkpoints.LAST
     try:
-        return train_in_folder(config, dist_info, out)
+        with stop_at_once(), keeping_last_good(last):
+            return train_in_folder(config, dist_info, out)
+    except KeyboardInterrupt as interrupt:
+        kept = f"the last checkpoint {last.resolve()} is kept" if last.is_file() else "no checkpoint had been written"
+        reason = f"{interrupt}; " if str(interrupt) else ""
+        raise KeyboardInterrupt(f"{reason}{kept}; continue with --resume auto (the interrupted epoch starts "
+                                "again)") from None
     finally:
         if lock is not None:
             lock.release()
@@ -202,10 +233,10 @@ def train_in_folder(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> D
         if t.ema is not None:
             ema_result = evaluate(t.ema.module, run.val_loader, device, t.amp_dtype, config.channels_last)
             row.update({f"ema_{k}": v for k, v in ema_result.items() if k in ("top1", "top5")})
-        if is_main:
-            save_epoch_checkpoints(config, out, t.module, t.ema, t.optimizer, t.scaler, run.classes, epoch + 1, step,
-                                   best, row)
+        if is_main:  # the row before the checkpoint that records it (see open_metrics)
             t.metrics.log(row, step=step, prefix="epoch/")
+            save_epoch_checkpoints(config, out, t.module, t.ema, t.optimizer, t.scaler, run.classes, epoch + 1, step,
+                                   best, row, t.metrics.rows)
             logger.info("epoch %d/%d: loss %.4f, val top-1 %.2f top-5 %.2f%s (best %.2f)%s", epoch + 1,
                         config.epochs, row["train_loss"], row["val_top1"], row["val_top5"],
                         f", EMA top-1 {row['ema_top1']:.2f}" if t.ema is not None else "", best["top1"],
@@ -233,7 +264,8 @@ def track_best(best: Dict[str, float], row: Dict[str, Any]) -> Tuple[bool, bool]
     return improved, ema_improved
 
 
-def save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch, step, best, row) -> None:
+def save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes, epoch, step, best, row,
+                           metrics_rows: int) -> None:
     improved, ema_improved = track_best(best, row)
     if improved:
         metrics_row = {"top1": row["val_top1"], "top5": row["val_top5"]}
@@ -245,7 +277,7 @@ def save_epoch_checkpoints(config, out, module, ema, optimizer, scaler, classes,
                                                     metrics_row, ema=True), out, checkpoints.BEST_EMA)
     checkpoints.save(checkpoints.training_record(
         module.state_dict(), ema.module.state_dict() if ema is not None else None, optimizer, scaler, config,
-        classes, epoch, step, best), out, checkpoints.LAST)
+        classes, epoch, step, best, metrics_rows), out, checkpoints.LAST)
 
 
 def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]:

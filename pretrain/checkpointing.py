@@ -2,15 +2,17 @@
 
 Layout of the full checkpoint (``format: sparkmim-pretrain``): ``model`` (SparK state dict),
 ``optimizer``, ``scaler``, ``epoch``, ``step`` (optimizer steps done), ``rng`` (every rank's RNG
-states), ``sampler`` (position in the data order) and ``config`` (the resolved configuration).
+states), ``sampler`` (position in the data order), ``config`` (the resolved configuration),
+``metrics_rows`` (rows in ``metrics.jsonl`` when it was saved) and ``epoch_progress`` (the unfinished
+epoch's step losses and unreadable-file count, so its summary after a resume covers the whole epoch).
 Everything is written with :func:`sparkmim.utils.checkpoint.save_atomic`, so a crash mid-write leaves
 the previous file in place.
 """
 import logging
 import random
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,13 +81,43 @@ def restore_rng_state(states: List[Dict[str, Any]], rank: int) -> bool:
     return True
 
 
+@dataclass
+class RunProgress:
+    """What a checkpoint records besides the training state, so a resumed run's records continue exactly:
+    the rows of ``metrics.jsonl`` it covers, and the unfinished epoch's accumulators."""
+
+    metrics_rows: Optional[int] = None      # None: not recorded (a checkpoint of an older version)
+    epoch_losses: List[float] = field(default_factory=list)
+    epoch_skipped: int = 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"metrics_rows": self.metrics_rows,
+                "epoch_progress": {"losses": list(self.epoch_losses), "skipped": int(self.epoch_skipped)}}
+
+    @classmethod
+    def from_checkpoint(cls, payload: Mapping[str, Any]) -> "RunProgress":
+        epoch = payload.get("epoch_progress") or {}
+        return cls(metrics_rows=payload.get("metrics_rows"), epoch_losses=[float(v) for v in epoch.get("losses", [])],
+                   epoch_skipped=int(epoch.get("skipped", 0)))
+
+
+@dataclass
+class ResumeState:
+    """Where a run starts: steps done, every rank's saved RNG states (None: seed afresh), the progress records."""
+
+    step: int = 0
+    rng: Optional[List[Dict[str, Any]]] = None
+    progress: RunProgress = field(default_factory=lambda: RunProgress(metrics_rows=0))
+
+
 def save_full(path: Path, *, model_state: Dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
               scaler: Optional[Any], epoch: int, step: int, rng: List[Dict[str, Any]],
-              sampler: Dict[str, Any], config: Mapping[str, Any]) -> Path:
+              sampler: Dict[str, Any], config: Mapping[str, Any], progress: RunProgress) -> Path:
     payload = {
         "format": FORMAT, "model": model_state, "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch, "step": step, "rng": rng, "sampler": sampler, "config": dict(config),
+        **progress.as_dict(),
     }
     return save_atomic(payload, path)
 
@@ -136,15 +168,14 @@ def _changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys:
 
 
 def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: Optional[Any], steps_per_epoch: int, option_keys: Sequence[str]
-                ) -> Tuple[int, Optional[List[Dict[str, Any]]]]:
-    """Load ``--resume`` (a path, or ``auto``) into the model, optimizer and scaler; returns the steps
-    already done and the saved RNG states (``(0, None)`` for a fresh start)."""
+                scaler: Optional[Any], steps_per_epoch: int, option_keys: Sequence[str]) -> ResumeState:
+    """Load ``--resume`` (a path, or ``auto``) into the model, optimizer and scaler; returns where the
+    run continues (step 0, no RNG states and no metrics rows for a fresh start)."""
     path = find_resume(config["resume"], run_dir)
     if path is None:
         if config["resume"] == "auto":
             logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
-        return 0, None
+        return ResumeState()
     payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
     try:
         spark.load_state_dict(payload["model"])
@@ -159,13 +190,13 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
     if changed:
         logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
     logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
-    return start_step, payload.get("rng")
+    return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload))
 
 
 @dataclass
 class RunSaver:
-    """``saver(step_done)`` writes the full checkpoint and the encoder export (main process), every rank
-    contributing its RNG state; called by the loop at epoch ends and on a stop signal."""
+    """``saver(step_done, progress)`` writes the full checkpoint and the encoder export (main process),
+    every rank contributing its RNG state; called by the loop at epoch ends and on a stop signal."""
 
     full_path: Path
     encoder_path: Path
@@ -177,13 +208,13 @@ class RunSaver:
     is_main: bool
     barrier: Callable[[], None]
 
-    def __call__(self, step_done: int) -> Path:
+    def __call__(self, step_done: int, progress: RunProgress) -> Path:
         rng = gather_rng_states()
         if self.is_main:
             steps_per_epoch = int(self.sampler_info["steps_per_epoch"])
             save_full(self.full_path, model_state=self.spark.state_dict(), optimizer=self.optimizer,
                       scaler=self.scaler, epoch=step_done // steps_per_epoch, step=step_done, rng=rng,
-                      sampler={**self.sampler_info, "step": step_done}, config=self.config)
+                      sampler={**self.sampler_info, "step": step_done}, config=self.config, progress=progress)
             save_encoder(self.encoder_path, self.spark.encoder.model.state_dict())
         self.barrier()
         return self.full_path

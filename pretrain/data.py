@@ -210,6 +210,10 @@ class SkipReporter:
                 logger.warning("skipping unreadable image %s (replaced by the next readable one)",
                                self.paths[index])
 
+    def epoch_count(self) -> int:
+        """Distinct unreadable files met by this process since the last :meth:`pop_epoch_count`."""
+        return len(self.epoch_failed)
+
     def pop_epoch_count(self) -> int:
         """Distinct unreadable files met by this process since the last call."""
         count, self.epoch_failed = len(self.epoch_failed), set()

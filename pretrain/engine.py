@@ -19,6 +19,7 @@ from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
+from .checkpointing import RunProgress
 from .data import SkipReporter
 from .optim import global_grad_norm
 
@@ -66,7 +67,7 @@ class Loop:
     metrics: MetricsLogger
     skips: SkipReporter
     stop: GracefulStop
-    save: Callable[[int], Optional[Path]]   # save(step_done) -> path of the full checkpoint
+    save: Callable[[int, RunProgress], Optional[Path]]   # save(step_done, progress) -> path of the full checkpoint
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     progress: bool = True
@@ -75,6 +76,8 @@ class Loop:
     # loader batch -> (images, failed); None when the loader already yields that (the CPU path).
     # The device-decoding path passes its decoder here (see ``device_decode.DeviceDecoder``).
     prepare_batch: Optional[Callable[[Any], Tuple[torch.Tensor, List[int]]]] = None
+    # the unfinished epoch's losses and skipped-file count saved by a mid-epoch stop (resume continues them)
+    resumed: RunProgress = field(default_factory=RunProgress)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -141,14 +144,27 @@ class Loop:
                             "grad_norm": grad_norm, "img_per_s": images_per_s})
         return records
 
+    def global_count(self, count: int) -> int:
+        """Sum of a per-process count over all processes (collective)."""
+        mean = all_reduce_mean(torch.tensor(float(count), device=self.dist_info.device))
+        return int(mean.item() * self.dist_info.world_size + 0.5)
+
+    def progress_record(self, epoch_losses: List[float], skipped: int) -> RunProgress:
+        return RunProgress(metrics_rows=self.metrics.rows, epoch_losses=list(epoch_losses), epoch_skipped=skipped)
+
     def run(self, start_step: int) -> LoopResult:
         """Steps from ``start_step``; every ``log_interval`` steps (and at epoch ends) the pending
-        values are read, logged and checked, and a stop request is looked at; checkpoints at epoch ends."""
+        values are read, logged and checked, and a stop request is looked at; checkpoints at epoch ends.
+
+        An epoch's row is written to the metrics before its checkpoint, and the checkpoint records the
+        rows it covers: a crash between the two only loses rows that the resumed run writes again."""
         result = LoopResult(step=start_step)
         main = self.dist_info.is_main
         step = start_step
         bar = None
-        epoch_losses: List[float] = []
+        mid_epoch = start_step % self.steps_per_epoch != 0
+        epoch_losses: List[float] = list(self.resumed.epoch_losses) if mid_epoch else []
+        skipped_before = self.resumed.epoch_skipped if mid_epoch else 0  # this epoch's, before the resume
         pending: List[PendingStep] = []
         last_record: Dict[str, float] = {}
         seconds_per_step: Optional[float] = None
@@ -189,17 +205,16 @@ class Loop:
                 if bar is not None:
                     bar.close()
                     bar = None
-                skipped = int(all_reduce_mean(torch.tensor(float(self.skips.pop_epoch_count()),
-                                                           device=self.dist_info.device)).item()
-                              * self.dist_info.world_size + 0.5)
+                skipped = self.global_count(self.skips.pop_epoch_count()) + skipped_before
+                skipped_before = 0
                 mean_loss = sum(epoch_losses) / max(len(epoch_losses), 1)
                 result.epoch_losses.append(mean_loss)
-                path = self.save(step)
-                saved = True
-                if main:
+                if main:  # TensorBoard: at the epoch's last step, which a resume from this checkpoint keeps
                     self.metrics.log({"kind": "epoch", "epoch": epoch, "loss_mean": mean_loss,
                                       "loss_last": last_record["loss"], "skipped_images": skipped,
-                                      "elapsed_s": time.time() - run_start}, step=step)
+                                      "elapsed_s": time.time() - run_start}, step=step, tensorboard_step=step - 1)
+                path = self.save(step, self.progress_record([], 0))
+                saved = True
                 logger.info("epoch %d done (step %d/%d): mean loss %.4f, last %.4f, %d unreadable image(s) "
                             "skipped; checkpoint %s", epoch, step, self.total_steps, mean_loss, last_record["loss"],
                             skipped, path)
@@ -208,7 +223,8 @@ class Loop:
             if step < self.total_steps and self.stop.should_stop(self.dist_info.device):
                 if bar is not None:
                     bar.close()
-                path = None if saved else self.save(step)
+                path = None if saved else self.save(step, self.progress_record(
+                    epoch_losses, self.global_count(self.skips.epoch_count()) + skipped_before))
                 logger.warning("stopped by %s after step %d; checkpoint %s; continue with --resume auto",
                                self.stop.signal_name or "a signal on another process", step, path or "saved above")
                 result.step, result.stopped_by_signal = step, True

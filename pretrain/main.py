@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import save_config
+from sparkmim.utils.disk import check_free_space, keeping_last_good, state_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
@@ -24,7 +25,7 @@ from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everyt
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
 from sparkmim.utils.schedule import Schedule
-from sparkmim.utils.signals import GracefulStop
+from sparkmim.utils.signals import GracefulStop, ignore_interrupt_in_worker
 
 from . import checkpointing as ckpt
 from .config import DEFAULTS, PretrainConfig, check_input_size, normalise_size, peak_lr, resolve
@@ -157,10 +158,11 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
         logger.info("data: JPEGs decoded on %s (workers read bytes and draw crops; other formats decoded in "
                     "the workers)", device)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_encoded,
-                            generator=generator)
+                            generator=generator, worker_init_fn=ignore_interrupt_in_worker)
         return loader, DeviceDecoder(dataset, device)
     loader = DataLoader(PretrainImages(paths, size, seed), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", generator=generator)
+                        collate_fn=collate, pin_memory=device.type == "cuda", generator=generator,
+                        worker_init_fn=ignore_interrupt_in_worker)
     return loader, None
 
 
@@ -241,23 +243,37 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,
-          start_step: int) -> Tuple[Any, Path]:
-    """The loop under a stop-signal guard, with the metrics file open: (its result, the metrics path)."""
-    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config.tensorboard))
+          resume: ckpt.ResumeState) -> Tuple[Any, Path]:
+    """The loop under a stop-signal guard, with the metrics file open (cut back to the rows the
+    checkpoint covers): (its result, the metrics path)."""
+    metrics = MetricsLogger(run_dir, enabled=dist_info.is_main, tensorboard=bool(config.tensorboard),
+                            keep_rows=resume.progress.metrics_rows, purge_step=resume.step)
     try:
         with GracefulStop() as stop:
-            loop = Loop(**loop_kwargs, dist_info=dist_info, metrics=metrics, stop=stop,
+            loop = Loop(**loop_kwargs, dist_info=dist_info, metrics=metrics, stop=stop, resumed=resume.progress,
                         amp_dtype=amp_dtype(config.amp), channels_last=bool(config.channels_last),
                         progress=bool(config.progress), log_interval=int(config.log_interval))
-            return loop.run(start_step), metrics.path
+            return loop.run(resume.step), metrics.path
     finally:
         metrics.close()
+
+
+def check_space_for_checkpoints(spark: torch.nn.Module, run_dir: Path, model_name: str) -> None:
+    """Warn at start when the run folder cannot hold the next save: the full checkpoint (weights and
+    LAMB's two moments) and the encoder export, each written beside the old file before replacing it."""
+    params = sum(p.numel() * p.element_size() for p in spark.parameters())
+    full = state_bytes(spark) + 2 * params
+    encoder = state_bytes(spark.encoder.model)
+    existing = sum(p.stat().st_size for p in (run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(model_name))
+                   if p.is_file())
+    check_free_space(run_dir, 2 * (full + encoder) - existing, "saving the checkpoint")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     config, run_dir, dist_info, paths, lock = start(argv)
     try:
-        return train_and_report(config, run_dir, dist_info, paths)
+        with keeping_last_good(run_dir / ckpt.LAST_NAME):
+            return train_and_report(config, run_dir, dist_info, paths)
     finally:
         if lock is not None:
             lock.release()
@@ -279,8 +295,8 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config.betas, float(config.clip_grad))
     scaler = grad_scaler(config.amp, dist_info.device)
-    start_step, rng_states = ckpt.resume_into(config, run_dir, spark, optimizer, scaler, sampler.steps_per_epoch,
-                                              list(DEFAULTS))
+    resume = ckpt.resume_into(config, run_dir, spark, optimizer, scaler, sampler.steps_per_epoch, list(DEFAULTS))
+    start_step = resume.step
     if start_step >= schedule.total_steps:
         logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, schedule.total_steps)
     sampler.start_step = start_step
@@ -288,8 +304,9 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), dist_info.device,
                                          bool(config.decode_on_device))
     batches = iter(loader)
-    seed_streams(rng_states, seed, dist_info, start_step)
+    seed_streams(resume.rng, seed, dist_info, start_step)
     if dist_info.is_main:
+        check_space_for_checkpoints(spark, run_dir, config.model)
         save_config({k: config[k] for k in DEFAULTS}, run_dir / "config.yaml")
     logger.info("schedule: %d epochs x %d steps, global batch %d = %d process(es) x %d micro-batch x %d "
                 "accumulation; peak lr %.3g, warmup %d steps", int(config.epochs), sampler.steps_per_epoch,
@@ -307,7 +324,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
                  scaler=scaler, schedule=schedule, batches=batches, accumulation=layout.accum_steps,
                  steps_per_epoch=sampler.steps_per_epoch, total_steps=schedule.total_steps,
                  global_batch=layout.global_batch, skips=SkipReporter(paths), save=saver, prepare_batch=prepare_batch),
-            run_dir, config, dist_info, start_step)
+            run_dir, config, dist_info, resume)
     finally:
         del batches  # ends the loader's workers before the pictures and the report
 

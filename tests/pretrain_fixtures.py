@@ -1,6 +1,5 @@
 """Helpers shared by the pre-training tests: tiny image folders, running the real command, reading
 its metrics. Runs use timm's ``test_resnet`` (0.4 M parameters) at 64 px so that they take seconds."""
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from sparkmim.utils import metrics
 from sparkmim.utils.synthetic import smooth_waves
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,16 +52,8 @@ def start_cli(args: Sequence[str], log_path: Path, env: Optional[Dict[str, str]]
 
 
 def read_rows(metrics_path: Path, kind: str) -> List[dict]:
-    rows = []
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("kind") == kind:
-                rows.append(row)
-    return rows
+    """The rows of one kind (``step``, ``epoch``); a line cut short by a kill is skipped."""
+    return [row for row in metrics.read_rows(metrics_path) if row.get("kind") == kind]
 
 
 def step_losses(metrics_path: Path) -> Dict[int, float]:

@@ -1,4 +1,5 @@
 """Checkpoint I/O: atomic writes, safe loading and unwrapping of the usual container layouts."""
+import contextlib
 import logging
 import os
 import tempfile
@@ -7,6 +8,7 @@ from typing import IO, Any, Callable, Dict, Mapping, Union
 
 import torch
 
+from sparkmim.utils.disk import writing
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -25,26 +27,28 @@ def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] 
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
 
     A crash mid-write leaves only a temporary file (``.*.tmp``), never a truncated checkpoint that a
-    resume would pick up. ``dump`` swaps the serializer for formats other tools read (e.g.
+    resume would pick up; a full disk or a read-only folder raises a one-line
+    :class:`~sparkmim.utils.disk.WriteFailedError` and removes the temporary file. ``dump`` swaps the serializer for formats other tools read (e.g.
     ``pickle.dump`` for Detectron2's ``.pkl`` weights)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dump(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                dump(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a read-only folder keeps it: the next start removes it
+                os.unlink(tmp_name)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 

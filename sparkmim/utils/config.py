@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar, Union
 import yaml
 
 from sparkmim.utils.errors import UserError
+from sparkmim.utils.disk import writing
 
 
 class ConfigError(UserError, ValueError):
@@ -42,8 +43,9 @@ def merge(defaults: Mapping[str, Any], *layers: Mapping[str, Any]) -> Dict[str, 
 
 
 def save_config(config: Mapping[str, Any], path: Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=True))
+    with writing(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=True))
 
 
 def _type_name(annotation: Any) -> str:

@@ -4,7 +4,8 @@ Every command-line tool ends a :class:`UserError` (a bad option, a missing or un
 cannot be read, weights of another model) with one line, ``prog: error: message``, and exit status 2,
 through :func:`run_command`. The project's specific error classes derive from it, so a command needs
 no list of them; errors that mean something else (a diverging loss, failed key accounting) can be given
-their own exit status."""
+their own exit status. An interrupt (Ctrl-C outside a trainer's graceful stop, or a forced stop) also
+ends with one line, and status 130 as shells expect."""
 import sys
 from typing import Callable, Mapping, Optional, Type
 
@@ -19,6 +20,9 @@ def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[T
     turned into one line on stderr; ``cleanup`` runs in every case (e.g. leaving a process group)."""
     try:
         return body()
+    except KeyboardInterrupt as interrupt:
+        print(f"{prog}: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
+        return 130
     except BaseException as error:  # noqa: B036 - re-raised unless it is one of ours
         status = next((code for kind, code in (statuses or {}).items() if isinstance(error, kind)), None)
         if status is None and isinstance(error, UserError):

@@ -26,6 +26,28 @@ class CurrentStream(logging.StreamHandler):
         pass
 
 
+class RunLogFile(logging.FileHandler):
+    """A run's log file that, when the disk fills up or the folder becomes read-only, says so once on
+    stderr and stops writing, instead of logging's traceback for every later record (the console
+    handler goes on, and the run's own error says what failed)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"cannot write the log file {self.baseFilename} ({error}); it stops here, the "
+                         "console log goes on\n")
+
+
 def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.setLevel(level)
@@ -36,7 +58,7 @@ def setup_logging(output_dir: Optional[Path] = None, rank: int = 0, level: int =
         handlers.append(CurrentStream("stdout"))
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(output_dir) / f"log_rank{rank}.txt"))
+        handlers.append(RunLogFile(Path(output_dir) / f"log_rank{rank}.txt"))
     for handler in handlers:
         handler._sparkmim = True  # marks handlers this function owns, so a second call replaces them
         handler.setFormatter(formatter)

@@ -92,7 +92,10 @@ class RunFolderLock:
         if self.held:
             holder = self._read()
             if holder is not None and holder.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
+                try:
+                    self.path.unlink(missing_ok=True)
+                except OSError as error:  # a folder made read-only: the next job finds the lock stale
+                    logger.warning("could not remove the run folder lock %s (%s)", self.path, error.strerror or error)
             self.held = False
 
     def __enter__(self) -> "RunFolderLock":

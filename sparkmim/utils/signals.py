@@ -2,14 +2,25 @@
 
 Schedulers (SLURM, Kubernetes, spot instances) announce pre-emption with SIGTERM and kill a little
 later. Dying inside ``optimizer.step`` or a checkpoint write loses work, so the handler only raises a
-flag; the training loop finishes its current step, saves, and exits cleanly. A second SIGINT (an
-impatient Ctrl-C) falls back to the previous behaviour, i.e. ``KeyboardInterrupt``.
+flag; the training loop finishes its current step, saves, and exits cleanly. A second signal (an
+impatient Ctrl-C, a scheduler that repeats its SIGTERM) changes nothing but a log line: the save goes
+on. A third one forces the exit with :class:`ForcedExit`, which interrupts any write (atomic writes
+leave the previous checkpoint intact) and ends the command with one line, not a traceback.
+
+Where no save can be made mid-epoch (``spark-finetune`` checkpoints whole epochs), :func:`stop_at_once`
+turns SIGTERM into the same interrupt as Ctrl-C and ignores further signals once it has stopped, so
+either ends the command with one line.
+
+DataLoader workers ignore SIGINT (:func:`ignore_interrupt_in_worker`): a Ctrl-C in a terminal reaches
+the whole process group, and a worker that died of it would leave the main process unable to finish
+the step it is asked to finish.
 """
+import contextlib
 import logging
 import signal
 import threading
 from types import FrameType
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -17,6 +28,16 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNALS: Tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+SIGNALS_TO_FORCE = 3
+
+
+class ForcedExit(KeyboardInterrupt):
+    """A third stop signal: leave now, without the save (the last checkpoint is kept)."""
+
+
+def ignore_interrupt_in_worker(_worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoaders: the main process alone decides how to stop on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class GracefulStop:
@@ -29,20 +50,22 @@ class GracefulStop:
         self.signals = signals
         self.requested = False
         self.signal_name: Optional[str] = None
+        self.received = 0
         self._previous: Dict[int, object] = {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         name = signal.Signals(signum).name
-        if self.requested and signum == signal.SIGINT:
-            previous = self._previous.get(signum)
-            if callable(previous):
-                previous(signum, frame)
-                return
-            raise KeyboardInterrupt
+        self.received += 1
+        if self.received >= SIGNALS_TO_FORCE:
+            raise ForcedExit(f"stopped at once by a third stop signal ({name}), without saving; the last "
+                             "checkpoint written is kept: continue with --resume auto")
+        if self.requested:
+            logger.warning("received %s again: still finishing the step and saving, then stopping "
+                           "(one more signal stops at once, without saving)", name)
+            return
         self.requested = True
         self.signal_name = name
-        logger.warning("received %s: finishing the current step, then saving and stopping "
-                       "(press Ctrl-C again to abort at once)", name)
+        logger.warning("received %s: finishing the current step, then saving and stopping", name)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
@@ -54,7 +77,8 @@ class GracefulStop:
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            # after a stop the process is ending: a late repeat must not interrupt its last writes or exit
+            signal.signal(signum, signal.SIG_IGN if self.requested else previous)
         self._previous.clear()
 
     def should_stop(self, device: Optional[torch.device] = None) -> bool:
@@ -65,3 +89,29 @@ class GracefulStop:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device or torch.device("cpu"))
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
+
+
+@contextlib.contextmanager
+def stop_at_once(signals: Tuple[int, ...] = DEFAULT_SIGNALS) -> Iterator[None]:
+    """While active, SIGTERM and SIGINT raise ``KeyboardInterrupt("stopped by SIGTERM")`` at once; after
+    the first, further ones are ignored, also after the context is left (the process is ending; a late
+    repeat must not turn its exit into a traceback or a death by signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Optional[FrameType]) -> None:
+        for other in signals:
+            signal.signal(other, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    try:
+        yield
+    except KeyboardInterrupt:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
+        raise
+    else:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

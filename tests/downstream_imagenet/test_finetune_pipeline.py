@@ -17,40 +17,14 @@ import yaml
 from PIL import Image
 
 from sparkmim.downstream_imagenet.main import main
-from sparkmim.utils.synthetic import noisy_colour
+from tests.finetune_fixtures import COLOURS, MODEL_KWARGS, common_args, make_workspace, write_images
 
-COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30), "yellow": (230, 220, 30)}
-MODEL_KWARGS = {"channels": [8, 16, 32, 64]}
 THRESHOLD = 75.0  # val top-1 (%) the fine-tuned model must reach; chance is 25%
-RECIPE = {  # tiny but exercising layer decay, EMA and drop path; no strong augmentation
-    "model_kwargs": MODEL_KWARGS, "input_size": 32, "batch_size": 16, "epochs": 6, "warmup_epochs": 1,
-    "opt": "adamw", "base_lr": 0.05, "layer_decay": 0.7, "weight_decay": 0.05, "mixup": 0.0,
-    "cutmix": 0.0, "repeated_aug": 0, "drop_path": 0.05, "ema": 0.9, "auto_augment": "none",
-    "reprob": 0.0, "train_scale": [0.5, 1.0], "workers": 0, "progress": False, "device": "cpu",
-}
-
-
-def write_images(root: Path, per_class: int, rng: np.random.Generator) -> None:
-    for name, colour in COLOURS.items():
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            Image.fromarray(noisy_colour(colour, 40, rng)).save(folder / f"{index}.png")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Data (train/val, one corrupt training file), an encoder-only checkpoint and a recipe file."""
-    root = tmp_path_factory.mktemp("finetune")
-    rng = np.random.default_rng(0)
-    write_images(root / "data" / "train", 12, rng)
-    write_images(root / "data" / "val", 6, rng)
-    (root / "data" / "train" / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    torch.manual_seed(0)
-    encoder = timm.create_model("resnet18", num_classes=0, global_pool="", **MODEL_KWARGS)
-    torch.save(encoder.state_dict(), root / "encoder.pth")
-    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
-    return root
+    return make_workspace(tmp_path_factory.mktemp("finetune"))
 
 
 def run_cli(*args: str, launcher=None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -60,12 +34,6 @@ def run_cli(*args: str, launcher=None, timeout: int = 600) -> subprocess.Complet
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
-
-
-def common_args(workspace: Path, out: Path, recipe: bool = True):
-    args = ["--model", "resnet18", "--data", str(workspace / "data"), "--weights", str(workspace / "encoder.pth"),
-            "--output-dir", str(out)]
-    return args + (["--recipe", str(workspace / "recipe.yaml")] if recipe else [])
 
 
 def epochs_of(out: Path):

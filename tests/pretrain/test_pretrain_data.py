@@ -117,6 +117,11 @@ def test_graceful_stop_turns_signals_into_a_flag():
     previous = signal.getsignal(signal.SIGTERM)
     with GracefulStop() as stop:
         assert not stop.should_stop()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested and stop.should_stop() and stop.signal_name == "SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert signal.getsignal(signal.SIGTERM) is previous  # no stop: the handlers are given back
+    try:
+        with GracefulStop() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and stop.should_stop() and stop.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # stopping: a late repeat changes nothing
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -38,7 +38,7 @@ def _loop(tmp_path: Path, log_interval: int, nan_at_step: int = -1, saves: list 
                 batches=batches(), accumulation=1, steps_per_epoch=STEPS, total_steps=STEPS, global_batch=2,
                 dist_info=DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")),
                 metrics=MetricsLogger(tmp_path, tensorboard=False), skips=SkipReporter([]), stop=GracefulStop(),
-                save=lambda step: saves.append(step) or tmp_path / "checkpoint.pth", progress=False,
+                save=lambda step, progress: saves.append(step) or tmp_path / "checkpoint.pth", progress=False,
                 log_interval=log_interval)
 
 

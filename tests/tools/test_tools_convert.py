@@ -22,13 +22,14 @@ from tests.core_utils import reference_release
 from sparkmim.tools.convert import main
 
 def our_full_checkpoint(spark, model: str, path: Path) -> Path:
-    from sparkmim.pretrain.checkpointing import gather_rng_states, save_full
+    from sparkmim.pretrain.checkpointing import RunProgress, gather_rng_states, save_full
 
     optimizer = torch.optim.SGD(spark.parameters(), lr=0.1)
     config = {"model": model, "input_size": list(spark.input_size), "mask_ratio": spark.mask_ratio,
               "decoder_width": spark.decoder.width, "densify_norm": "auto"}
     return save_full(path, model_state=spark.state_dict(), optimizer=optimizer, scaler=None, epoch=1, step=4,
-                     rng=gather_rng_states(), sampler={"step": 4}, config=config)
+                     rng=gather_rng_states(), sampler={"step": 4}, config=config,
+                     progress=RunProgress())
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ from sparkmim.tools.convert import UsageError
 from sparkmim.tools.viz import VizError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError
+from sparkmim.utils.disk import WriteFailedError
 from sparkmim.utils.errors import UserError, run_command
 
 
 @pytest.mark.parametrize("kind", [ConfigError, PretrainDataError, PretrainCheckpointError, UnsafeCheckpointError,
-                                  VizError, UsageError, BenchmarkDataError])
+                                  VizError, UsageError, BenchmarkDataError, WriteFailedError])
 def test_the_project_errors_are_user_errors(kind):
     assert issubclass(kind, UserError)
 
@@ -33,3 +34,15 @@ def test_run_command_reports_one_line_and_the_status(capsys):
         run_command("prog", fail(KeyError("bug")), cleanup=lambda: cleaned.append(2))
     assert run_command("prog", lambda: 0, cleanup=lambda: cleaned.append(3)) == 0
     assert cleaned == [1, 2, 3]
+
+
+def test_an_interrupt_is_one_line_and_status_130(capsys):
+    def interrupted(message):
+        def body():
+            raise KeyboardInterrupt(*([message] if message else []))
+        return body
+
+    assert run_command("prog", interrupted("")) == 130
+    assert capsys.readouterr().err == "prog: interrupted\n"
+    assert run_command("prog", interrupted("the last checkpoint is kept")) == 130
+    assert capsys.readouterr().err == "prog: interrupted: the last checkpoint is kept\n"
