@@ -76,6 +76,40 @@ class MaskContext:
         self._cache[key] = upsampled
         return upsampled
 
+    def layout_of(self, x: torch.Tensor, prefer: Optional[str] = None) -> Optional[str]:
+        """How a layer's output lies over the mask grid: ``"bchw"`` or ``"bhwc"`` (a feature map whose sides are
+        the same whole multiple of the grid's), ``"bnc"`` (tokens of such a map flattened row by row),
+        ``"pooled"`` (a 1x1 map or a vector: no positions left to mask), or None (a map not aligned with
+        the grid, e.g. after an unpadded convolution). ``prefer``: the layout the layer is known to
+        produce, taken when it fits (a channels-last map can look channels-first by coincidence)."""
+        grid_h, grid_w = self.active.shape[-2:]
+
+        def aligned(height: int, width: int) -> bool:
+            return height % grid_h == 0 and width % grid_w == 0 and height // grid_h == width // grid_w > 0
+
+        if x.dim() == 4 and prefer == "bhwc" and aligned(x.shape[1], x.shape[2]):
+            return "bhwc"
+        if x.dim() == 4:
+            if aligned(x.shape[-2], x.shape[-1]):
+                return "bchw"
+            if aligned(x.shape[1], x.shape[2]):
+                return "bhwc"
+            return "pooled" if x.shape[-2:] == (1, 1) else None
+        if x.dim() == 3:
+            side = round((x.shape[1] / (grid_h * grid_w)) ** 0.5)
+            return "bnc" if side > 0 and side * side * grid_h * grid_w == x.shape[1] else None
+        return "pooled" if x.dim() <= 2 else None
+
+    def mask_for(self, x: torch.Tensor, layout: str) -> torch.Tensor:
+        """The mask broadcastable to ``x`` in ``layout`` (see :meth:`layout_of`)."""
+        if layout == "bchw":
+            return self.mask_like(x)
+        if layout == "bhwc":
+            return self.mask_like(x, channels_last=True)
+        grid_h, grid_w = self.active.shape[-2:]
+        side = round((x.shape[1] / (grid_h * grid_w)) ** 0.5)
+        return self.mask(grid_h * side, grid_w * side, x.dtype, channels_last=True).reshape(x.shape[0], -1, 1)
+
     def mask_like(self, x: torch.Tensor, channels_last: bool = False, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The mask matching feature map ``x`` (BCHW, or BHWC when ``channels_last``)."""
         height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])

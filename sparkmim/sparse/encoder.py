@@ -8,7 +8,7 @@ names: ``encoder.model.state_dict()`` is a plain timm state dict.
 import difflib
 import importlib
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from sparkmim.utils.errors import UserError
 
 from .context import MaskContext
 from .probe import verify_sparse_encoder
-from .rules import sparsify_
+from .rules import UnsupportedLayerError, add_visible_mean_hooks, sparsify_
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,21 @@ def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
     check_model_name(name)
     options = dict(pretrained=False, num_classes=0, global_pool="")
     options.update(kwargs)
-    return timm.create_model(name, **options)
+    try:
+        return timm.create_model(name, **options)
+    except (AssertionError, ValueError, TypeError, NotImplementedError) as error:
+        if "global_pool" in kwargs:
+            raise
+        # some models refuse to drop their pooling ("Cannot disable pooling"); it is never run anyway:
+        # the features come from forward_intermediates, before any head
+        options.pop("global_pool")
+        try:
+            model = timm.create_model(name, **options)
+        except Exception:
+            raise error from None
+        logger.info("%s does not allow global_pool=''; built with its own pooling, which the features never use",
+                    name)
+        return model
 
 
 def _feature_dicts(model: nn.Module) -> List[Dict[str, Any]]:
@@ -96,14 +110,31 @@ def total_stride(model: Union[str, nn.Module], model_kwargs: Optional[Dict[str, 
     return int(_feature_dicts(model)[-1]["reduction"])
 
 
-def _input_channels(model: nn.Module) -> int:
+def _channel_candidates(model: nn.Module) -> List[int]:
+    """Input channel counts to try, most likely first: the first convolution's (wrong when a stem
+    rearranges pixels first, as TResNet's space-to-depth does), the model's own record, then RGB."""
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return first_conv.in_channels if first_conv is not None else 3
+    config = getattr(model, "pretrained_cfg", None) or {}
+    found = [first_conv.in_channels if first_conv is not None else None, getattr(model, "in_chans", None),
+             (config.get("input_size") or (None,))[0], 3]
+    return list(dict.fromkeys(int(c) for c in found if c))
+
+
+def _dry_run(model: nn.Module, size: int) -> Tuple[int, Set[int]]:
+    """Run the feature forward once on a zero image (no hooks yet): (the input channels it takes, the ids of
+    the modules that ran and of their ancestors: a container may be sliced or indexed rather than called,
+    as timm does with stages). A model that cannot run at all is refused with its own error."""
+    errors = []
+    for in_chans in _channel_candidates(model):
+        try:
+            return in_chans, _modules_called(model, in_chans, size)
+        except Exception as error:  # the wrong channel count, or a model that cannot run at this size
+            errors.append(f"{in_chans} channels: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    raise UnsupportedLayerError(f"cannot run {type(model).__name__}.forward_intermediates on a {size}x{size} image "
+                                f"({'; '.join(errors)})")
 
 
 def _modules_called(model: nn.Module, in_chans: int, size: int) -> Set[int]:
-    """Ids of the modules that run when computing the features (a dry run on a zero image), and of
-    their ancestors (a container may be sliced or indexed rather than called, as timm does with stages)."""
     called: Set[int] = set()
     handles = [m.register_forward_hook(lambda mod, _i, _o: called.add(id(mod))) for m in model.modules()]
     was_training = model.training
@@ -125,6 +156,30 @@ def _modules_called(model: nn.Module, in_chans: int, size: int) -> Set[int]:
     return called
 
 
+def verify_with_fallbacks(model: nn.Module, context: MaskContext, in_chans: int, ratio: int,
+                          max_fallbacks: int = 16) -> None:
+    """The build-time probe; a layer it finds pooling over all positions is given the channel-attention
+    rule (visible-mean rescaling: right for any ``x * g(mean(x))`` block written inline, such as a
+    squeeze-excitation without a timm class) and probed again. A layer the rule does not fix is refused
+    with the probe's first error."""
+    names = {id(m): n for n, m in model.named_modules()}
+    tried: Dict[int, UnsupportedLayerError] = {}   # id of any module inside a rescaled one -> its error
+    while True:
+        try:
+            verify_sparse_encoder(model, context, in_chans, ratio)
+            return
+        except UnsupportedLayerError as error:
+            module = error.module
+            if id(module) in tried:  # the rescaled block (or a layer inside it) still fails: not channel attention
+                raise tried[id(module)] from None
+            if module is None or not error.depends_on_masked or len(tried) >= max_fallbacks:
+                raise
+            tried.update({id(inner): error for inner in module.modules()})
+            add_visible_mean_hooks(module, context)
+            logger.info("'%s' (%s) pools over all positions in its own forward: trying the channel-attention "
+                        "rule (means over visible positions)", names.get(id(module), "?"), type(module).__name__)
+
+
 class SparseEncoder(nn.Module):
     """Wraps a timm CNN; ``forward(images, active)`` returns its 4 sparse feature maps, finest first.
 
@@ -144,9 +199,8 @@ class SparseEncoder(nn.Module):
         self.downsample_ratio: int = reductions[-1]
         self.feature_strides: List[int] = reductions
         self.feature_channels: List[int] = [int(level["num_chs"]) for level in levels]
-        self.in_chans = _input_channels(model)
         self.context = MaskContext()
-        called = _modules_called(model, self.in_chans, 2 * self.downsample_ratio)
+        self.in_chans, called = _dry_run(model, 4 * self.downsample_ratio)
         # parameters of modules the feature forward never runs (e.g. a classifier head's norm): a
         # checkpoint may lack them without consequence
         self.unused_state_keys: List[str] = [
@@ -155,7 +209,7 @@ class SparseEncoder(nn.Module):
             for key, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
         sparsify_(model, self.context, sync_bn=sync_bn, called=called)
         if verify:
-            verify_sparse_encoder(model, self.context, self.in_chans, self.downsample_ratio)
+            verify_with_fallbacks(model, self.context, self.in_chans, self.downsample_ratio)
         self.model = model
 
     def forward(self, images: torch.Tensor, active: torch.Tensor) -> List[torch.Tensor]:

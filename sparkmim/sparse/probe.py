@@ -12,7 +12,7 @@ The probe runs in float64 (weights are cast there and back, which is exact for f
 and bfloat16), so that correct layers agree to ~1e-15 and any dependence stands out.
 """
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,11 +27,22 @@ RELATIVE_TOLERANCE = 1e-9  # in float64; correct layers agree to ~1e-15, inline 
 
 @contextmanager
 def _in_float64(model: nn.Module) -> Iterator[None]:
-    """Temporarily cast floating parameters and buffers to float64, restoring each one's dtype."""
+    """Temporarily cast floating parameters and buffers to float64, restoring each one's dtype.
+
+    Parameters that are all zero (timm initialises the last norm of a residual block to zero) are given
+    random values meanwhile: a zero scale would feed zeros to the layers after it and hide their
+    statistics from the probe. Their zeros are put back afterwards."""
     originals = [(module, kind, name, tensor.dtype) for module in model.modules()
                  for kind, tensors in (("param", module._parameters), ("buffer", module._buffers))
                  for name, tensor in tensors.items() if tensor is not None and tensor.is_floating_point()]
+    zero = [(module, name, tensor.data.clone()) for module in model.modules()
+            for name, tensor in module._parameters.items()
+            if tensor is not None and tensor.is_floating_point() and tensor.numel() and not tensor.any()]
     model.double()
+    generator = torch.Generator().manual_seed(1)
+    for module, name, _ in zero:
+        data = module._parameters[name].data
+        data.copy_(torch.rand(data.shape, generator=generator, dtype=data.dtype) + 0.5)
     try:
         yield
     finally:
@@ -40,20 +51,32 @@ def _in_float64(model: nn.Module) -> Iterator[None]:
                 module._parameters[name].data = module._parameters[name].data.to(dtype)
             else:
                 module._buffers[name] = module._buffers[name].to(dtype)
+        for module, name, saved in zero:
+            module._parameters[name].data = saved
 
 
 def _record(model: nn.Module, run) -> List[Tuple[str, nn.Module, torch.Tensor]]:
+    """Every layer's map output (4-d, or 3-d tokens) in call order."""
     outputs: List[Tuple[str, nn.Module, torch.Tensor]] = []
     names: Dict[int, str] = {id(m): n for n, m in model.named_modules()}
     handles = [m.register_forward_hook(
         lambda mod, _i, out: outputs.append((names[id(mod)], mod, out.detach()))
-        if isinstance(out, torch.Tensor) and out.dim() == 4 else None) for m in model.modules()]
+        if isinstance(out, torch.Tensor) and out.dim() in (3, 4) else None) for m in model.modules()]
     try:
         run()
     finally:
         for handle in handles:
             handle.remove()
     return outputs
+
+
+def _as_map(tokens: torch.Tensor, grid: int) -> Optional[torch.Tensor]:
+    """(B, N, C) tokens of a square canvas of ``grid`` patches per side as a (B, H, W, C) map (None: not
+    such tokens)."""
+    side = round((tokens.shape[1] / grid ** 2) ** 0.5) * grid
+    if side == 0 or side * side != tokens.shape[1]:
+        return None
+    return tokens.reshape(tokens.shape[0], side, side, tokens.shape[2])
 
 
 def _crop(large: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
@@ -92,9 +115,20 @@ def verify_sparse_encoder(model: nn.Module, context: MaskContext, in_chans: int,
         with torch.no_grad(), _in_float64(model):
             small = _record(model, encode(image, small_mask))
             large = _record(model, encode(large_image, large_mask))
+    except UnsupportedLayerError:
+        raise
+    except Exception as error:  # a model that only runs at fixed sizes, or a shape bug inside it
+        raise UnsupportedLayerError(
+            f"cannot run {type(model).__name__} on {small_size}x{small_size} and {large_size}x{large_size} inputs "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); SparK needs "
+            f"an encoder that runs at any input size that is a multiple of its total stride {ratio}") from error
     finally:
         model.train(was_training)
     for (name, module, out_small), (_, _, out_large) in zip(small, large):
+        if out_small.dim() == 3:
+            out_small, out_large = _as_map(out_small, GRID), _as_map(out_large, GRID + 2 * RING)
+            if out_small is None or out_large is None:
+                continue  # tokens that are not those of the map (e.g. pooled or class tokens)
         if out_small.shape == out_large.shape:
             continue  # not a spatial map (e.g. pooled attention vectors)
         shared = _crop(out_large, out_small)
@@ -108,5 +142,6 @@ def verify_sparse_encoder(model: nn.Module, context: MaskContext, in_chans: int,
                 else "it writes non-zero values at masked positions"
             raise UnsupportedLayerError(
                 f"cannot make '{name}' ({type(module).__module__}.{type(module).__name__}) sparse: {what} "
-                f"(it probably computes statistics or pooling over all positions in its own forward); "
-                f"add a rule for it in sparkmim/sparse/rules.py")
+                f"(it computes statistics, pooling or attention over all positions in its own forward, so "
+                f"masked positions would count); add a rule for it in sparkmim/sparse/rules.py",
+                module, depends_on_masked=error > RELATIVE_TOLERANCE)

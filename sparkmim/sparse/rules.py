@@ -8,24 +8,41 @@ statistics (BatchNorm, GroupNorm, global pooling in channel attention) use visib
   module and its state-dict keys stay exactly timm's);
 - BatchNorm / GroupNorm (and timm's Act variants): replaced by modules that take over the same
   parameter and buffer tensors and compute statistics over visible positions;
+- average pooling that leaves padding out of its count: divided by the visible share of each window,
+  so masked positions are left out like padding;
 - squeeze-excitation style channel attention: a pre-hook scales the input by H*W / n_visible per
   sample and a hook divides the output by the same factor. These blocks compute ``x * g(mean(x))``;
   with masked positions at zero, ``mean(c * x)`` with that ``c`` is the mean over visible positions,
-  and ``(c * x) * g(.) / c`` is the block's output with that visible mean;
-- activations and dropout that map 0 to 0 need nothing;
-- anything else is refused with the module path and type, never silently kept dense.
+  and ``(c * x) * g(.) / c`` is the block's output with that visible mean. Attention that returns only
+  the gate ``g(mean(x))`` (selective kernels) gets the pre-hook alone;
+- zero padding needs nothing (it adds zeros, as a convolution's padding does);
+- any other layer without children (activations that map 0 elsewhere, per-channel scales, affine
+  blocks, upsampling, transposed convolutions, ...): its output is re-masked wherever it lies on the
+  mask grid (channels first or last, or flattened tokens) and left alone where it is pooled. Such a
+  layer may still compute statistics over all positions; the build-time probe
+  (:mod:`sparkmim.sparse.probe`) runs every converted encoder and refuses it, naming the layer;
+- a map that no longer lines up with the mask grid (unpadded convolutions shrink it) is refused at
+  its layer, with the sizes.
 """
-from typing import Callable, Dict, Optional, Set, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Set, Tuple, Type
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .context import MaskContext
 from .norms import SparseBatchNorm2d, SparseBatchNormAct2d, SparseGroupNorm, SparseGroupNormAct
 
 
 class UnsupportedLayerError(TypeError):
-    """The encoder contains a layer whose dense behaviour would break the sparse invariant."""
+    """The encoder contains a layer whose dense behaviour would break the sparse invariant.
+
+    ``module``: the layer (when known), so the build can try another rule for it before giving up."""
+
+    def __init__(self, message: str, module: Optional[nn.Module] = None, depends_on_masked: bool = False) -> None:
+        super().__init__(message)
+        self.module = module
+        self.depends_on_masked = depends_on_masked
 
 
 def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
@@ -37,8 +54,13 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
     from timm.layers.norm_act import BatchNormAct2d, GroupNormAct, SyncBatchNormAct
     from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
     from timm.models._efficientnet_blocks import SqueezeExcite as EfficientNetSqueezeExcite
+    from timm.models.hgnet import EseModule
+    from timm.models.senet import SEModule as LegacySEModule
+    from timm.layers.selective_kernel import SelectiveKernelAttn
     return {
-        "channel_attention": (SEModule, EffectiveSEModule, EcaModule, CecaModule, EfficientNetSqueezeExcite),
+        "channel_attention": (SEModule, EffectiveSEModule, EcaModule, CecaModule, EfficientNetSqueezeExcite,
+                              EseModule, LegacySEModule),
+        "gate_from_mean": (SelectiveKernelAttn,),
         "batchnorm_act": (BatchNormAct2d, SyncBatchNormAct),
         "groupnorm_act": (GroupNormAct,),
         "layernorm_channels_first": (LayerNorm2d, LayerNorm2dFp32),
@@ -47,40 +69,65 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
     }
 
 
+def _misaligned(path: str, module: nn.Module, output: torch.Tensor, context: MaskContext) -> UnsupportedLayerError:
+    grid = "x".join(str(int(n)) for n in context.active.shape[-2:])
+    return UnsupportedLayerError(
+        f"cannot make '{path}' ({type(module).__module__}.{type(module).__name__}) sparse: its output "
+        f"{tuple(output.shape)} does not line up with the {grid} mask grid (a map whose sides are not the same "
+        "whole multiple of the grid's, e.g. after unpadded 'valid' convolutions or a pooling that crops), so "
+        "masked patches cannot be followed through it", module)
+
+
 class ReMaskOutput:
     """Forward hook: multiply a layer's output by the visible mask at the output's resolution.
 
-    In place: the hooked layers (conv, pooling, norms, linear) do not keep their own output for
-    backward, and a fresh output-size tensor per layer costs more than the multiply (on CPU the
-    allocation page-faults). Should a layer ever save its output, autograd refuses the in-place
-    change with an error at backward; it cannot go wrong silently."""
+    ``layout``: ``"bchw"`` (conv, pooling), ``"bhwc"`` (channels-last norms), or ``"auto"`` (any other
+    layer: found from the output's shape, see :meth:`MaskContext.layout_of`). A pooled (1x1) output is
+    left alone: it has no positions, and whether it pooled over visible positions only is the probe's
+    to check.
 
-    def __init__(self, context: MaskContext, path: str, channels_last: bool = False) -> None:
+    In place for the known layer types: they do not keep their own output for backward, and a fresh
+    output-size tensor per layer costs more than the multiply (on CPU the allocation page-faults).
+    Out of place for other layers (an activation such as a sigmoid keeps its output for backward)."""
+
+    def __init__(self, context: MaskContext, path: str, layout: str = "bchw") -> None:
         self.context = context
         self.path = path
-        self.channels_last = channels_last
+        self.layout = layout
 
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        try:
-            mask = self.context.mask_like(output, self.channels_last)
-        except ValueError as error:
-            raise UnsupportedLayerError(
-                f"cannot make '{self.path}' ({type(module).__name__}) sparse: it runs on a map coarser than the "
-                f"mask grid, e.g. pooled inside an attention block sparkmim has no rule for ({error})") from error
-        return output.mul_(mask)
+    # what a layer of a known layout may also produce: pooled vectors, and (channels-last layers) tokens
+    ALSO_ACCEPTED = {"bchw": ("pooled",), "bhwc": ("pooled", "bnc")}
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            return output
+        if self.layout == "auto":
+            found = self.context.layout_of(output)
+        else:
+            found = self.context.layout_of(output, prefer=self.layout)
+            if found not in (self.layout,) + self.ALSO_ACCEPTED[self.layout]:
+                found = None
+        if found == "pooled":
+            return output
+        if found is None:
+            raise _misaligned(self.path, module, output, self.context)
+        mask = self.context.mask_for(output, found)
+        return output * mask if self.layout == "auto" else output.mul_(mask)
 
 
-class ReMaskLinearOutput(ReMaskOutput):
-    """Forward hook for ``nn.Linear``: feature maps in channels-last layout (B, H, W, C) are re-masked;
-    other uses (pooled vectors) are left alone."""
+class DivideByVisibleShare:
+    """Forward hook for ``AvgPool2d(count_include_pad=False)``: that pooling leaves padding out of each
+    window's count but counts masked positions; dividing by the pooled mask (the visible share of the
+    non-padding window) leaves them out too, then the output is re-masked."""
 
     def __init__(self, context: MaskContext, path: str) -> None:
-        super().__init__(context, path, channels_last=True)
+        self.context = context
+        self.remask = ReMaskOutput(context, path)
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        if output.dim() != 4:
-            return output
-        return super().__call__(module, inputs, output)
+        share = F.avg_pool2d(self.context.mask_like(inputs[0]), module.kernel_size, module.stride, module.padding,
+                             module.ceil_mode, module.count_include_pad, module.divisor_override)
+        return self.remask(module, inputs, output / share.clamp_min(torch.finfo(share.dtype).tiny))
 
 
 def _visible_mean_factor(context: MaskContext, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +170,11 @@ def _maps_zero_to_zero(module: nn.Module) -> bool:
             return False
 
 
+def _is_zero_padding(module: nn.Module) -> bool:
+    """Constant padding with zeros: it adds what a convolution's own padding adds (BiT, NASNet)."""
+    return isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)) and float(getattr(module, "value", 0.0)) == 0.0
+
+
 def _is_empty_container(module: nn.Module) -> bool:
     """An empty Sequential is an identity (timm uses one for plain shortcuts)."""
     return isinstance(module, nn.Sequential) and len(module) == 0
@@ -152,11 +204,11 @@ def sparsify_(model: nn.Module, context: MaskContext, sync_bn: bool = False,
 def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bool,
                  types: Dict[str, Tuple[Type[nn.Module], ...]], called: Optional[Set[int]]) -> Optional[nn.Module]:
     """Apply the rule for one module; return a replacement module or None (converted in place)."""
-    remask: Callable[[bool], None] = lambda channels_last: module.register_forward_hook(
-        ReMaskOutput(context, path, channels_last))
+    remask: Callable[[str], Any] = lambda layout: module.register_forward_hook(ReMaskOutput(context, path, layout))
     if isinstance(module, types["channel_attention"]):
+        add_visible_mean_hooks(module, context)
+    elif isinstance(module, types["gate_from_mean"]):
         module.register_forward_pre_hook(VisibleMeanInput(context))
-        module.register_forward_hook(VisibleMeanOutput(context))
     elif isinstance(module, types["batchnorm_act"]):
         return SparseBatchNormAct2d.from_dense(module, context, sync_bn)
     elif isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
@@ -166,27 +218,28 @@ def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bo
     elif isinstance(module, nn.GroupNorm):
         return SparseGroupNorm(module, context)
     elif isinstance(module, types["layernorm_channels_first"]):
-        remask(False)
+        remask("bchw")
     elif isinstance(module, nn.LayerNorm):
-        remask(True)
+        remask("bhwc")
     elif isinstance(module, types["grn"]):
-        remask(getattr(module, "channel_dim", 1) == -1)
+        remask("bhwc" if getattr(module, "channel_dim", 1) == -1 else "bchw")
+    elif isinstance(module, nn.AvgPool2d) and not module.count_include_pad:
+        module.register_forward_hook(DivideByVisibleShare(context, path))
     elif isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        remask(False)
+        remask("bchw")
     elif isinstance(module, nn.Linear):
-        module.register_forward_hook(ReMaskLinearOutput(context, path))
-    elif isinstance(module, POINTWISE_SAFE + types["drop_path"]) or _is_empty_container(module):
+        remask("bhwc")
+    elif isinstance(module, POINTWISE_SAFE + types["drop_path"]) or _is_empty_container(module) \
+            or _is_zero_padding(module) or (_is_activation(module) and _maps_zero_to_zero(module)):
         pass
-    elif _is_activation(module):
-        if not _maps_zero_to_zero(module):
-            raise UnsupportedLayerError(
-                f"cannot make '{path}' ({type(module).__module__}.{type(module).__name__}) sparse: this "
-                f"activation maps 0 to a non-zero value on a feature map, which would fill masked positions")
     elif len(list(module.children())) > 0:
         sparsify_(module, context, sync_bn, called, prefix=f"{path}.")
-    else:
-        raise UnsupportedLayerError(
-            f"cannot make '{path}' ({type(module).__module__}.{type(module).__name__}) sparse: sparkmim has no "
-            f"rule for this layer type, and keeping it dense could mix masked positions into visible ones "
-            f"or fill masked positions; add a rule in sparkmim/sparse/rules.py")
+    else:  # any other layer: re-masked wherever its output lies on the grid; the probe checks the rest
+        remask("auto")
     return None
+
+
+def add_visible_mean_hooks(module: nn.Module, context: MaskContext) -> Tuple[Any, Any]:
+    """The channel-attention rule (see the module docstring); returns the two hook handles."""
+    return (module.register_forward_pre_hook(VisibleMeanInput(context)),
+            module.register_forward_hook(VisibleMeanOutput(context)))

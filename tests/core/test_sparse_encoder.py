@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from sparkmim import MaskNotSetError, UnsupportedLayerError, build_spark, make_sparse_encoder
+from sparkmim.sparse.encoder import create_timm_encoder
 from sparkmim.sparse.norms import SparseBatchNorm2d
 from tests.core_utils import capture_layer_outputs, masked_part, random_mask
 
@@ -24,9 +25,19 @@ FAMILIES = [
     "mobilenetv3_small_100", # hard-swish, hard-sigmoid SE
     "regnety_002",           # RegNet with SE, BatchNormAct2d
     "nf_resnet26",           # weight-standardised convolutions, no norm layers
+    # rules of the general mechanism (slow marker: larger models or longer builds)
+    pytest.param("legacy_seresnet18", marks=pytest.mark.slow),   # legacy SE with an inline global mean
+    pytest.param("skresnet18", marks=pytest.mark.slow),          # selective-kernel attention (gate only)
+    pytest.param("fastvit_t8", marks=pytest.mark.slow),          # LayerScale2d, re-parameterisable mixers
+    pytest.param("hgnetv2_b0", marks=pytest.mark.slow),          # LearnableAffineBlock (a*x+b), ESE attention
+    pytest.param("inception_next_atto", marks=pytest.mark.slow), # refuses global_pool=''
+    pytest.param("swiftformer_xs", marks=pytest.mark.slow),      # additive attention pooled over visible tokens
 ]
 SIZE = 64
 BATCH = 2
+# selective-kernel attention normalises pooled vectors over a batch of 2 in training mode, which
+# amplifies float32 rounding of the sparse BatchNorms (measured: 4e-4 at level 3 on values of ~5)
+TRAIN_TOLERANCE = {"skresnet18": 1e-3}
 
 
 def build(name: str):
@@ -35,7 +46,7 @@ def build(name: str):
 
 
 def dense_twin(name: str, spark) -> nn.Module:
-    dense = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+    dense = create_timm_encoder(name)
     dense.load_state_dict(spark.encoder.model.state_dict())
     return dense
 
@@ -94,7 +105,8 @@ def test_all_visible_equals_dense_timm_model(family, train):
         sparse_features = spark.encode(images, active)
         dense_features = dense.forward_intermediates(images, indices=4, intermediates_only=True)
     for level, (a, b) in enumerate(zip(sparse_features, dense_features)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{name} level {level}")
+        tolerance = TRAIN_TOLERANCE.get(name, 1e-4) if train else 1e-4
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, msg=f"{name} level {level}")
     if train:  # running statistics move exactly as the dense BatchNorms' do
         dense_state = dense.state_dict()
         for key, value in spark.encoder.model.state_dict().items():
@@ -181,13 +193,52 @@ def _resnet_with(layer: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("layer,message", [
-    (nn.Sigmoid(), "maps 0 to a non-zero"),
-    (nn.LocalResponseNorm(2), "no rule for this layer type"),
-])
-def test_unsupported_layers_are_refused_with_their_path(layer, message):
-    with pytest.raises(UnsupportedLayerError, match=rf"'layer1\.0\.act1' .*{message}"):
-        make_sparse_encoder(_resnet_with(layer))
+class ChannelScale(nn.Module):
+    """A layer type sparkmim has never seen: a learnt per-channel scale and shift (a*x+b)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+        self.shift = nn.Parameter(torch.rand(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+@pytest.mark.parametrize("layer", [nn.Sigmoid(), nn.LocalResponseNorm(2), ChannelScale(64),
+                                   nn.Sequential(nn.Upsample(scale_factor=2), nn.AvgPool2d(2))],
+                         ids=["sigmoid", "local_response_norm", "affine", "upsample"])
+def test_layers_without_a_rule_are_re_masked_and_keep_the_invariants(layer):
+    encoder = make_sparse_encoder(_resnet_with(layer))  # the probe passes them
+    active = random_mask(BATCH, 2, 2, visible=2, seed=3)
+    images = torch.randn(BATCH, 3, SIZE, SIZE)
+    pixels_visible = active.repeat_interleave(32, 2).repeat_interleave(32, 3)
+    altered = torch.where(pixels_visible, images, torch.randn_like(images) * 5)
+    outputs, handles = capture_layer_outputs(encoder.model)
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            first, second = encoder(images, active), encoder(altered, active)
+    finally:
+        for handle in handles:
+            handle.remove()
+    output, channels_last = outputs["layer1.0.act1"]
+    assert torch.count_nonzero(masked_part(output, channels_last, active)) == 0
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_leaf_computing_spatial_statistics_is_refused_by_the_probe():
+    with pytest.raises(UnsupportedLayerError, match=r"'layer1\.0\.act1' .*InstanceNorm2d.*change with the number of masked"):
+        make_sparse_encoder(_resnet_with(nn.InstanceNorm2d(64)))
+
+
+def test_a_map_off_the_mask_grid_is_refused_with_its_sizes():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    model.layer1[0].conv1 = nn.Conv2d(64, 64, 3, padding=0)  # 'valid': the map shrinks by 2
+    model.layer1[0].downsample = nn.ZeroPad2d(-1)  # crop the shortcut to match (a negative pad)
+    with pytest.raises(UnsupportedLayerError, match=r"'layer1\.0\.conv1' .*does not line up with the 3x3 mask grid"):
+        make_sparse_encoder(model)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -225,6 +276,31 @@ def test_probe_names_a_block_with_inline_global_statistics():
     model.layer2[0].se = InlineGlobalGate(128)  # timm's BasicBlock calls .se when set
     with pytest.raises(UnsupportedLayerError, match=r"'layer2\.0\.se' .*InlineGlobalGate.*change with the number of masked"):
         make_sparse_encoder(model)
+
+
+class InlineSqueezeExcite(nn.Module):
+    """Squeeze-excitation written inline, with no timm class: ``x * sigmoid(W mean(x))``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def test_inline_channel_attention_gets_the_visible_mean_rule():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    model.layer2[0].se = InlineSqueezeExcite(128)
+    encoder = make_sparse_encoder(model)  # the probe flags it, the channel-attention rule fixes it
+    assert len(encoder.model.layer2[0].se._forward_pre_hooks) == 1  # the visible-mean scaling
+    images, active = torch.randn(1, 3, SIZE, SIZE), random_mask(1, 2, 2, visible=1, seed=4)
+    keep = active.repeat_interleave(32, 2).repeat_interleave(32, 3)
+    encoder.eval()
+    with torch.no_grad():
+        first, second = encoder(images, active), encoder(torch.where(keep, images, torch.randn_like(images)), active)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_probe_accepts_a_block_with_a_rule():
