@@ -15,7 +15,7 @@ from torch import nn
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError, save_config
-from sparkmim.utils.disk import check_free_space, keeping_last_good, state_bytes
+from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
@@ -128,13 +128,10 @@ def open_metrics(out: Path, record: Optional[Dict[str, Any]], is_main: bool) -> 
 def check_space_for_checkpoints(model: nn.Module, with_ema: bool, out: Path) -> None:
     """Warn at start when the run folder cannot hold the saves: the last checkpoint (weights, EMA weights,
     AdamW's two moments) and the best weights (and best EMA weights), each written beside the old file."""
-    weights = state_bytes(model)
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    last = weights * (2 if with_ema else 1) + 2 * trainable
-    best = weights * (2 if with_ema else 1)
-    existing = sum(p.stat().st_size for p in (out / checkpoints.LAST, out / checkpoints.BEST, out / checkpoints.BEST_EMA)
-                   if p.is_file())
-    check_free_space(out, 2 * (last + best) - existing, "saving the checkpoints")
+    weights, ema_weights = state_bytes(model), state_bytes(model) if with_ema else 0
+    trainable = tensor_bytes(p for p in model.parameters() if p.requires_grad)
+    check_space_for_saves(out, {checkpoints.LAST: weights + ema_weights + 2 * trainable, checkpoints.BEST: weights,
+                                checkpoints.BEST_EMA: ema_weights}, "saving the checkpoints")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import save_config
-from sparkmim.utils.disk import check_free_space, keeping_last_good, state_bytes
+from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
@@ -261,12 +261,9 @@ def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, di
 def check_space_for_checkpoints(spark: torch.nn.Module, run_dir: Path, model_name: str) -> None:
     """Warn at start when the run folder cannot hold the next save: the full checkpoint (weights and
     LAMB's two moments) and the encoder export, each written beside the old file before replacing it."""
-    params = sum(p.numel() * p.element_size() for p in spark.parameters())
-    full = state_bytes(spark) + 2 * params
-    encoder = state_bytes(spark.encoder.model)
-    existing = sum(p.stat().st_size for p in (run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(model_name))
-                   if p.is_file())
-    check_free_space(run_dir, 2 * (full + encoder) - existing, "saving the checkpoint")
+    full = state_bytes(spark) + 2 * tensor_bytes(spark.parameters())
+    check_space_for_saves(run_dir, {ckpt.LAST_NAME: full, ckpt.encoder_name(model_name): state_bytes(spark.encoder.model)},
+                          "saving the checkpoint")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:

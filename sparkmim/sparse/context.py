@@ -96,9 +96,14 @@ class MaskContext:
                 return "bhwc"
             return "pooled" if x.shape[-2:] == (1, 1) else None
         if x.dim() == 3:
-            side = round((x.shape[1] / (grid_h * grid_w)) ** 0.5)
-            return "bnc" if side > 0 and side * side * grid_h * grid_w == x.shape[1] else None
+            return "bnc" if self._token_side(x.shape[1]) else None
         return "pooled" if x.dim() <= 2 else None
+
+    def _token_side(self, tokens: int) -> int:
+        """k when ``tokens`` flatten a map of (grid_h * k) x (grid_w * k) positions, else 0."""
+        grid_h, grid_w = self.active.shape[-2:]
+        side = round((tokens / (grid_h * grid_w)) ** 0.5)
+        return side if side > 0 and side * side * grid_h * grid_w == tokens else 0
 
     def mask_for(self, x: torch.Tensor, layout: str) -> torch.Tensor:
         """The mask broadcastable to ``x`` in ``layout`` (see :meth:`layout_of`)."""
@@ -107,7 +112,7 @@ class MaskContext:
         if layout == "bhwc":
             return self.mask_like(x, channels_last=True)
         grid_h, grid_w = self.active.shape[-2:]
-        side = round((x.shape[1] / (grid_h * grid_w)) ** 0.5)
+        side = self._token_side(x.shape[1])
         return self.mask(grid_h * side, grid_w * side, x.dtype, channels_last=True).reshape(x.shape[0], -1, 1)
 
     def mask_like(self, x: torch.Tensor, channels_last: bool = False, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import torch
 
@@ -80,10 +80,14 @@ def keeping_last_good(last_checkpoint: Path) -> Iterator[None]:
                                "--resume auto", error.path) from error
 
 
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the tensors' data as ``torch.save`` writes them."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def state_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers as ``torch.save`` writes them."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return tensor_bytes(list(module.parameters()) + list(module.buffers()))
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> bool:
@@ -98,3 +102,11 @@ def check_free_space(folder: Path, needed: int, what: str) -> bool:
     logger.warning("only %.1f MB free in %s, but %s needs about %.1f MB: the first save will fail unless "
                    "space is freed", free / 2 ** 20, Path(folder).resolve(), what, needed / 2 ** 20)
     return False
+
+
+def check_space_for_saves(folder: Path, sizes: Mapping[str, int], what: str) -> bool:
+    """:func:`check_free_space` for atomic saves of the files named in ``sizes`` (name -> bytes): each is
+    written beside its old version before replacing it, so a save needs twice its size, less what the
+    old files already occupy."""
+    existing = sum((Path(folder) / name).stat().st_size for name in sizes if (Path(folder) / name).is_file())
+    return check_free_space(folder, 2 * sum(sizes.values()) - existing, what)
