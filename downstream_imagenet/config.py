@@ -1,7 +1,8 @@
 """Options of ``spark-finetune``: defaults, the per-model recipe, a user recipe, then the command line.
 
-The per-model recipes in ``recipes/`` hold the paper's fine-tuning table; a model without one needs
-its hyper-parameters from ``--recipe`` or the command line (the run refuses to guess them).
+The per-model recipes in ``recipes/`` hold the paper's fine-tuning table. A model without one gets
+``recipes/default.yaml`` (the paper's ResNet-50 recipe without stochastic depth, which not every timm
+family has), and the run logs that it did; ``--recipe`` and the command line override it as usual.
 """
 import argparse
 import json
@@ -14,16 +15,18 @@ from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 
-RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+from .layer_decay import GROUPINGS
 
-# hyper-parameters that every run needs and that come from a recipe (None = not given)
-RECIPE_KEYS = ("batch_size", "epochs", "warmup_epochs", "opt", "base_lr", "layer_decay", "weight_decay",
-               "mixup", "repeated_aug", "drop_path", "ema")
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "default"    # recipes/default.yaml: for models without a recipe of their own
+LINEAR_PROBE_RECIPE = "linear_probe"
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(TypedConfig):
-    """spark-finetune's options. The paper's per-model table (:data:`RECIPE_KEYS`) has no default: it
-    comes from the built-in model recipe, ``--recipe`` or the command line. Types are checked once."""
+    """spark-finetune's options. The paper's per-model table (``None`` here) comes from the model's built-in
+    recipe (``recipes/default.yaml`` for a model without one), ``--recipe`` or the command line. Types are
+    checked once."""
 
     # what to run
     model: Optional[str] = None
@@ -47,6 +50,7 @@ class FinetuneConfig(TypedConfig):
     opt: Optional[str] = None
     base_lr: Optional[float] = None
     layer_decay: Optional[float] = None
+    layer_grouping: str = "auto"
     weight_decay: Optional[float] = None
     mixup: Optional[float] = None
     repeated_aug: Optional[int] = None
@@ -86,6 +90,7 @@ class FinetuneConfig(TypedConfig):
     stop_after_epoch: Optional[int] = None
     progress: bool = True
     recipe: Optional[str] = None        # the --recipe file the run used (a record; set by resolve)
+    model_recipe: Optional[str] = None  # the built-in recipe the run used (a record; set by resolve)
 
 
 DEFAULTS: Dict[str, Any] = FinetuneConfig.defaults()
@@ -97,6 +102,7 @@ CHOICES = {
     "crop_mode": ("center", "squash", "border"),
     "remode": ("pixel", "rand", "const"),
     "device": ("auto", "cuda", "cpu"),
+    "layer_grouping": GROUPINGS,
 }
 
 
@@ -111,7 +117,8 @@ def model_recipe_path(model: str, input_size: Optional[int]) -> Optional[Path]:
 
 
 def builtin_recipes() -> List[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if p.stem != "linear_probe")
+    """The models with a recipe of their own."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if p.stem not in (DEFAULT_RECIPE, LINEAR_PROBE_RECIPE))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Options override the recipe file, which overrides the built-in model recipe.")
     add = parser.add_argument
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
-    add("--model", help="timm model name, e.g. resnet50, convnext_base; built-in recipes: "
-                        + ", ".join(builtin_recipes()))
+    add("--model", help="timm model name, e.g. resnet50, convnext_base, efficientnet_b0; built-in recipes: "
+                        + ", ".join(builtin_recipes()) + "; other models get recipes/default.yaml")
     add("--model-kwargs", type=json.loads, help="extra timm.create_model arguments as JSON, e.g. "
                                                "'{\"channels\": [32, 64, 128, 256]}' (must match the pre-trained encoder)")
     add("--data", help="folder with train/ and val/ class folders (ImageNet layout)")
@@ -146,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup-epochs", type=float)
     add("--opt", choices=CHOICES["opt"])
     add("--base-lr", type=float, help="lr = base_lr x batch_size / 256")
-    add("--layer-decay", type=float, help="layer-wise lr decay (1.0 = off)")
+    add("--layer-decay", type=float, help="layer-wise lr decay (1.0 = off; ignored with --linear-probe)")
+    add("--layer-grouping", help="layers for --layer-decay: auto (the paper's table for ResNet/ConvNeXt, "
+                                 "else timm's stages), paper, stages or blocks (timm's group_matcher)")
     add("--weight-decay", type=float)
     add("--mixup", type=float, help="mixup alpha (0 = off)")
     add("--cutmix", type=float, help="cutmix alpha (0 = off)")
@@ -211,15 +220,16 @@ def parse(argv: Optional[Sequence[str]] = None) -> UserLayers:
 def resolve(user: UserLayers) -> FinetuneConfig:
     """Training configuration: defaults <- model recipe (<- linear-probe recipe) <- --recipe <- CLI."""
     probe = merge(DEFAULTS, user.recipe, user.cli)
-    layers = []
+    layers, model_recipe = [], None
     if probe["model"]:
-        builtin = model_recipe_path(probe["model"], probe["input_size"])
-        if builtin is not None:
-            layers.append(load_recipe(str(builtin)))
+        builtin = model_recipe_path(probe["model"], probe["input_size"]) or RECIPE_DIR / f"{DEFAULT_RECIPE}.yaml"
+        layers.append(load_recipe(str(builtin)))
+        model_recipe = builtin.stem
     if probe["linear_probe"]:
-        layers.append(load_recipe(str(RECIPE_DIR / "linear_probe.yaml")))
+        layers.append(load_recipe(str(RECIPE_DIR / f"{LINEAR_PROBE_RECIPE}.yaml")))
     config = merge(DEFAULTS, *layers, user.recipe, user.cli)
     config["recipe"] = user.recipe_file
+    config["model_recipe"] = model_recipe
     config["amp"] = canonical_amp(config["amp"])
     typed = FinetuneConfig.from_mapping(config)
     validate(typed)
@@ -256,12 +266,6 @@ def validate(config: FinetuneConfig) -> None:
         raise ConfigError("--output-dir is required")
     if not config.data and not (config.train_dir and config.val_dir):
         raise ConfigError("give --data (with train/ and val/) or both --train-dir and --val-dir")
-    missing = [key for key in RECIPE_KEYS if config[key] is None]
-    if missing:
-        raise ConfigError(
-            f"no built-in recipe for model '{config.model}' (built-in: {', '.join(builtin_recipes())}); "
-            f"give these options with --recipe or on the command line: "
-            + ", ".join("--" + key.replace("_", "-") for key in missing))
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")

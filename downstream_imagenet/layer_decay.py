@@ -1,4 +1,4 @@
-"""Layer-wise learning-rate decay for fine-tuning timm ResNets and ConvNeXts.
+"""Layer-wise learning-rate decay for fine-tuning any timm model.
 
 Each parameter gets a layer id from 0 (stem) to N + 1 (classifier) and an lr scale of
 ``decay ** (N + 1 - layer_id)``: layers near the input move least, the new classifier moves at the
@@ -11,8 +11,12 @@ parameter names), because the paper's fine-tuning numbers were obtained with it:
   stage 1 and its downsample -> 2; the downsample of stage 2 -> 3; block j of stage 2 -> 3 + j // 3;
   stage 3 and its downsample -> N; the head (final norm and classifier) -> N + 1.
 
-timm's own ``param_groups_layer_decay`` groups ResNets and ConvNeXts differently (by stage, with
-another numbering), so it is not used here.
+timm's own grouping numbers ResNets and ConvNeXts differently, so for those two families the paper's
+table above is the default (``grouping="auto"``). Every other model is grouped by timm itself, from the
+model's ``group_matcher``: ``"stages"`` (its coarse groups: stem, one group per stage, head; about six
+layers, the span the paper's recipes were tuned for) or ``"blocks"`` (its fine groups, exactly as
+timm's ``param_groups_layer_decay`` numbers them). A model without a ``group_matcher`` falls back to
+timm's ``auto_group_layers``.
 """
 import logging
 import math
@@ -36,8 +40,11 @@ _RESNET_BLOCK_GROUPS: Dict[Tuple[int, int], Tuple[int, int]] = {
 }
 
 
+GROUPINGS = ("auto", "paper", "stages", "blocks")
+
+
 class LayerDecayError(UserError, ValueError):
-    """Layer-wise decay was asked for a model whose layer grouping is not defined."""
+    """Layer-wise decay was asked with a grouping the model does not have."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,8 @@ def convnext_assigner(model: nn.Module) -> LayerAssigner:
     return LayerAssigner(num_layers=last, layer_of=layer_of)
 
 
-def layer_assigner(model: nn.Module) -> Optional[LayerAssigner]:
-    """The assigner for ``model``'s family, or None when the grouping is not defined for it."""
+def paper_assigner(model: nn.Module) -> Optional[LayerAssigner]:
+    """The paper's assigner for ``model``'s family, or None when the model is no ResNet or ConvNeXt."""
     from timm.models.convnext import ConvNeXt
     from timm.models.resnet import ResNet
 
@@ -119,23 +126,59 @@ def layer_assigner(model: nn.Module) -> Optional[LayerAssigner]:
     return None
 
 
+def timm_layer_map(model: nn.Module, coarse: bool) -> Dict[str, int]:
+    """Parameter name -> layer index as timm numbers it (the classifier in the last layer)."""
+    from timm.models import group_parameters
+    from timm.optim import auto_group_layers
+
+    if not hasattr(model, "group_matcher"):
+        logger.info("%s has no group_matcher: layers grouped by timm's auto_group_layers", type(model).__name__)
+        return auto_group_layers(model)
+    try:
+        return group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+    except NotImplementedError:  # e.g. RDNet has fine groups only
+        logger.info("%s has no stage grouping: using its block grouping", type(model).__name__)
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+
+
+def timm_assigner(model: nn.Module, coarse: bool) -> LayerAssigner:
+    """Layers from timm's grouping; the scale ``decay ** (last - layer)`` is the one timm's
+    ``param_groups_layer_decay`` gives."""
+    layer_map = timm_layer_map(model, coarse)
+    last = max(layer_map.values())
+    if last == 0:
+        raise LayerDecayError(
+            f"timm puts every parameter of {type(model).__name__} in one layer (no group_matcher and no "
+            f"classifier name), so layer-wise lr decay cannot be applied; pass --layer-decay 1.0")
+    return LayerAssigner(num_layers=last - 1, layer_of=lambda name: layer_map.get(name, last))
+
+
+def layer_assigner(model: nn.Module, grouping: str = "auto") -> LayerAssigner:
+    """The assigner for ``model``: ``auto`` = the paper's table for ResNet/ConvNeXt, else timm's stages."""
+    if grouping not in GROUPINGS:
+        raise LayerDecayError(f"layer grouping must be one of {', '.join(GROUPINGS)}, got {grouping!r}")
+    if grouping in ("auto", "paper"):
+        assigner = paper_assigner(model)
+        if assigner is not None:
+            return assigner
+        if grouping == "paper":
+            raise LayerDecayError(
+                f"the paper's layer grouping is defined for timm ResNet and ConvNeXt models, not "
+                f"{type(model).__name__}; use --layer-grouping stages or blocks (timm's grouping)")
+    return timm_assigner(model, coarse=grouping != "blocks")
+
+
 def takes_no_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Biases and 1-D parameters (norm affine, ConvNeXt layer scale 'gamma') take no weight decay."""
     return param.ndim <= 1 or name.endswith(".bias") or name.endswith("gamma")
 
 
-def param_groups(model: nn.Module, layer_decay: float) -> List[dict]:
+def param_groups(model: nn.Module, layer_decay: float, grouping: str = "auto") -> List[dict]:
     """Optimizer groups with ``lr_scale`` and ``weight_decay_scale`` for :func:`apply_lr_wd`.
 
-    ``layer_decay`` of 1 (or more) disables the decay and works for any model; below 1 the model
-    must be a ResNet or ConvNeXt. Frozen parameters are left out."""
-    assigner = None
-    if layer_decay < 1.0:
-        assigner = layer_assigner(model)
-        if assigner is None:
-            raise LayerDecayError(
-                f"layer-wise lr decay is defined for timm ResNet and ConvNeXt models, not "
-                f"{type(model).__name__}; pass --layer-decay 1.0 to fine-tune it without decay")
+    ``layer_decay`` of 1 (or more) disables the decay; below 1 the layers come from
+    :func:`layer_assigner`. Frozen parameters are left out."""
+    assigner = layer_assigner(model, grouping) if layer_decay < 1.0 else None
     groups: Dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -152,9 +195,9 @@ def param_groups(model: nn.Module, layer_decay: float) -> List[dict]:
     return sorted(groups.values(), key=lambda g: (g["layer_id"], g["weight_decay_scale"]))
 
 
-def lr_scales(model: nn.Module, layer_decay: float) -> Dict[str, float]:
+def lr_scales(model: nn.Module, layer_decay: float, grouping: str = "auto") -> Dict[str, float]:
     """Parameter name -> lr scale, for inspection and tests."""
-    return {name: group["lr_scale"] for group in param_groups(model, layer_decay)
+    return {name: group["lr_scale"] for group in param_groups(model, layer_decay, grouping)
             for name in group["param_names"]}
 
 

@@ -25,7 +25,7 @@ from sparkmim.utils.run_folder import claim_run_folder
 from sparkmim.utils.signals import stop_at_once
 
 from . import checkpoints
-from .config import FinetuneConfig, UserLayers, parse, resolve, resolve_eval
+from .config import DEFAULT_RECIPE, FinetuneConfig, UserLayers, parse, resolve, resolve_eval
 from .data import (DataError, ImageFolderDataset, check_same_classes, dataset_dirs, eval_loader, eval_transform,
                    train_loader, train_transform)
 from .engine import Schedule, Trainer, evaluate, train_one_epoch
@@ -104,9 +104,14 @@ def optimisation(config: FinetuneConfig, model: nn.Module, record: Optional[Dict
         ema = ModelEmaV3(model, decay=config.ema)
         if record is not None and record.get("ema") is not None:
             ema.module.load_state_dict(record["ema"])
-    groups = param_groups(model, config.layer_decay)
+    decay = config.layer_decay
+    if config.linear_probe and decay != 1.0:
+        logger.info("--linear-probe trains the head only: layer decay %s ignored", decay)
+        decay = 1.0
+    groups = param_groups(model, decay, config.layer_grouping)
     if dist_info.is_main:
-        logger.info("parameter groups (layer decay %s):\n%s", config.layer_decay, describe_groups(groups))
+        logger.info("parameter groups (layer decay %s, grouping %s):\n%s", decay, config.layer_grouping,
+                    describe_groups(groups))
     optimizer = create_optimizer(groups, config)
     scaler = grad_scaler(config.amp, dist_info.device)
     if record is not None:
@@ -148,6 +153,10 @@ class FinetuneRun:
 def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneRun:
     """Data, model (resumed or pre-trained), optimisation, loaders and the per-step schedule."""
     device = dist_info.device
+    if config.model_recipe == DEFAULT_RECIPE:
+        logger.warning("no built-in recipe for %s: using the default recipe (recipes/%s.yaml, the paper's ResNet-50 "
+                       "recipe without stochastic depth); override any option with --recipe or on the command line",
+                       config.model, DEFAULT_RECIPE)
     train_set, val_set = load_datasets(config, training=True)
     classes = train_set.classes
     layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)

@@ -107,4 +107,15 @@ def test_layers_override_in_order(tmp_path):
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"epoch": 100}))
     with pytest.raises(ConfigError, match="unknown option 'epoch'"):
         parse(["--recipe", str(tmp_path / "typo.yaml")])
-    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == set(PAPER_TABLE) | {"linear_probe"}
+    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == set(PAPER_TABLE) | {"linear_probe", "default"}
+
+
+def test_model_without_recipe_gets_the_default_recipe_and_linear_probe_its_own():
+    config = resolve(parse(["--model", "efficientnet_b0", "--data", "d", "--output-dir", "o"]))
+    # the paper's ResNet-50 recipe, without stochastic depth
+    assert tuple(config[key] for key in KEYS) == PAPER_TABLE["resnet50"][:9] + (0.0, 0.9999)
+    assert (config.model_recipe, config.layer_grouping) == ("default", "auto")
+    assert resolve(parse(["--model", "resnet50", "--data", "d", "--output-dir", "o"])).model_recipe == "resnet50"
+    probe = resolve(parse(["--model", "efficientnet_b0", "--data", "d", "--output-dir", "o", "--linear-probe",
+                           "--layer-decay", "0.6"]))
+    assert (probe.opt, probe.layer_decay) == ("lars", 0.6)  # kept in the record; the run ignores it

@@ -96,8 +96,40 @@ def test_groups_drive_lr_and_weight_decay_through_the_schedule():
     assert by_name["fc.weight"]["lr"] == pytest.approx(0.1)
 
 
-def test_decay_refused_for_models_without_grouping_but_one_works():
-    model = timm.create_model("mobilenetv3_small_050", num_classes=4)
+# efficientnet_b0 by timm's stages (coarse group_matcher): stem, the 7 block stages, conv_head, classifier
+EFFICIENTNET_B0_STAGES_TABLE = [(r"conv_stem\.|bn1\.", 0.7 ** 8)] + [
+    (rf"blocks\.{stage}\.", 0.7 ** (7 - stage)) for stage in range(7)] + [
+    (r"conv_head\.|bn2\.", 0.7), (r"classifier\.", 1.0)]
+
+
+def test_other_models_are_grouped_by_timm_stages():
+    check_table(timm.create_model("efficientnet_b0", num_classes=4), EFFICIENTNET_B0_STAGES_TABLE)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnety_004", "resnet50", "densenet121"])
+def test_blocks_grouping_equals_timm_param_groups_layer_decay(name):
+    from timm.optim import param_groups_layer_decay
+
+    model = timm.create_model(name, num_classes=4)
+    theirs = {id(param): group["lr_scale"] for group in param_groups_layer_decay(model, layer_decay=0.8)
+              for param in group["params"]}
+    ours = lr_scales(model, 0.8, grouping="blocks")
+    named = dict(model.named_parameters())
+    assert len(set(ours.values())) > 5  # really decayed, not one layer
+    for param_name, scale in ours.items():
+        assert scale == pytest.approx(theirs[id(named[param_name])], rel=1e-12), param_name
+
+
+def test_auto_keeps_the_paper_table_and_paper_grouping_is_refused_elsewhere():
+    resnet = timm.create_model("resnet50")
+    assert lr_scales(resnet, 0.7, "paper") == lr_scales(resnet, 0.7, "auto")
+    assert lr_scales(resnet, 0.7, "stages") != lr_scales(resnet, 0.7, "auto")  # timm numbers it otherwise
+    with pytest.raises(LayerDecayError, match="--layer-grouping stages"):
+        param_groups(timm.create_model("mobilenetv3_small_050", num_classes=4), 0.7, "paper")
+
+
+def test_model_without_any_grouping_is_refused_with_the_way_out():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     with pytest.raises(LayerDecayError, match="--layer-decay 1.0"):
         param_groups(model, 0.7)
     assert set(lr_scales(model, 1.0).values()) == {1.0}
