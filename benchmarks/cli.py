@@ -18,6 +18,8 @@ Subcommands::
     spark-bench kill-trials  SIGKILL spark-pretrain or spark-finetune at random moments, resume, and count
                          corrupt checkpoints, failed resumes, duplicated or missing metric rows and
                          summaries that differ from an uninterrupted run (all expected 0)
+    spark-bench coverage  every timm family through SparK (build, a training step, the invariants), a
+                         table of what works and why the rest is refused; see docs/coverage.md
     spark-bench gpu-check  one prepared run of everything the CPU cannot check (CUDA correctness, no
                          host-device syncs, throughput and memory, data path, DDP); --device cpu
                          --quick runs every part's code path on tiny sizes
@@ -148,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
     gpu.add_argument("--value-data", default=None, help="data for part 6 (default: the installed Fashion-MNIST)")
 
+    coverage = sub.add_parser("coverage", help="every timm family: works, or refused and why (docs/coverage.md)")
+    coverage.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
+    coverage.add_argument("--json", type=Path, default=None)
+    coverage.add_argument("--families", type=lambda text: [f for f in text.split(",") if f], default=None,
+                          help="comma-separated timm modules (default: all of them)")
+    coverage.add_argument("--jobs", type=int, default=2, help="models tried at once (one process each)")
+    coverage.add_argument("--tries", type=int, default=2, help="smallest members tried per family until one works")
+    coverage.add_argument("--timeout-s", type=float, default=300.0, help="time limit per model")
+
     kills = sub.add_parser("kill-trials", help="random SIGKILLs then --resume auto, against an uninterrupted run")
     kills.add_argument("--work-dir", type=Path, required=True, help="where the data, the runs and the logs go")
     kills.add_argument("--trainer", choices=["pretrain", "finetune"], default="pretrain")
@@ -265,6 +276,22 @@ def _run_kill_trials(args: argparse.Namespace) -> int:
     return 0 if all_clean(report) else 1
 
 
+def _run_coverage(args: argparse.Namespace) -> int:
+    from .coverage.report import format_markdown, summary
+    from .coverage.survey import run_survey
+    outcomes = run_survey(args.families, jobs=args.jobs, tries=args.tries, timeout_s=args.timeout_s)
+    command = "spark-bench coverage" + (f" --families {','.join(args.families)}" if args.families else "") + \
+        (f" --out {args.out}" if args.out else "") + (f" --json {args.json}" if args.json else "") + \
+        f" --jobs {args.jobs} --tries {args.tries}"
+    table = format_markdown(outcomes, command)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    _write_json(args.json, {"summary": summary(outcomes), "families": [o.to_dict() for o in outcomes]})
+    return 1 if summary(outcomes)["crashes"] else 0
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .perf.compare import WORKER_MARK
     from .perf.step import measure
@@ -283,6 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
                 "norm": _run_norm, "gpu-check": _run_gpu_check, "kill-trials": _run_kill_trials,
+                "coverage": _run_coverage,
                 "worker": _run_worker}
     # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback
     return run_command("spark-bench", lambda: handlers[args.command](args), statuses={ValueError: 2, RuntimeError: 2})

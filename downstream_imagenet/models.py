@@ -9,11 +9,14 @@ logger = logging.getLogger(__name__)
 
 
 def _create(model_name: str, **kwargs: Any) -> nn.Module:
+    """A timm model by name, or a custom CNN by ``package.module:factory`` (called with timm's arguments)."""
     import timm
 
-    from sparkmim.sparse.encoder import check_model_name
+    from sparkmim.sparse.encoder import check_model_name, import_factory, is_factory_path
 
     check_model_name(model_name)
+    if is_factory_path(model_name):
+        return import_factory(model_name)(**kwargs)
     return timm.create_model(model_name, pretrained=False, **kwargs)
 
 

@@ -38,7 +38,8 @@ def classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
     ('fc' for ResNet, 'head.fc' for ConvNeXt)."""
     classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
     if not classifier:
-        raise WeightLoadingError(f"{type(model).__name__} does not name its classifier in pretrained_cfg")
+        raise WeightLoadingError(f"{type(model).__name__} does not name its classifier in pretrained_cfg; give "
+                                 "the class pretrained_cfg = {'classifier': '<attribute name>'} (docs/custom_cnn.md)")
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return tuple(f"{name}." for name in names)
 

@@ -100,6 +100,10 @@ class SparseBatchNorm2d(nn.Module):
         self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
 
     def _mask(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The visible mask at ``x``'s resolution; all ones for pooled (1x1) vectors, which have no positions
+        (ResNeSt's split attention normalises its pooled gate with a BatchNorm2d)."""
+        if self.context.layout_of(x) == "pooled":
+            return torch.ones(x.shape[0], 1, 1, 1, dtype=dtype, device=x.device)
         return self.context.mask_like(x, dtype=dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ class SparseBatchNormAct2d(SparseBatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.drop(self._normalize(x)))
-        return out * self.context.mask_like(out)
+        return out * self._mask(out, out.dtype)
 
 
 class SparseGroupNorm(nn.Module):
@@ -182,7 +186,9 @@ class SparseGroupNorm(nn.Module):
         var = _centered_for_variance(x32, mean, mask5).square().sum(dim=(2, 3, 4), keepdim=True) / count
         out = (centered * torch.rsqrt(var + self.eps)).reshape(batch, channels, height, width)
         if self.weight is not None:
-            out = out * self.weight.to(dtype)[None, :, None, None] + self.bias.to(dtype)[None, :, None, None] * mask
+            out = out * self.weight.to(dtype)[None, :, None, None]
+        if self.bias is not None:  # metaformer v2's GroupNorm1NoBias has a weight but no bias
+            out = out + self.bias.to(dtype)[None, :, None, None] * mask
         return out.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

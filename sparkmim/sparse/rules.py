@@ -14,10 +14,13 @@ statistics (BatchNorm, GroupNorm, global pooling in channel attention) use visib
   sample and a hook divides the output by the same factor. These blocks compute ``x * g(mean(x))``;
   with masked positions at zero, ``mean(c * x)`` with that ``c`` is the mean over visible positions,
   and ``(c * x) * g(.) / c`` is the block's output with that visible mean. Attention that returns only
-  the gate ``g(mean(x))`` (selective kernels) gets the pre-hook alone;
+  the gate ``g(mean(x))`` (selective kernels) gets the pre-hook alone. ResNeSt's split attention
+  takes the mean inline, so the layer after it (``fc1``) gets a pre-hook dividing the pooled vector by
+  the visible share; a BatchNorm on such pooled (1x1) vectors normalises them like the dense one;
 - zero padding needs nothing (it adds zeros, as a convolution's padding does);
 - any other layer without children (activations that map 0 elsewhere, per-channel scales, affine
-  blocks, upsampling, transposed convolutions, ...): its output is re-masked wherever it lies on the
+  blocks, upsampling, transposed convolutions, ...), or whose only children are activations (metaformer's
+  ``StarReLU``, ``scale * relu(x) ** 2 + bias``, computes with its own parameters): its output is re-masked wherever it lies on the
   mask grid (channels first or last, or flattened tokens) and left alone where it is pooled. Such a
   layer may still compute statistics over all positions; the build-time probe
   (:mod:`sparkmim.sparse.probe`) runs every converted encoder and refuses it, naming the layer;
@@ -57,10 +60,12 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
     from timm.models.hgnet import EseModule
     from timm.models.senet import SEModule as LegacySEModule
     from timm.layers.selective_kernel import SelectiveKernelAttn
+    from timm.layers.split_attn import SplitAttn
     return {
         "channel_attention": (SEModule, EffectiveSEModule, EcaModule, CecaModule, EfficientNetSqueezeExcite,
                               EseModule, LegacySEModule),
         "gate_from_mean": (SelectiveKernelAttn,),
+        "split_attention": (SplitAttn,),
         "batchnorm_act": (BatchNormAct2d, SyncBatchNormAct),
         "groupnorm_act": (GroupNormAct,),
         "layernorm_channels_first": (LayerNorm2d, LayerNorm2dFp32),
@@ -69,8 +74,16 @@ def _timm_types() -> Dict[str, Tuple[Type[nn.Module], ...]]:
     }
 
 
-def _misaligned(path: str, module: nn.Module, output: torch.Tensor, context: MaskContext) -> UnsupportedLayerError:
+def _misaligned(path: str, module: nn.Module, output: torch.Tensor, context: MaskContext,
+                attention: Optional[str] = None) -> UnsupportedLayerError:
     grid = "x".join(str(int(n)) for n in context.active.shape[-2:])
+    if attention is not None:
+        return UnsupportedLayerError(
+            f"cannot make '{path}' ({type(module).__module__}.{type(module).__name__}) sparse: it belongs to the "
+            f"attention block {attention}, whose tokens {tuple(output.shape)} are not the positions of the {grid} "
+            "mask grid (windows, or keys pooled or reduced over the map); attention would let masked tokens "
+            "reach visible ones, which sparse convolution cannot prevent, so SparK cannot pre-train this model",
+            module)
     return UnsupportedLayerError(
         f"cannot make '{path}' ({type(module).__module__}.{type(module).__name__}) sparse: its output "
         f"{tuple(output.shape)} does not line up with the {grid} mask grid (a map whose sides are not the same "
@@ -90,10 +103,11 @@ class ReMaskOutput:
     output-size tensor per layer costs more than the multiply (on CPU the allocation page-faults).
     Out of place for other layers (an activation such as a sigmoid keeps its output for backward)."""
 
-    def __init__(self, context: MaskContext, path: str, layout: str = "bchw") -> None:
+    def __init__(self, context: MaskContext, path: str, layout: str = "bchw", attention: Optional[str] = None) -> None:
         self.context = context
         self.path = path
         self.layout = layout
+        self.attention = attention  # the attention block the layer belongs to, for the refusal's wording
 
     # what a layer of a known layout may also produce: pooled vectors, and (channels-last layers) tokens
     ALSO_ACCEPTED = {"bchw": ("pooled",), "bhwc": ("pooled", "bnc")}
@@ -110,7 +124,7 @@ class ReMaskOutput:
         if found == "pooled":
             return output
         if found is None:
-            raise _misaligned(self.path, module, output, self.context)
+            raise _misaligned(self.path, module, output, self.context, self.attention)
         mask = self.context.mask_for(output, found)
         return output * mask if self.layout == "auto" else output.mul_(mask)
 
@@ -146,6 +160,21 @@ class VisibleMeanInput:
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         return (x * _visible_mean_factor(self.context, x),) + tuple(args[1:])
+
+
+class PooledToVisibleMean:
+    """Forward pre-hook for the layer right after a mean over the whole map written inline (ResNeSt's
+    ``SplitAttn`` pools, then ``fc1``): masked positions are zero, so that mean is the visible mean times
+    the visible share; dividing by the share (per sample, from the mask grid: every patch covers as many
+    positions) makes it the visible mean."""
+
+    def __init__(self, context: MaskContext) -> None:
+        self.context = context
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        pooled = args[0]
+        share = self.context.active.to(pooled.dtype).mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+        return (pooled / share,) + tuple(args[1:])
 
 
 class VisibleMeanOutput:
@@ -185,30 +214,53 @@ def _is_activation(module: nn.Module) -> bool:
     return origin.startswith("torch.nn.modules.activation") or origin.startswith("timm.layers.activations")
 
 
+def _attention_block(module: nn.Module, path: str, outer: Optional[str]) -> Optional[str]:
+    """``"'path' (Class)"`` for a block named as attention (self-attention, window attention...), else the
+    outer one's; only the wording of a refusal depends on it."""
+    name = type(module).__name__.lower()
+    return f"'{path}' ({type(module).__name__})" if "attention" in name or "attn" in name else outer
+
+
+def _is_parametrised_activation(module: nn.Module, types: Dict[str, Tuple[Type[nn.Module], ...]]) -> bool:
+    """A module with parameters of its own whose children are all plain activations or no-ops, such as
+    metaformer's ``StarReLU`` (``scale * relu(x) ** 2 + bias``): it computes inline with its own parameters
+    like a leaf, so it gets the leaf's rule, not only its children's."""
+    children = list(module.children())
+    return bool(children) and any(True for _ in module.parameters(recurse=False)) and all(
+        isinstance(child, POINTWISE_SAFE + types["drop_path"]) or _is_activation(child) for child in children)
+
+
 def sparsify_(model: nn.Module, context: MaskContext, sync_bn: bool = False,
-              called: Optional[Set[int]] = None, prefix: str = "") -> None:
+              called: Optional[Set[int]] = None, prefix: str = "", attention: Optional[str] = None) -> None:
     """Convert ``model`` in place so that it runs submanifold-sparse under ``context``'s mask.
 
     ``called``: ids of the modules that run in the feature forward; others (e.g. a classifier head)
-    are left untouched, as they never see a masked map."""
+    are left untouched, as they never see a masked map. ``attention``: the attention block ``model``
+    belongs to, if any (named in refusals)."""
     types = _timm_types()
     for name, child in list(model.named_children()):
         path = f"{prefix}{name}"
         if called is not None and id(child) not in called:
             continue
-        replacement = _convert_one(child, path, context, sync_bn, types, called)
+        replacement = _convert_one(child, path, context, sync_bn, types, called, attention)
         if replacement is not None:
             setattr(model, name, replacement)
 
 
 def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bool,
-                 types: Dict[str, Tuple[Type[nn.Module], ...]], called: Optional[Set[int]]) -> Optional[nn.Module]:
+                 types: Dict[str, Tuple[Type[nn.Module], ...]], called: Optional[Set[int]],
+                 attention: Optional[str] = None) -> Optional[nn.Module]:
     """Apply the rule for one module; return a replacement module or None (converted in place)."""
-    remask: Callable[[str], Any] = lambda layout: module.register_forward_hook(ReMaskOutput(context, path, layout))
+    attention = _attention_block(module, path, attention)
+    remask: Callable[[str], Any] = lambda layout: module.register_forward_hook(
+        ReMaskOutput(context, path, layout, attention))
     if isinstance(module, types["channel_attention"]):
         add_visible_mean_hooks(module, context)
     elif isinstance(module, types["gate_from_mean"]):
         module.register_forward_pre_hook(VisibleMeanInput(context))
+    elif isinstance(module, types["split_attention"]):
+        module.fc1.register_forward_pre_hook(PooledToVisibleMean(context))
+        sparsify_(module, context, sync_bn, called, prefix=f"{path}.", attention=attention)
     elif isinstance(module, types["batchnorm_act"]):
         return SparseBatchNormAct2d.from_dense(module, context, sync_bn)
     elif isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
@@ -232,8 +284,10 @@ def _convert_one(module: nn.Module, path: str, context: MaskContext, sync_bn: bo
     elif isinstance(module, POINTWISE_SAFE + types["drop_path"]) or _is_empty_container(module) \
             or _is_zero_padding(module) or (_is_activation(module) and _maps_zero_to_zero(module)):
         pass
+    elif _is_parametrised_activation(module, types):
+        remask("auto")
     elif len(list(module.children())) > 0:
-        sparsify_(module, context, sync_bn, called, prefix=f"{path}.")
+        sparsify_(module, context, sync_bn, called, prefix=f"{path}.", attention=attention)
     else:  # any other layer: re-masked wherever its output lies on the grid; the probe checks the rest
         remask("auto")
     return None
