@@ -136,7 +136,7 @@ def timm_layer_map(model: nn.Module, coarse: bool) -> Dict[str, int]:
         return auto_group_layers(model)
     try:
         return group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
-    except NotImplementedError:  # e.g. RDNet has fine groups only
+    except (NotImplementedError, AssertionError):  # e.g. RDNet has fine groups only (it asserts)
         logger.info("%s has no stage grouping: using its block grouping", type(model).__name__)
         return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
 

@@ -205,9 +205,24 @@ class ChannelScale(nn.Module):
         return x * self.scale + self.shift
 
 
+class ScaledSquaredReLU(nn.Module):
+    """An activation with parameters of its own around a child activation (metaformer's StarReLU):
+    ``scale * relu(x) ** 2 + bias`` writes its bias at masked positions unless it is re-masked itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.full((1,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.relu(x) ** 2 + self.bias
+
+
 @pytest.mark.parametrize("layer", [nn.Sigmoid(), nn.LocalResponseNorm(2), ChannelScale(64),
-                                   nn.Sequential(nn.Upsample(scale_factor=2), nn.AvgPool2d(2))],
-                         ids=["sigmoid", "local_response_norm", "affine", "upsample"])
+                                   nn.Sequential(nn.Upsample(scale_factor=2), nn.AvgPool2d(2)),
+                                   ScaledSquaredReLU()],
+                         ids=["sigmoid", "local_response_norm", "affine", "upsample", "parametrised_activation"])
 def test_layers_without_a_rule_are_re_masked_and_keep_the_invariants(layer):
     encoder = make_sparse_encoder(_resnet_with(layer))  # the probe passes them
     active = random_mask(BATCH, 2, 2, visible=2, seed=3)

@@ -33,3 +33,19 @@ def test_the_table_lists_enough_families():
 def test_family_member_works(model):
     result = run_trial(model)
     assert result.status == WORKS, result.reason
+
+
+@pytest.mark.parametrize("model", list(working_members()))
+def test_family_member_gets_layer_decay_for_fine_tuning(model):
+    """spark-finetune's default grouping (timm's stages) spreads every working family over several layers,
+    the classifier at the full lr."""
+    import timm
+
+    from sparkmim.downstream_imagenet.layer_decay import lr_scales
+    from sparkmim.downstream_imagenet.weights import classifier_prefixes
+
+    classifier = timm.create_model(model, num_classes=4)
+    scales = lr_scales(classifier, 0.7)
+    assert len(set(scales.values())) >= 3, sorted(set(scales.values()))
+    head = [name for name in scales if name.startswith(classifier_prefixes(classifier))]
+    assert head and all(scales[name] == 1.0 for name in head), head
