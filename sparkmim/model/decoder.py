@@ -29,9 +29,10 @@ class LightDecoder(nn.Module):
     """Width ``width`` at the coarsest scale, halving per stage, log2(upsample_ratio) stages.
 
     ``forward(features)`` takes the densified features coarsest first; feature i is added before stage i
-    (stages beyond the given features get none), and a 1x1 conv maps to 3 channels at full resolution."""
+    (stages beyond the given features get none), and a 1x1 conv maps to ``out_channels`` (the encoder's input
+    channels: 3 for RGB, 1 for grayscale, N for multispectral bands) at full resolution."""
 
-    def __init__(self, upsample_ratio: int = 32, width: int = 768, sync_bn: bool = False) -> None:
+    def __init__(self, upsample_ratio: int = 32, width: int = 768, sync_bn: bool = False, out_channels: int = 3) -> None:
         super().__init__()
         stages = round(math.log2(upsample_ratio))
         if 2 ** stages != upsample_ratio:
@@ -42,7 +43,10 @@ class LightDecoder(nn.Module):
         channels = [width // 2 ** i for i in range(stages + 1)]
         norm_layer = nn.SyncBatchNorm if sync_bn else nn.BatchNorm2d
         self.stages = nn.ModuleList(UpBlock(c_in, c_out, norm_layer) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.proj = nn.Conv2d(channels[-1], 3, kernel_size=1, bias=True)
+        if out_channels < 1:
+            raise ValueError(f"the decoder must predict at least one channel, got out_channels={out_channels}")
+        self.out_channels = out_channels
+        self.proj = nn.Conv2d(channels[-1], out_channels, kernel_size=1, bias=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

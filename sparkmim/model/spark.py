@@ -23,7 +23,8 @@ class SparKOutput:
 
     loss: mean per-patch-normalised L2 over masked patches (scalar, differentiable);
     active: bool (B, 1, h, w), True = visible;
-    prediction: the decoder's raw output (B, 3, H, W), per-patch normalised space (differentiable).
+    prediction: the decoder's raw output (B, C, H, W) with C the encoder's input channels, per-patch
+    normalised space (differentiable).
 
     ``reconstruction`` (the prediction de-normalised with each patch's own statistics, visible
     patches taken from the input) and ``masked_input`` (the input with masked patches zeroed) are
@@ -88,7 +89,10 @@ class SparK(nn.Module):
         if densify_norm not in DENSIFY_NORMS:
             raise ValueError(f"densify_norm must be one of {DENSIFY_NORMS} or 'auto', got '{densify_norm}'")
         self.densify_norm = densify_norm
-        self.decoder = LightDecoder(self.downsample_ratio, width=decoder_width, sync_bn=sync_bn)
+        # the decoder predicts every input channel (RGB, grayscale or multispectral bands); the loss covers all
+        self.in_chans: int = encoder.in_chans
+        self.decoder = LightDecoder(self.downsample_ratio, width=decoder_width, sync_bn=sync_bn,
+                                    out_channels=self.in_chans)
 
         self.densify_norms = nn.ModuleList()
         self.densify_projs = nn.ModuleList()

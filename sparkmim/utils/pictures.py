@@ -1,11 +1,18 @@
 """SparK's pictures, one home for spark-pretrain, spark-viz and the value benchmark: the loss curve and the
 reconstruction grid (input | masked input | reconstruction | reconstruction with the visible patches).
 
+Images with one channel are drawn in gray; images with more than three (multispectral bands) as a chosen
+band triplet, the first three by default. RGB images are de-normalised with ImageNet's statistics (or the
+given ones); other channel counts without given statistics are stretched per row, from the input panel's
+1st to 99th percentile, so all four panels of a row share one scale.
+
 Both are drawn with matplotlib's non-interactive backend, so they work on headless servers.
 """
 import logging
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
@@ -63,7 +70,7 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path:
 @torch.no_grad()
 def reconstruct(spark: torch.nn.Module, images: torch.Tensor, seed: int = 0,
                 mask_ratio: Optional[float] = None) -> List[torch.Tensor]:
-    """The four panels for ``images`` (B, 3, H, W, ImageNet-normalised, on the model's device), under a
+    """The four panels for ``images`` (B, C, H, W, normalised, on the model's device), under a
     mask drawn by SparK's own rule from ``seed`` (``mask_ratio`` overrides the model's). The reconstruction
     panel is the decoder's prediction de-normalised with each patch's own mean and std (as the loss sees
     it), on every patch. The model is run in eval mode and left in the mode it was in."""
@@ -87,17 +94,48 @@ def reconstruct(spark: torch.nn.Module, images: torch.Tensor, seed: int = 0,
     return [p.detach().float().cpu() for p in (images, output.masked_input, predicted, output.reconstruction)]
 
 
-def denormalise(images_bchw: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+def denormalise(images_bchw: torch.Tensor, mean: Optional[Sequence[float]] = None,
+                std: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Back to pixel values in [0, 1] with the per-channel ``mean``/``std`` (ImageNet's by default)."""
+    channels = images_bchw.shape[1]
+    mean = torch.tensor(IMAGENET_MEAN if mean is None else mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD if std is None else std, dtype=torch.float32).view(1, -1, 1, 1)
+    if mean.shape[1] != channels or std.shape[1] != channels:
+        raise ValueError(f"{channels}-channel images need {channels} mean and std values, got "
+                         f"{mean.shape[1]} and {std.shape[1]}")
     return (images_bchw.detach().float().cpu() * std + mean).clamp(0, 1)
 
 
-def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path,
-                         titles: Sequence[str] = PANEL_TITLES) -> Path:
-    """One row per image, one column per panel (each B x 3 x H x W, ImageNet-normalised)."""
+def display_bands(channels: int, bands: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """The channels drawn: one (gray) or three (as RGB); default the first three, or the first alone."""
+    chosen = tuple(bands) if bands is not None else ((0, 1, 2) if channels >= 3 else (0,))
+    if len(chosen) not in (1, 3) or not all(0 <= band < channels for band in chosen):
+        raise ValueError(f"draw 1 or 3 of the {channels} channels (indices 0-{channels - 1}), got {list(chosen)}")
+    return chosen
+
+
+def _stretch_rows(panels: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Per row (image), the input panel's 1st-99th percentile mapped to [0, 1] on every panel of the row."""
+    reference = panels[0].detach().float().cpu().flatten(1)
+    low = torch.quantile(reference, 0.01, dim=1).view(-1, 1, 1, 1)
+    high = torch.quantile(reference, 0.99, dim=1).view(-1, 1, 1, 1)
+    scale = (high - low).clamp_min(1e-6)
+    return [((p.detach().float().cpu() - low) / scale).clamp(0, 1) for p in panels]
+
+
+def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path, titles: Sequence[str] = PANEL_TITLES,
+                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                         bands: Optional[Sequence[int]] = None) -> Path:
+    """One row per image, one column per panel (each B x C x H x W, normalised with ``mean``/``std``, which
+    default to ImageNet's for 3 channels). ``bands``: the 1 or 3 channels drawn (see :func:`display_bands`)."""
     plt = _pyplot()
-    shown = [denormalise(p) for p in panels]
+    channels = panels[0].shape[1]
+    chosen = list(display_bands(channels, bands))
+    if mean is not None or std is not None or channels == 3:
+        shown = [denormalise(p, mean, std) for p in panels]
+    else:
+        shown = _stretch_rows(panels)
+    shown = [p[:, chosen] for p in shown]
     rows, cols = shown[0].shape[0], len(shown)
     height, width = shown[0].shape[-2:]
     cell = 2.2
@@ -106,11 +144,16 @@ def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path,
                                 dpi=100, squeeze=False)
     for r in range(rows):
         for c in range(cols):
-            axes[r][c].imshow(shown[c][r].permute(1, 2, 0).numpy())
+            picture = shown[c][r].permute(1, 2, 0).numpy()
+            if picture.shape[-1] == 1:
+                axes[r][c].imshow(picture[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                axes[r][c].imshow(np.ascontiguousarray(picture))
             axes[r][c].set_xticks([])
             axes[r][c].set_yticks([])
             if r == 0:
-                axes[r][c].set_title(titles[c], fontsize=9)
+                axes[r][c].set_title(titles[c] if len(chosen) != 3 or chosen == [0, 1, 2] or c
+                                     else f"{titles[c]} (bands {', '.join(map(str, chosen))})", fontsize=9)
     figure.tight_layout()
     figure.savefig(out_path)
     plt.close(figure)
