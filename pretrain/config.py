@@ -56,6 +56,10 @@ class PretrainConfig(TypedConfig):
     progress: bool = True                   # tqdm progress bar on rank 0
     log_interval: int = 10                  # steps between reads of the loss from the device (the host's only wait)
     tensorboard: bool = True
+    in_chans: int = 3                       # input channels: 1 grayscale, N multispectral bands (the data's own values)
+    mean: Optional[List[float]] = None      # per-channel normalisation in the data's own units; None = ImageNet (RGB)
+    std: Optional[List[float]] = None
+    norm_stats: str = "given"               # given (--mean/--std, or ImageNet for RGB) | auto (computed from the data)
     demo_images: int = 1024                 # size of the generated demo set (used when no data is given)
     demo_image_size: int = 128
     recipe: Optional[str] = None            # the recipe the run started from (a record; set by resolve)
@@ -71,6 +75,13 @@ DROP_PATH = {
 BETAS_RESNET = [0.9, 0.95]
 BETAS_CONVNEXT = [0.9, 0.999]
 AMP_CHOICES = tuple(AMP_DTYPES) + tuple(DEPRECATED_AMP)  # "none": spark-finetune's old spelling
+NORM_STATS = ("given", "auto")
+
+
+def reads_values(config: "PretrainConfig") -> bool:
+    """Whether the data is read with its own values and channels (sparkmim.utils.values) rather than
+    as 8-bit RGB normalised with ImageNet's statistics."""
+    return config.in_chans != 3 or config.mean is not None or config.norm_stats == "auto"
 
 
 def family_betas(model: str) -> List[float]:
@@ -154,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "the host wait for the device, so larger keeps a GPU busier")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False, default=None)
+    parser.add_argument("--in-chans", type=int, default=None,
+                        help="input channels (default 3). Other counts, --mean/--std or --norm-stats auto read the "
+                             "files with their own values: 8/16-bit grayscale PNG/TIFF, multi-band TIFF, .npy (H, W, C)")
+    parser.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean, in the data's units")
+    parser.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std, in the data's units")
+    parser.add_argument("--norm-stats", choices=NORM_STATS, default=None,
+                        help="auto: compute the per-channel mean and std once from up to 256 files (stored in "
+                             "config.yaml and the checkpoint)")
     parser.add_argument("--demo-images", type=int, default=None)
     parser.add_argument("--demo-image-size", type=int, default=None)
     return parser
@@ -194,6 +213,29 @@ def validate(config: PretrainConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if not 0 <= config.warmup_epochs <= config.epochs:
         raise ConfigError(f"warmup_epochs must be within [0, epochs={config.epochs}], got {config.warmup_epochs}")
+    validate_channels(config)
+
+
+def validate_channels(config: PretrainConfig) -> None:
+    """--in-chans with its normalisation: N means and N stds, or --norm-stats auto; RGB alone keeps ImageNet's."""
+    if config.in_chans <= 0:
+        raise ConfigError(f"in_chans must be positive, got {config.in_chans}")
+    if config.norm_stats not in NORM_STATS:
+        raise ConfigError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {config.norm_stats!r}")
+    if (config.mean is None) != (config.std is None):
+        raise ConfigError("give --mean and --std together (one value per input channel)")
+    if config.mean is not None:
+        if len(config.mean) != config.in_chans or len(config.std) != config.in_chans:
+            raise ConfigError(f"--mean and --std need {config.in_chans} values each (--in-chans {config.in_chans}), "
+                              f"got {len(config.mean)} and {len(config.std)}")
+        if min(config.std) <= 0:
+            raise ConfigError(f"--std values must be positive, got {config.std}")
+    elif config.in_chans != 3 and config.norm_stats != "auto":
+        raise ConfigError(f"--in-chans {config.in_chans} needs its normalisation: --mean and --std ({config.in_chans} "
+                          "values each, in the data's own units) or --norm-stats auto")
+    if reads_values(config) and config.decode_on_device:
+        raise ConfigError("--decode-on-device decodes 8-bit RGB JPEGs; drop it with --in-chans, --mean/--std or "
+                          "--norm-stats auto")
 
 
 def check_input_size(config: PretrainConfig) -> None:

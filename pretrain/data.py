@@ -8,6 +8,7 @@ uninterrupted one, whatever the number of loader workers.
 import logging
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -19,8 +20,10 @@ from torchvision.transforms import functional as TF
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sparkmim.utils.images import UnreadableImageError, find_image_files, is_image_file, load_rgb
+from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
+                                   is_image_file, load_rgb)
 from sparkmim.utils.errors import UserError
+from sparkmim.utils.values import load_values
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +36,24 @@ class DataError(UserError, ValueError):
     """The data argument does not lead to any usable image."""
 
 
-def list_images(source: str) -> List[Path]:
+@dataclass(frozen=True)
+class ValueSpec:
+    """Data read with its own values (see sparkmim.utils.values): channels and per-channel statistics."""
+    in_chans: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+    def load(self, path: Path) -> torch.Tensor:
+        return load_values(path, self.in_chans)
+
+
+def list_images(source: str, arrays: bool = False) -> List[Path]:
     """All image files under a folder (recursively, sorted; labels and layout ignored), or the paths
-    listed in a text file (one per line; relative paths are relative to the list file)."""
+    listed in a text file (one per line; relative paths are relative to the list file). ``arrays``: also
+    ``.npy`` files (data read with its own values)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = find_image_files(path)
+        files = find_image_files(path, IMAGE_EXTENSIONS + (ARRAY_EXTENSIONS if arrays else ()))
         if not files:
             raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}; "
                             "point DATA at a folder of images or a text file listing image paths")
@@ -58,17 +73,21 @@ def list_images(source: str) -> List[Path]:
     raise DataError(f"data path {path} does not exist; give a folder of images or a text file of paths")
 
 
-def first_readable(paths: Sequence[Path]) -> int:
-    """Index of the first decodable image. Cheap when the data is fine (usually the first file);
-    scans everything only in the failure case, which must be reported before building a model."""
+def first_readable(paths: Sequence[Path], in_chans: Optional[int] = None) -> int:
+    """Index of the first decodable image (with ``in_chans`` channels when the data is read with its own
+    values). Cheap when the data is fine (usually the first file); scans everything only in the failure
+    case, which must be reported before building a model."""
+    last_error = None
     for index, path in enumerate(paths):
         try:
-            load_rgb(path)
+            load_values(path, in_chans) if in_chans is not None else load_rgb(path)
             return index
-        except (UnreadableImageError, OSError):
+        except (UnreadableImageError, OSError) as error:
+            last_error = error
             continue
-    raise DataError(f"none of the {len(paths)} listed files is a readable image (first: {paths[0]}); "
-                    "check the data path and the files")
+    wanted = f" with {in_chans} channel(s)" if in_chans is not None else ""
+    raise DataError(f"none of the {len(paths)} listed files is a readable image{wanted} (first: {paths[0]}; last "
+                    f"error: {last_error}); check the data path, the files and --in-chans")
 
 
 def train_transform(size: Tuple[int, int]) -> transforms.Compose:
@@ -79,6 +98,26 @@ def train_transform(size: Tuple[int, int]) -> transforms.Compose:
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
+
+
+def values_transform(size: Tuple[int, int], values: ValueSpec) -> transforms.Compose:
+    """The same augmentation on a (C, H, W) tensor of the data's own values, all channels alike, then the
+    data's per-channel normalisation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.67, 1.0), interpolation=transforms.InterpolationMode.BICUBIC,
+                                     antialias=True),
+        transforms.RandomHorizontalFlip(),
+        transforms.Normalize(values.mean, values.std),
+    ])
+
+
+def eval_values(tensor: torch.Tensor, size: Tuple[int, int], values: ValueSpec) -> torch.Tensor:
+    """The deterministic view of :func:`eval_image` for a (C, H, W) tensor of the data's own values."""
+    height, width = size
+    scale = max(height / tensor.shape[-2], width / tensor.shape[-1])
+    resized = TF.resize(tensor, [max(height, round(tensor.shape[-2] * scale)), max(width, round(tensor.shape[-1] * scale))],
+                        interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
+    return TF.normalize(TF.center_crop(resized, [height, width]), values.mean, values.std)
 
 
 def eval_image(image: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
@@ -123,18 +162,22 @@ class PretrainImages(Dataset):
 
     Items are requested as ``(epoch, index)`` pairs (see :class:`StepBatchSampler`)."""
 
-    def __init__(self, paths: Sequence[Path], size: Tuple[int, int], seed: int) -> None:
+    def __init__(self, paths: Sequence[Path], size: Tuple[int, int], seed: int,
+                 values: Optional[ValueSpec] = None) -> None:
         self.paths = list(paths)
-        self.transform = train_transform(size)
+        self.values = values
+        self.transform = values_transform(size, values) if values is not None else train_transform(size)
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _load(self, index: int):
+        return self.values.load(self.paths[index]) if self.values is not None else load_rgb(self.paths[index])
+
     def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, List[int]]:
         epoch, index = key
-        image, failed = load_with_replacement(len(self.paths), index,
-                                              lambda candidate: load_rgb(self.paths[candidate]))
+        image, failed = load_with_replacement(len(self.paths), index, self._load)
         with sample_rng(self.seed, epoch, index):
             return self.transform(image), failed
 
@@ -221,14 +264,15 @@ class SkipReporter:
 
 
 def load_vis_images(paths: Sequence[Path], size: Tuple[int, int], count: int,
-                    start: int = 0) -> Optional[torch.Tensor]:
+                    start: int = 0, values: Optional[ValueSpec] = None) -> Optional[torch.Tensor]:
     """The first ``count`` readable images from ``start``, in the deterministic eval view."""
     tensors = []
     for path in list(paths[start:]) + list(paths[:start]):
         if len(tensors) >= count:
             break
         try:
-            tensors.append(eval_image(load_rgb(path), size))
+            tensors.append(eval_values(values.load(path), size, values) if values is not None
+                           else eval_image(load_rgb(path), size))
         except (UnreadableImageError, OSError):
             continue
     return torch.stack(tensors) if tensors else None

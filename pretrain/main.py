@@ -4,6 +4,7 @@ Launch plainly (one process) or with ``torchrun`` (DDP, SyncBN when more than on
 user mistake ends in a one-line ``spark-pretrain: error: ...`` and exit status 2; a non-finite loss
 ends with exit status 1; a SIGTERM/SIGINT stop saves and exits 0.
 """
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
+from sparkmim.utils.values import estimate_norm_stats
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
@@ -28,8 +30,8 @@ from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop, ignore_interrupt_in_worker
 
 from . import checkpointing as ckpt
-from .config import DEFAULTS, PretrainConfig, check_input_size, normalise_size, peak_lr, resolve
-from .data import (PretrainImages, SkipReporter, StepBatchSampler, collate, first_readable,
+from .config import DEFAULTS, PretrainConfig, check_input_size, normalise_size, peak_lr, reads_values, resolve
+from .data import (PretrainImages, SkipReporter, StepBatchSampler, ValueSpec, collate, first_readable,
                    list_images, load_vis_images)
 from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
@@ -63,19 +65,39 @@ def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[List[Path
             folder = ensure_demo_dataset(**kwargs)
         source = str(folder)
         logger.info("no data given: using the generated demo set in %s", folder)
-    paths = list_images(source)
-    first_readable(paths)
+    arrays = reads_values(config)
+    paths = list_images(source, arrays=arrays)
+    first_readable(paths, int(config.in_chans) if arrays else None)
     return paths, source
+
+
+def value_spec(config: PretrainConfig) -> Optional[ValueSpec]:
+    """How the files are read: None for 8-bit RGB with ImageNet's statistics (the paper's setting)."""
+    if not reads_values(config):
+        return None
+    return ValueSpec(int(config.in_chans), tuple(config.mean), tuple(config.std))
+
+
+def fill_norm_stats(config: PretrainConfig, paths: Sequence[Path]) -> PretrainConfig:
+    """--norm-stats auto: the per-channel mean and std of the data, computed once and kept in the config
+    (saved in config.yaml and the checkpoint); every process computes the same values from the same files."""
+    if config.norm_stats != "auto" or config.mean is not None:
+        return config
+    mean, std = estimate_norm_stats(paths, int(config.in_chans))
+    logger.info("normalisation from the data (--norm-stats auto): mean %s, std %s", mean, std)
+    return dataclasses.replace(config, mean=mean, std=std)
 
 
 def build_model(config: PretrainConfig, size: Tuple[int, int]) -> torch.nn.Module:
     from sparkmim import build_spark
 
-    encoder_kwargs = {"drop_path_rate": float(config.drop_path)} if config.drop_path else None
+    encoder_kwargs = {"drop_path_rate": float(config.drop_path)} if config.drop_path else {}
+    if int(config.in_chans) != 3:
+        encoder_kwargs["in_chans"] = int(config.in_chans)
     try:
         return build_spark(config.model, input_size=size, mask_ratio=float(config.mask_ratio),
                            decoder_width=int(config.decoder_width), densify_norm=config.densify_norm,
-                           encoder_kwargs=encoder_kwargs)
+                           encoder_kwargs=encoder_kwargs or None)
     except (ValueError, TypeError, KeyError, NotImplementedError) as error:
         raise UserError(f"cannot build SparK for '{config.model}' at {size[0]}x{size[1]}: "
                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
@@ -118,11 +140,14 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
 def write_pictures(spark: torch.nn.Module, config: PretrainConfig, paths: Sequence[Path], size: Tuple[int, int],
                    device: torch.device, run_dir: Path, metrics_path: Path) -> Dict[str, Path]:
     outputs = {"loss curve": plot_loss_curve(metrics_path, run_dir / "loss_curve.png")}
-    images = load_vis_images(paths, size, int(config.num_vis))
+    values = value_spec(config)
+    images = load_vis_images(paths, size, int(config.num_vis), values=values)
     if images is None or int(config.num_vis) <= 0:
         return outputs
     panels = reconstruct(spark, images.to(device), seed=int(config.seed))
-    outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png")
+    # data read with its own values: drawn stretched per row (gray, or the first three bands)
+    outputs["reconstructions"] = plot_reconstructions(panels, run_dir / "reconstruction.png",
+                                                      stretch=values is not None)
     return outputs
 
 
@@ -149,7 +174,8 @@ def state_checksums(module: torch.nn.Module) -> Tuple[float, float]:
 
 
 def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sampler: StepBatchSampler, workers: int,
-                 device: torch.device, decode_on_device: bool) -> Tuple[DataLoader, Optional[DeviceDecoder]]:
+                 device: torch.device, decode_on_device: bool, values: Optional[ValueSpec] = None
+                 ) -> Tuple[DataLoader, Optional[DeviceDecoder]]:
     """The training DataLoader, and the callable that turns its batches into device images (device
     decoding) or None (the CPU path: workers decode and augment, batches are ready tensors)."""
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +186,7 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_encoded,
                             generator=generator, worker_init_fn=ignore_interrupt_in_worker)
         return loader, DeviceDecoder(dataset, device)
-    loader = DataLoader(PretrainImages(paths, size, seed), batch_sampler=sampler, num_workers=workers,
+    loader = DataLoader(PretrainImages(paths, size, seed, values), batch_sampler=sampler, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", generator=generator,
                         worker_init_fn=ignore_interrupt_in_worker)
     return loader, None
@@ -238,8 +264,9 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
     paths, source = resolve_data(config, dist_info)
-    logger.info("data: %d image files from %s", len(paths), source)
-    return config, run_dir, dist_info, paths, lock
+    logger.info("data: %d image files from %s%s", len(paths), source,
+                f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
+    return fill_norm_stats(config, paths), run_dir, dist_info, paths, lock
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,
@@ -299,7 +326,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     sampler.start_step = start_step
     workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
     loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), dist_info.device,
-                                         bool(config.decode_on_device))
+                                         bool(config.decode_on_device), value_spec(config))
     batches = iter(loader)
     seed_streams(resume.rng, seed, dist_info, start_step)
     if dist_info.is_main:

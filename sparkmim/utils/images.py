@@ -4,7 +4,7 @@ Any mode PIL can open (grayscale, RGBA, CMYK, palette, 16-bit) comes out as 8-bi
 cannot be decoded raise :class:`UnreadableImageError` so the dataset can skip and count them."""
 import logging
 from pathlib import Path
-from typing import List, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -12,6 +12,7 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+ARRAY_EXTENSIONS = (".npy",)  # also read when the data keeps its own values (see sparkmim.utils.values)
 
 
 class UnreadableImageError(OSError):
@@ -46,15 +47,15 @@ def load_rgb(path: Union[str, Path]) -> Image.Image:
         raise UnreadableImageError(f"{path}: {error}") from error
 
 
-def is_image_file(path: Union[str, Path]) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+def is_image_file(path: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    return str(path).lower().endswith(extensions)
 
 
-def find_image_files(folder: Union[str, Path]) -> List[Path]:
+def find_image_files(folder: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> List[Path]:
     """The image files under ``folder`` (recursively, sorted). Entries with an image name that are not
     readable files (dangling or looping links, folders named like images) are left out and reported
     once, with their number and a few examples, instead of vanishing from the count without a word."""
-    named = [path for path in Path(folder).rglob("*") if is_image_file(path)]
+    named = [path for path in Path(folder).rglob("*") if is_image_file(path, extensions)]
     files, unusable = [], []
     for path in named:
         (files if path.is_file() else unusable).append(path)

@@ -125,16 +125,17 @@ def _stretch_rows(panels: Sequence[torch.Tensor]) -> List[torch.Tensor]:
 
 def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path, titles: Sequence[str] = PANEL_TITLES,
                          mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                         bands: Optional[Sequence[int]] = None) -> Path:
+                         bands: Optional[Sequence[int]] = None, stretch: Optional[bool] = None) -> Path:
     """One row per image, one column per panel (each B x C x H x W, normalised with ``mean``/``std``, which
-    default to ImageNet's for 3 channels). ``bands``: the 1 or 3 channels drawn (see :func:`display_bands`)."""
+    default to ImageNet's for 3 channels). ``bands``: the 1 or 3 channels drawn (see :func:`display_bands`).
+    ``stretch``: draw each row from its input's percentiles instead of de-normalising (default: when the
+    images are not RGB and no statistics are given)."""
     plt = _pyplot()
     channels = panels[0].shape[1]
     chosen = list(display_bands(channels, bands))
-    if mean is not None or std is not None or channels == 3:
-        shown = [denormalise(p, mean, std) for p in panels]
-    else:
-        shown = _stretch_rows(panels)
+    if stretch is None:
+        stretch = mean is None and std is None and channels != 3
+    shown = _stretch_rows(panels) if stretch else [denormalise(p, mean, std) for p in panels]
     shown = [p[:, chosen] for p in shown]
     rows, cols = shown[0].shape[0], len(shown)
     height, width = shown[0].shape[-2:]

@@ -1,0 +1,100 @@
+"""Images read with their own values and channel counts: 8- and 16-bit grayscale PNG/TIFF as one
+channel, multi-band TIFF and ``.npy`` arrays as N channels, float32 (C, H, W) in the data's own units.
+
+The RGB pipeline (:mod:`sparkmim.utils.images`) turns everything into 8-bit RGB, which loses a 16-bit
+scan's range and cannot hold 13 satellite bands. Here nothing is rescaled: normalisation comes from the
+user's per-channel mean and std, or from :func:`estimate_norm_stats`. A file whose channel count is not
+the one asked for raises :class:`ChannelMismatchError`, a kind of unreadable file, so the data sets skip
+and count it like a corrupt one.
+
+``.npy`` arrays are (H, W) or (H, W, C), channels last. Multi-band TIFFs are read with ``tifffile`` (an
+optional dependency: ``pip install tifffile``); their channel axis is the first or the last one,
+whichever is shorter.
+"""
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import UnreadableImageError
+
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+class ChannelMismatchError(UnreadableImageError):
+    """A file with another number of channels than the run's ``in_chans``."""
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        import tifffile
+    except ImportError:
+        return _read_with_pil(path)
+    array = tifffile.imread(str(path))
+    if array.ndim == 3 and array.shape[0] < array.shape[-1]:
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) to channels last
+    return array
+
+
+def _read_with_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+            return np.asarray(image)
+        if image.mode in ("RGB", "RGBA", "LA", "P", "CMYK", "YCbCr"):
+            return np.asarray(image.convert("RGB"))
+        raise UnreadableImageError(f"{path}: image mode {image.mode} is not supported")
+
+
+def read_values(path: Union[str, Path]) -> np.ndarray:
+    """The file's values as (H, W, C), in its own dtype and units."""
+    path = Path(path)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix in TIFF_EXTENSIONS:
+            array = _read_tiff(path)
+        else:
+            array = _read_with_pil(path)
+    except UnreadableImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{path}: {error}") from error
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise UnreadableImageError(f"{path}: expected an (H, W) or (H, W, C) array, got shape {array.shape}")
+    return array
+
+
+def load_values(path: Union[str, Path], in_chans: int) -> torch.Tensor:
+    """float32 (C, H, W) with exactly ``in_chans`` channels, else :class:`ChannelMismatchError`."""
+    array = read_values(path)
+    if array.shape[-1] != in_chans:
+        raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)")
+    return torch.from_numpy(np.ascontiguousarray(array.astype(np.float32))).permute(2, 0, 1).contiguous()
+
+
+def estimate_norm_stats(paths: Sequence[Path], in_chans: int, max_files: int = 256) -> Tuple[List[float], List[float]]:
+    """Per-channel mean and std over every pixel of up to ``max_files`` files spread evenly over the data set
+    (unreadable and mismatched files are passed over)."""
+    step = max(1, len(paths) // max_files)
+    total = torch.zeros(in_chans, dtype=torch.float64)
+    squares = torch.zeros(in_chans, dtype=torch.float64)
+    count = 0
+    for path in list(paths)[::step][:max_files]:
+        try:
+            values = load_values(path, in_chans).double().flatten(1)
+        except UnreadableImageError:
+            continue
+        total += values.sum(dim=1)
+        squares += values.square().sum(dim=1)
+        count += values.shape[1]
+    if count == 0:
+        raise UnreadableImageError(f"none of the sampled files has {in_chans} readable channel(s)")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
