@@ -164,7 +164,8 @@ def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[s
 
 def _changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> List[str]:
     ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe"}
-    return [k for k in keys if k not in ignore and saved.get(k) != current.get(k)]
+    # an option missing from the saved config did not exist when it was written (e.g. in_chans): not a change
+    return [k for k in keys if k not in ignore and k in saved and saved[k] != current.get(k)]
 
 
 def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -96,3 +96,12 @@ def test_readers_keep_values_and_band_layouts(tmp_path):
         load_values(tmp_path / "contig.tif", 13)
     mean, std = estimate_norm_stats([tmp_path / "contig.tif", tmp_path / "deep.png"], 4)
     assert mean == pytest.approx(cube.reshape(-1, 4).mean(0).tolist()) and len(std) == 4
+
+
+def test_a_checkpoint_from_before_the_channel_options_resumes_without_a_changed_warning():
+    from sparkmim.pretrain.checkpointing import _changed_options
+
+    older = {"model": "resnet50", "mask_ratio": 0.6}  # written before in_chans / mean / std existed
+    current = {"model": "resnet50", "mask_ratio": 0.6, "in_chans": 3, "mean": None, "norm_stats": "given"}
+    assert _changed_options(older, current, list(current)) == []
+    assert _changed_options({**older, "in_chans": 1}, current, list(current)) == ["in_chans"]
