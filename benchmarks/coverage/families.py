@@ -29,7 +29,8 @@ ATTENTION_FAMILIES: Dict[str, str] = {
     "nextvit": "efficient multi-head self-attention", "pvt_v2": "spatial-reduction self-attention",
     "swin_transformer": "shifted-window self-attention", "swin_transformer_v2": "shifted-window self-attention",
     "swin_transformer_v2_cr": "shifted-window self-attention", "tiny_vit": "window self-attention",
-    "twins": "locally-grouped and global self-attention", "iformer": "self-attention in the last stages", "lowformer": "lowtention self-attention",
+    "twins": "locally-grouped and global self-attention", "iformer": "self-attention in the last stages",
+    "lowformer": "lowtention self-attention",
     "cpubone": "self-attention in the last stage", "csatv2": "self-attention on DCT coefficients",
     "swiftformer": "additive attention",
 }

@@ -19,10 +19,10 @@ statistics (BatchNorm, GroupNorm, global pooling in channel attention) use visib
   the visible share; a BatchNorm on such pooled (1x1) vectors normalises them like the dense one;
 - zero padding needs nothing (it adds zeros, as a convolution's padding does);
 - any other layer without children (activations that map 0 elsewhere, per-channel scales, affine
-  blocks, upsampling, transposed convolutions, ...), or whose only children are activations (metaformer's
-  ``StarReLU``, ``scale * relu(x) ** 2 + bias``, computes with its own parameters): its output is re-masked wherever it lies on the
-  mask grid (channels first or last, or flattened tokens) and left alone where it is pooled. Such a
-  layer may still compute statistics over all positions; the build-time probe
+  blocks, upsampling, transposed convolutions, ...), or whose only children are activations
+  (metaformer's ``StarReLU``, ``scale * relu(x) ** 2 + bias``, computes with its own parameters): its
+  output is re-masked wherever it lies on the mask grid (channels first or last, or flattened tokens)
+  and left alone where it is pooled. Such a layer may still compute statistics over all positions; the build-time probe
   (:mod:`sparkmim.sparse.probe`) runs every converted encoder and refuses it, naming the layer;
 - a map that no longer lines up with the mask grid (unpadded convolutions shrink it) is refused at
   its layer, with the sizes.
