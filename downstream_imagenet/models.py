@@ -5,25 +5,15 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from sparkmim.sparse.encoder import create_model
+
 logger = logging.getLogger(__name__)
-
-
-def _create(model_name: str, **kwargs: Any) -> nn.Module:
-    """A timm model by name, or a custom CNN by ``package.module:factory`` (called with timm's arguments)."""
-    import timm
-
-    from sparkmim.sparse.encoder import check_model_name, import_factory, is_factory_path
-
-    check_model_name(model_name)
-    if is_factory_path(model_name):
-        return import_factory(model_name)(**kwargs)
-    return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
 def create_classifier(model_name: str, num_classes: int, drop_path: float,
                       model_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
     """A timm classifier with a fresh ``num_classes`` head and stochastic depth ``drop_path``."""
-    return _create(model_name, num_classes=num_classes, drop_path_rate=drop_path, **(model_kwargs or {}))
+    return create_model(model_name, num_classes=num_classes, drop_path_rate=drop_path, **(model_kwargs or {}))
 
 
 class LinearProbe(nn.Module):
@@ -59,7 +49,7 @@ class LinearProbe(nn.Module):
 def create_linear_probe(model_name: str, num_classes: int,
                         model_kwargs: Optional[Dict[str, Any]] = None) -> LinearProbe:
     """Backbone = the timm model without classifier (pooled features out), then the probe head."""
-    backbone = _create(model_name, num_classes=0, **(model_kwargs or {}))
+    backbone = create_model(model_name, num_classes=0, **(model_kwargs or {}))
     return LinearProbe(backbone, num_classes)
 
 

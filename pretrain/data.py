@@ -90,43 +90,43 @@ def first_readable(paths: Sequence[Path], in_chans: Optional[int] = None) -> int
                     f"error: {last_error}); check the data path, the files and --in-chans")
 
 
+def paper_crop_and_flip(size: Tuple[int, int]) -> List[Callable]:
+    """The paper's augmentation: RandomResizedCrop(scale 0.67-1, bicubic) and a horizontal flip; on PIL
+    images and on (C, H, W) tensors of any channel count alike (antialias only matters for tensors)."""
+    return [transforms.RandomResizedCrop(size, scale=(0.67, 1.0), interpolation=transforms.InterpolationMode.BICUBIC,
+                                         antialias=True),
+            transforms.RandomHorizontalFlip()]
+
+
 def train_transform(size: Tuple[int, int]) -> transforms.Compose:
-    """The paper's augmentation: RandomResizedCrop(scale 0.67-1, bicubic), flip, ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.67, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    """The paper's augmentation on an RGB image, then ImageNet normalisation."""
+    return transforms.Compose([*paper_crop_and_flip(size), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def values_transform(size: Tuple[int, int], values: ValueSpec) -> transforms.Compose:
     """The same augmentation on a (C, H, W) tensor of the data's own values, all channels alike, then the
     data's per-channel normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.67, 1.0), interpolation=transforms.InterpolationMode.BICUBIC,
-                                     antialias=True),
-        transforms.RandomHorizontalFlip(),
-        transforms.Normalize(values.mean, values.std),
-    ])
+    return transforms.Compose([*paper_crop_and_flip(size), transforms.Normalize(values.mean, values.std)])
+
+
+def cover_size(height: int, width: int, size: Tuple[int, int]) -> Tuple[int, int]:
+    """(height, width) of an image of ``height`` x ``width`` resized, keeping its aspect, to cover ``size``."""
+    scale = max(size[0] / height, size[1] / width)
+    return max(size[0], round(height * scale)), max(size[1], round(width * scale))
 
 
 def eval_values(tensor: torch.Tensor, size: Tuple[int, int], values: ValueSpec) -> torch.Tensor:
     """The deterministic view of :func:`eval_image` for a (C, H, W) tensor of the data's own values."""
-    height, width = size
-    scale = max(height / tensor.shape[-2], width / tensor.shape[-1])
-    resized = TF.resize(tensor, [max(height, round(tensor.shape[-2] * scale)), max(width, round(tensor.shape[-1] * scale))],
+    resized = TF.resize(tensor, list(cover_size(tensor.shape[-2], tensor.shape[-1], size)),
                         interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
-    return TF.normalize(TF.center_crop(resized, [height, width]), values.mean, values.std)
+    return TF.normalize(TF.center_crop(resized, list(size)), values.mean, values.std)
 
 
 def eval_image(image: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
     """Deterministic view for pictures: resize to cover ``size`` (keeping aspect), centre crop, normalise."""
-    height, width = size
-    scale = max(height / image.height, width / image.width)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.BICUBIC)
-    tensor = TF.to_tensor(TF.center_crop(resized, [height, width]))
+    height, width = cover_size(image.height, image.width, size)
+    tensor = TF.to_tensor(TF.center_crop(image.resize((width, height), Image.BICUBIC), list(size)))
     return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 

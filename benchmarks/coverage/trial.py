@@ -113,11 +113,9 @@ def _where(error: BaseException) -> str:
     return f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
 
 
-def trial_size(name: str) -> int:
+def trial_size(stride: int) -> int:
     """Two mask patches per side (at least 64 px): the smallest input with visible and masked patches."""
-    from sparkmim.sparse.encoder import total_stride
-
-    return max(64, 2 * total_stride(name))
+    return max(64, 2 * stride)
 
 
 def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
@@ -130,11 +128,12 @@ def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
     start = time.perf_counter()
     torch.manual_seed(0)
     try:
-        size = size or trial_size(name)
+        stride = total_stride(name)
+        size = size or trial_size(stride)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the decoder halves its width once per doubling of the stride: 32 channels for stride 32
-            spark = build_spark(name, input_size=size, decoder_width=max(32, total_stride(name)))
+            spark = build_spark(name, input_size=size, decoder_width=max(32, stride))
             dense = create_timm_encoder(name)
         training_step(spark, size)
         error = check_invariants(spark, dense, size)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from sparkmim.sparse.encoder import import_factory, is_factory_path
+from sparkmim.sparse.encoder import create_model
 
 logger = logging.getLogger(__name__)
 
@@ -16,11 +16,7 @@ def create_classifier(model: str, num_classes: int, seed: int, encoder_weights: 
     ``seed``; with ``encoder_weights`` (a ``*_encoder_timm.pth`` of ``spark-pretrain``) every tensor but the
     classifier is replaced by the pre-trained one, so the two contenders differ in nothing else."""
     torch.manual_seed(seed)
-    if is_factory_path(model):
-        network = import_factory(model)(num_classes=num_classes)
-    else:
-        import timm
-        network = timm.create_model(model, num_classes=num_classes)
+    network = create_model(model, num_classes=num_classes)
     if encoder_weights is not None:
         state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
         missing, unexpected = network.load_state_dict(state, strict=False)

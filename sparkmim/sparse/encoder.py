@@ -61,26 +61,33 @@ def check_model_name(name: str) -> None:
         raise EncoderSpecError(f"unknown timm model '{name}'{hint}")
 
 
-def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
-    """Create a timm model (or a custom CNN by ``package.module:factory``, called with timm's keyword
-    arguments) without classifier and pooling, ready to be made sparse."""
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """A timm model by name (random weights), or a custom CNN by ``package.module:factory`` called with the
+    same (timm) keyword arguments: the one place where both kinds of name are built."""
     import timm
 
     if is_factory_path(name):  # import_factory raises the same errors check_model_name would
-        return import_factory(name)(**{"num_classes": 0, "global_pool": "", **kwargs})
+        return import_factory(name)(**kwargs)
     check_model_name(name)
-    options = dict(pretrained=False, num_classes=0, global_pool="")
-    options.update(kwargs)
+    return timm.create_model(name, **{"pretrained": False, **kwargs})
+
+
+def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:
+    """Create a timm model (or a custom CNN by ``package.module:factory``, called with timm's keyword
+    arguments) without classifier and pooling, ready to be made sparse."""
+    options = {"num_classes": 0, "global_pool": "", **kwargs}
+    if is_factory_path(name):
+        return create_model(name, **options)
     try:
-        return timm.create_model(name, **options)
+        return create_model(name, **options)
     except (AssertionError, ValueError, TypeError, NotImplementedError) as error:
-        if "global_pool" in kwargs:
+        if "global_pool" in kwargs or isinstance(error, EncoderSpecError):
             raise
         # some models refuse to drop their pooling ("Cannot disable pooling"); it is never run anyway:
         # the features come from forward_intermediates, before any head
         options.pop("global_pool")
         try:
-            model = timm.create_model(name, **options)
+            model = create_model(name, **options)
         except Exception:
             raise error from None
         logger.info("%s does not allow global_pool=''; built with its own pooling, which the features never use",
