@@ -103,11 +103,13 @@ class RunProgress:
 
 @dataclass
 class ResumeState:
-    """Where a run starts: steps done, every rank's saved RNG states (None: seed afresh), the progress records."""
+    """Where a run starts: steps done, every rank's saved RNG states (None: seed afresh), the progress records,
+    the data position record (``sampler``: seed, steps per epoch, data streams, ...)."""
 
     step: int = 0
     rng: Optional[List[Dict[str, Any]]] = None
     progress: RunProgress = field(default_factory=lambda: RunProgress(metrics_rows=0))
+    sampler: Dict[str, Any] = field(default_factory=dict)
 
 
 def save_full(path: Path, *, model_state: Dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -191,7 +193,8 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
     if changed:
         logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
     logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
-    return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload))
+    return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload),
+                       sampler=dict(payload.get("sampler") or {}))
 
 
 @dataclass

@@ -60,6 +60,8 @@ class PretrainConfig(TypedConfig):
     mean: Optional[List[float]] = None      # per-channel normalisation in the data's own units; None = ImageNet (RGB)
     std: Optional[List[float]] = None
     norm_stats: str = "given"               # given (--mean/--std, or ImageNet for RGB) | auto (computed from the data)
+    shuffle_buffer: int = 1000              # tar shards: samples each loader worker shuffles among (0: none)
+    shard_index: Optional[str] = None       # tar shards: their shards.json (default: beside the shards)
     demo_images: int = 1024                 # size of the generated demo set (used when no data is given)
     demo_image_size: int = 128
     recipe: Optional[str] = None            # the recipe the run started from (a record; set by resolve)
@@ -110,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "CNN is pre-trained on a generated demo set. Precedence: paper defaults < --recipe "
                     "< command-line options.")
     parser.add_argument("data_positional", nargs="?", metavar="DATA", default=None,
-                        help="image folder (searched recursively, labels ignored) or a text file of paths")
+                        help="image folder (searched recursively, labels ignored), a text file of paths, or tar "
+                             "shards: 'shards/train-{000000..000127}.tar' (local, URL or pipe:) or a folder "
+                             "with the shards.json of spark-data pack")
     parser.add_argument("--data", default=None, help="same as the positional DATA")
     parser.add_argument("--recipe", default=None,
                         help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")
@@ -173,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--norm-stats", choices=NORM_STATS, default=None,
                         help="auto: compute the per-channel mean and std once from up to 256 files (stored in "
                              "config.yaml and the checkpoint)")
+    parser.add_argument("--shuffle-buffer", type=int, default=None,
+                        help="tar shards: samples each loader worker shuffles among (default 1000; 0 or 1: none)")
+    parser.add_argument("--shard-index", default=None,
+                        help="tar shards: their shards.json (path or URL) when it is not beside them")
     parser.add_argument("--demo-images", type=int, default=None)
     parser.add_argument("--demo-image-size", type=int, default=None)
     return parser
@@ -211,6 +219,8 @@ def validate(config: PretrainConfig) -> None:
     for key in ("epochs", "batch_size", "log_interval", "micro_batch", "accum_steps"):
         if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
+    if config.shuffle_buffer < 0:
+        raise ConfigError(f"shuffle_buffer must be 0 or more, got {config.shuffle_buffer}")
     if not 0 <= config.warmup_epochs <= config.epochs:
         raise ConfigError(f"warmup_epochs must be within [0, epochs={config.epochs}], got {config.warmup_epochs}")
     validate_channels(config)

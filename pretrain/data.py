@@ -10,7 +10,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 import torch
 from PIL import Image
@@ -23,7 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
                                    is_image_file, load_rgb)
 from sparkmim.utils.errors import UserError
-from sparkmim.utils.values import load_values
+from sparkmim.utils.values import decode_values, load_values
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class ValueSpec:
 
     def load(self, path: Path) -> torch.Tensor:
         return load_values(path, self.in_chans)
+
+    def decode(self, data: bytes, name: str) -> torch.Tensor:
+        return decode_values(data, name, self.in_chans)
 
 
 def list_images(source: str, arrays: bool = False) -> List[Path]:
@@ -110,6 +113,11 @@ def values_transform(size: Tuple[int, int], values: ValueSpec) -> transforms.Com
     return transforms.Compose([*paper_crop_and_flip(size), transforms.Normalize(values.mean, values.std)])
 
 
+def augmentation(size: Tuple[int, int], values: Optional[ValueSpec] = None) -> transforms.Compose:
+    """The training view of one image: RGB with ImageNet statistics, or the data's own values."""
+    return values_transform(size, values) if values is not None else train_transform(size)
+
+
 def cover_size(height: int, width: int, size: Tuple[int, int]) -> Tuple[int, int]:
     """(height, width) of an image of ``height`` x ``width`` resized, keeping its aspect, to cover ``size``."""
     scale = max(size[0] / height, size[1] / width)
@@ -166,7 +174,7 @@ class PretrainImages(Dataset):
                  values: Optional[ValueSpec] = None) -> None:
         self.paths = list(paths)
         self.values = values
-        self.transform = values_transform(size, values) if values is not None else train_transform(size)
+        self.transform = augmentation(size, values)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -238,20 +246,25 @@ class StepBatchSampler(Sampler):
 
 
 class SkipReporter:
-    """Main-process bookkeeping of unreadable files: one warning per file, a count per epoch."""
+    """Main-process bookkeeping of unreadable files: one warning per file, a count per epoch.
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    A failure is a file's index in ``paths`` (folder input), or a line naming the shard member or shard
+    and the reason (shard input)."""
+
+    def __init__(self, paths: Sequence[Path] = ()) -> None:
         self.paths = paths
-        self.warned: Set[int] = set()
-        self.epoch_failed: Set[int] = set()
+        self.warned: Set[Union[int, str]] = set()
+        self.epoch_failed: Set[Union[int, str]] = set()
 
-    def report(self, failed: Sequence[int]) -> None:
-        for index in failed:
-            self.epoch_failed.add(index)
-            if index not in self.warned:
-                self.warned.add(index)
-                logger.warning("skipping unreadable image %s (replaced by the next readable one)",
-                               self.paths[index])
+    def report(self, failed: Sequence[Union[int, str]]) -> None:
+        for entry in failed:
+            self.epoch_failed.add(entry)
+            if entry not in self.warned:
+                self.warned.add(entry)
+                if isinstance(entry, int):
+                    logger.warning("skipping unreadable image %s (replaced by the next readable one)", self.paths[entry])
+                else:
+                    logger.warning("skipping %s", entry)
 
     def epoch_count(self) -> int:
         """Distinct unreadable files met by this process since the last :meth:`pop_epoch_count`."""

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader
@@ -22,7 +22,8 @@ from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
-from sparkmim.utils.values import estimate_norm_stats
+from sparkmim.utils.shards import ShardSet, is_shard_source, resolve_shards
+from sparkmim.utils.values import decode_values, estimate_norm_stats, norm_stats_of
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
@@ -36,9 +37,13 @@ from .data import (PretrainImages, SkipReporter, StepBatchSampler, ValueSpec, co
 from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
+from .shard_stream import (ShardStreams, StreamLayout, check_stream_count, decoded_samples, epoch_balance,
+                           first_shard_readable, shard_vis_images)
 from .optim import build_optimizer
 
 logger = logging.getLogger("sparkmim.pretrain")
+
+TrainingData = Union[List[Path], ShardSet]  # image files, or tar shards with their sample counts
 
 def prepare_output_dir(path: Path) -> Path:
     """Create the run folder and prove it is writable before any expensive work."""
@@ -53,8 +58,8 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
-def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[List[Path], str]:
-    """Image paths to train on; the generated demo set when no data is given."""
+def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[TrainingData, str]:
+    """Image paths or tar shards to train on; the generated demo set when no data is given."""
     source = config.data
     if source is None:
         kwargs = dict(num_images=int(config.demo_images), image_size=int(config.demo_image_size))
@@ -66,9 +71,26 @@ def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[List[Path
         source = str(folder)
         logger.info("no data given: using the generated demo set in %s", folder)
     arrays = reads_values(config)
+    if is_shard_source(source):
+        if config.decode_on_device:
+            raise UserError("--decode-on-device reads image files by index; tar shards are decoded in the loader "
+                            "workers: drop --decode-on-device")
+        shards = resolve_shards(source, config.shard_index)
+        check_stream_count(shards, dist_info.world_size, loader_workers(config))
+        first_shard_readable(shards, int(config.in_chans) if arrays else None)
+        return shards, source
     paths = list_images(source, arrays=arrays)
     first_readable(paths, int(config.in_chans) if arrays else None)
     return paths, source
+
+
+def loader_workers(config: PretrainConfig) -> int:
+    """--workers, or min(8, CPU count)."""
+    return int(config.workers) if config.workers is not None else min(8, os.cpu_count() or 1)
+
+
+def sample_count(data: TrainingData) -> int:
+    return data.num_samples if isinstance(data, ShardSet) else len(data)
 
 
 def value_spec(config: PretrainConfig) -> Optional[ValueSpec]:
@@ -78,12 +100,18 @@ def value_spec(config: PretrainConfig) -> Optional[ValueSpec]:
     return ValueSpec(int(config.in_chans), tuple(config.mean), tuple(config.std))
 
 
-def fill_norm_stats(config: PretrainConfig, paths: Sequence[Path]) -> PretrainConfig:
+def fill_norm_stats(config: PretrainConfig, data: TrainingData) -> PretrainConfig:
     """--norm-stats auto: the per-channel mean and std of the data, computed once and kept in the config
-    (saved in config.yaml and the checkpoint); every process computes the same values from the same files."""
+    (saved in config.yaml and the checkpoint); every process computes the same values from the same files
+    (256 of them spread over the set; for shards, the first samples of up to 16 shards spread over it)."""
     if config.norm_stats != "auto" or config.mean is not None:
         return config
-    mean, std = estimate_norm_stats(paths, int(config.in_chans))
+    in_chans = int(config.in_chans)
+    if isinstance(data, ShardSet):
+        images = decoded_samples(data, lambda raw, name: decode_values(raw, name, in_chans), 256, shard_limit=16)
+        mean, std = norm_stats_of(images, in_chans)
+    else:
+        mean, std = estimate_norm_stats(data, in_chans)
     logger.info("normalisation from the data (--norm-stats auto): mean %s, std %s", mean, std)
     return dataclasses.replace(config, mean=mean, std=std)
 
@@ -137,11 +165,12 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
     logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
 
 
-def write_pictures(spark: torch.nn.Module, config: PretrainConfig, paths: Sequence[Path], size: Tuple[int, int],
+def write_pictures(spark: torch.nn.Module, config: PretrainConfig, data: TrainingData, size: Tuple[int, int],
                    device: torch.device, run_dir: Path, metrics_path: Path) -> Dict[str, Path]:
     outputs = {"loss curve": plot_loss_curve(metrics_path, run_dir / "loss_curve.png")}
     values = value_spec(config)
-    images = load_vis_images(paths, size, int(config.num_vis), values=values)
+    images = shard_vis_images(data, size, int(config.num_vis), values) if isinstance(data, ShardSet) \
+        else load_vis_images(data, size, int(config.num_vis), values=values)
     if images is None or int(config.num_vis) <= 0:
         return outputs
     panels = reconstruct(spark, images.to(device), seed=int(config.seed))
@@ -190,6 +219,34 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
                         collate_fn=collate, pin_memory=device.type == "cuda", generator=generator,
                         worker_init_fn=ignore_interrupt_in_worker)
     return loader, None
+
+
+def build_shard_loader(shards: ShardSet, size: Tuple[int, int], config: PretrainConfig, sampler: StepBatchSampler,
+                       workers: int, device: torch.device, world_size: int) -> DataLoader:
+    """The training DataLoader over tar shards: each worker yields whole micro-batches of its own stream
+    (see shard_stream), in the order the DataLoader asks its workers."""
+    layout = StreamLayout(sampler.steps_per_epoch, sampler.accumulation, sampler.micro_batch, sampler.rank,
+                          world_size, max(1, workers), sampler.start_step)
+    dataset = ShardStreams(shards, layout, size, int(config.seed), value_spec(config), int(config.shuffle_buffer))
+    epoch = sampler.start_step // sampler.steps_per_epoch
+    twice, left_out = epoch_balance(shards, layout, int(config.seed), epoch)
+    logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d; epoch "
+                "%d reads %d sample(s) twice and leaves %d for later (uneven shards per stream)", len(shards.urls),
+                layout.streams, world_size, layout.workers, int(config.shuffle_buffer), epoch, twice, left_out)
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=ignore_interrupt_in_worker)
+
+
+def warn_if_streams_changed(resume: ckpt.ResumeState, world_size: int, workers: int) -> None:
+    """Shard input resumes exactly only with the layout of streams it was saved with (see shard_stream)."""
+    saved = resume.sampler.get("data_streams")
+    current = [world_size, max(1, workers)]
+    if resume.step and saved is not None and list(saved) != current and resume.step % int(resume.sampler.get(
+            "steps_per_epoch", 1) or 1):
+        logger.warning("the checkpoint was written with %d process(es) x %d loader worker(s), this run has %d x %d: "
+                       "the rest of this epoch is drawn from other streams (some samples may be seen twice, others "
+                       "not at all, until the epoch ends); keep --workers and the process count for an exact resume",
+                       saved[0], saved[1], current[0], current[1])
 
 
 def check_input_files(config: PretrainConfig) -> None:
@@ -248,9 +305,9 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, List[Path], Optional[RunFolderLock]]:
+def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, TrainingData, Optional[RunFolderLock]]:
     """Resolve and check the options (cheap checks first), claim the run folder, join the process group,
-    set up logging and list the data: (config, run folder, process info, image paths, folder lock)."""
+    set up logging and list the data: (config, run folder, process info, image paths or shards, folder lock)."""
     config = resolve(argv)
     check_model_name(config.model)
     check_input_size(config)
@@ -263,10 +320,10 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo
     setup_logging(run_dir, rank=dist_info.rank)
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
-    paths, source = resolve_data(config, dist_info)
-    logger.info("data: %d image files from %s%s", len(paths), source,
+    data, source = resolve_data(config, dist_info)
+    logger.info("data: %s%s", data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}",
                 f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
-    return fill_norm_stats(config, paths), run_dir, dist_info, paths, lock
+    return fill_norm_stats(config, data), run_dir, dist_info, data, lock
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,
@@ -294,16 +351,16 @@ def check_space_for_checkpoints(spark: torch.nn.Module, run_dir: Path, model_nam
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-    config, run_dir, dist_info, paths, lock = start(argv)
+    config, run_dir, dist_info, data, lock = start(argv)
     try:
         with keeping_last_good(run_dir / ckpt.LAST_NAME):
-            return train_and_report(config, run_dir, dist_info, paths)
+            return train_and_report(config, run_dir, dist_info, data)
     finally:
         if lock is not None:
             lock.release()
 
 
-def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo, paths: List[Path]) -> int:
+def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo, data: TrainingData) -> int:
     """Build, resume, train and write the outputs of a claimed run folder."""
     size = normalise_size(config.input_size)
     layout = batch_layout(int(config.batch_size), dist_info.world_size, config.micro_batch, config.accum_steps)
@@ -314,7 +371,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     if config.init_weight:
         load_init_weight(spark, config.init_weight, config.model, bool(config.allow_unsafe_load))
     spark, model = place_model(spark, config, dist_info)
-    sampler = StepBatchSampler(len(paths), layout.global_batch, layout.micro_batch, dist_info.rank,
+    sampler = StepBatchSampler(sample_count(data), layout.global_batch, layout.micro_batch, dist_info.rank,
                                dist_info.world_size, seed)
     schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config.betas, float(config.clip_grad))
@@ -324,9 +381,14 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     if start_step >= schedule.total_steps:
         logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, schedule.total_steps)
     sampler.start_step = start_step
-    workers = config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
-    loader, prepare_batch = build_loader(paths, size, seed, sampler, int(workers), dist_info.device,
-                                         bool(config.decode_on_device), value_spec(config))
+    workers = loader_workers(config)
+    if isinstance(data, ShardSet):
+        warn_if_streams_changed(resume, dist_info.world_size, int(workers))
+        loader, prepare_batch = build_shard_loader(data, size, config, sampler, int(workers), dist_info.device,
+                                                   dist_info.world_size), None
+    else:
+        loader, prepare_batch = build_loader(data, size, seed, sampler, int(workers), dist_info.device,
+                                             bool(config.decode_on_device), value_spec(config))
     batches = iter(loader)
     seed_streams(resume.rng, seed, dist_info, start_step)
     if dist_info.is_main:
@@ -338,7 +400,8 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
                 round(schedule.warmup_steps))
     saver = ckpt.RunSaver(run_dir / ckpt.LAST_NAME, run_dir / ckpt.encoder_name(config.model), spark, optimizer,
                           scaler, config, {"seed": seed, "steps_per_epoch": sampler.steps_per_epoch,
-                                           "num_images": len(paths), "global_batch": layout.global_batch},
+                                           "num_images": sample_count(data), "global_batch": layout.global_batch,
+                                           "data_streams": [dist_info.world_size, max(1, int(workers))]},
                           dist_info.is_main, barrier)
 
     spark.train()
@@ -347,7 +410,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
             dict(model=model, params=[p for p in spark.parameters() if p.requires_grad], optimizer=optimizer,
                  scaler=scaler, schedule=schedule, batches=batches, accumulation=layout.accum_steps,
                  steps_per_epoch=sampler.steps_per_epoch, total_steps=schedule.total_steps,
-                 global_batch=layout.global_batch, skips=SkipReporter(paths), save=saver, prepare_batch=prepare_batch),
+                 global_batch=layout.global_batch, skips=SkipReporter(data if isinstance(data, list) else ()), save=saver, prepare_batch=prepare_batch),
             run_dir, config, dist_info, resume)
     finally:
         del batches  # ends the loader's workers before the pictures and the report
@@ -361,7 +424,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
                   "run the same command with --resume auto to continue")
         cleanup()
         return 0
-    pictures = write_pictures(spark, config, paths, size, dist_info.device, run_dir, metrics_path) \
+    pictures = write_pictures(spark, config, data, size, dist_info.device, run_dir, metrics_path) \
         if dist_info.is_main else {}
     barrier()
     cleanup()

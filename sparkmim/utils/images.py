@@ -2,9 +2,10 @@
 
 Any mode PIL can open (grayscale, RGBA, CMYK, palette, 16-bit) comes out as 8-bit RGB; files that
 cannot be decoded raise :class:`UnreadableImageError` so the dataset can skip and count them."""
+import io
 import logging
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import BinaryIO, List, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -37,14 +38,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: Union[str, Path]) -> Image.Image:
-    """Decode ``path`` fully (so truncation is detected here, not later in a transform) as RGB."""
+def load_rgb(path: Union[str, Path, BinaryIO], name: str = "") -> Image.Image:
+    """Decode ``path`` (a file, or an open binary stream named ``name`` in messages) fully, so truncation
+    is detected here and not later in a transform, as RGB."""
     try:
         with Image.open(path) as image:
             image.load()
             return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"{path}: {error}") from error
+        detail = str(error) if isinstance(path, (str, Path)) else str(error).replace(repr(path), "the data")
+        raise UnreadableImageError(f"{name or path}: {detail}") from error
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """:func:`load_rgb` for a file's bytes (a member of a tar shard)."""
+    return load_rgb(io.BytesIO(data), name)
 
 
 def is_image_file(path: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:

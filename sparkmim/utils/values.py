@@ -11,8 +11,9 @@ and count it like a corrupt one.
 optional dependency: ``pip install tifffile``); their channel axis is the first or the last one,
 whichever is shorter.
 """
+import io
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import BinaryIO, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,18 +28,21 @@ class ChannelMismatchError(UnreadableImageError):
     """A file with another number of channels than the run's ``in_chans``."""
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+Source = Union[Path, BinaryIO]  # a file, or an open binary stream (a tar shard's member)
+
+
+def _read_tiff(path: Source) -> np.ndarray:
     try:
         import tifffile
     except ImportError:
         return _read_with_pil(path)
-    array = tifffile.imread(str(path))
+    array = tifffile.imread(str(path) if isinstance(path, Path) else path)
     if array.ndim == 3 and array.shape[0] < array.shape[-1]:
         array = np.moveaxis(array, 0, -1)  # planar (C, H, W) to channels last
     return array
 
 
-def _read_with_pil(path: Path) -> np.ndarray:
+def _read_with_pil(path: Source) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
@@ -48,21 +52,24 @@ def _read_with_pil(path: Path) -> np.ndarray:
         raise UnreadableImageError(f"{path}: image mode {image.mode} is not supported")
 
 
-def read_values(path: Union[str, Path]) -> np.ndarray:
-    """The file's values as (H, W, C), in its own dtype and units."""
+def read_values(path: Union[str, Path], source: Union[Path, BinaryIO, None] = None) -> np.ndarray:
+    """The file's values as (H, W, C), in its own dtype and units. ``source``: an open binary stream
+    holding the file (a tar shard's member); ``path`` then only names it and gives its format."""
     path = Path(path)
+    source = path if source is None else source
     try:
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = np.load(source, allow_pickle=False)
         elif suffix in TIFF_EXTENSIONS:
-            array = _read_tiff(path)
+            array = _read_tiff(source)
         else:
-            array = _read_with_pil(path)
+            array = _read_with_pil(source)
     except UnreadableImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"{path}: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        detail = str(error) if source is path else str(error).replace(repr(source), "the data")
+        raise UnreadableImageError(f"{path}: {detail}") from error
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or 0 in array.shape:
@@ -70,26 +77,43 @@ def read_values(path: Union[str, Path]) -> np.ndarray:
     return array
 
 
-def load_values(path: Union[str, Path], in_chans: int) -> torch.Tensor:
+def load_values(path: Union[str, Path], in_chans: int, source: Union[Path, BinaryIO, None] = None) -> torch.Tensor:
     """float32 (C, H, W) with exactly ``in_chans`` channels, else :class:`ChannelMismatchError`."""
-    array = read_values(path)
+    array = read_values(path, source)
     if array.shape[-1] != in_chans:
         raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)")
     return torch.from_numpy(np.ascontiguousarray(array.astype(np.float32))).permute(2, 0, 1).contiguous()
+
+
+def decode_values(data: bytes, name: str, in_chans: int) -> torch.Tensor:
+    """:func:`load_values` for a file's bytes (a member of a tar shard); ``name`` gives the format."""
+    return load_values(name, in_chans, io.BytesIO(data))
 
 
 def estimate_norm_stats(paths: Sequence[Path], in_chans: int, max_files: int = 256) -> Tuple[List[float], List[float]]:
     """Per-channel mean and std over every pixel of up to ``max_files`` files spread evenly over the data set
     (unreadable and mismatched files are passed over)."""
     step = max(1, len(paths) // max_files)
+    return norm_stats_of((_load_or_none(path, in_chans) for path in list(paths)[::step][:max_files]), in_chans)
+
+
+def _load_or_none(path: Path, in_chans: int):
+    try:
+        return load_values(path, in_chans)
+    except UnreadableImageError:
+        return None
+
+
+def norm_stats_of(images: Iterable, in_chans: int) -> Tuple[List[float], List[float]]:
+    """Per-channel mean and std over every pixel of the given (C, H, W) tensors (None entries: unreadable
+    samples, passed over)."""
     total = torch.zeros(in_chans, dtype=torch.float64)
     squares = torch.zeros(in_chans, dtype=torch.float64)
     count = 0
-    for path in list(paths)[::step][:max_files]:
-        try:
-            values = load_values(path, in_chans).double().flatten(1)
-        except UnreadableImageError:
+    for image in images:
+        if image is None:
             continue
+        values = image.double().flatten(1)
         total += values.sum(dim=1)
         squares += values.square().sum(dim=1)
         count += values.shape[1]
