@@ -11,7 +11,7 @@ Subcommands::
                          on CUDA also torch.cuda.set_sync_debug_mode('error')); exit 1 if (a) has any
     spark-bench profile  torch.profiler of (a) against (b): where the extra time of (a) goes
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
-                         loading or compute bounds it
+                         loading or compute bounds it; --shards: the loader on the same images in tar shards
     spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
     spark-bench value    what SparK pre-training buys downstream: SparK vs scratch on real data
                          (kNN, linear probe, fine-tuning on label subsets); see docs/value.md
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--decode-on-device", action="store_true",
                      help="also time the loader with JPEG decoding on --device, and run spark-pretrain with it")
     e2e.add_argument("--loader-only", action="store_true", help="time the loader(s) only: no model, no run")
+    e2e.add_argument("--shards", action="store_true",
+                     help="also pack the images into tar shards (spark-data pack) and time the shard loader alone")
+    e2e.add_argument("--shard-size", type=int, default=1000, help="images per shard with --shards")
+    e2e.add_argument("--repeats", type=int, default=1, help="loader timings, alternating folder and shards (median)")
     e2e.add_argument("--json", type=Path, default=None)
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
@@ -232,7 +236,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
     config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
                        workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
-                       decode_on_device=args.decode_on_device, loader_only=args.loader_only)
+                       decode_on_device=args.decode_on_device, loader_only=args.loader_only, shards=args.shards,
+                       shard_size=args.shard_size, repeats=args.repeats)
     report = run_e2e(config)
     print(format_e2e(report))
     _write_json(args.json, report)

@@ -50,6 +50,9 @@ class E2EConfig:
     seed: int = 0
     decode_on_device: bool = False
     loader_only: bool = False   # measure 1. only (no model: cheap, and enough to compare loading paths)
+    shards: bool = False        # also pack the images into tar shards and time the shard loader alone
+    shard_size: int = 1000
+    repeats: int = 1            # loader timings alternate folder and shards this many times (median kept)
 
 
 def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
@@ -105,6 +108,45 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
     path = f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
     return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
             "decode_on_device": decode_on_device, "path": path}
+
+
+def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int) -> Dict[str, Any]:
+    """Images/s of spark-pretrain's shard pipeline alone: the same decode and augmentation as the folder's,
+    reading the samples from tar shards through one stream per worker (the first batch excluded)."""
+    from torch.utils.data import DataLoader
+
+    from sparkmim.pretrain.shard_stream import ShardStreams, StreamLayout
+    from sparkmim.utils.shards import resolve_shards
+    shards = resolve_shards(str(shard_folder))
+    steps_per_epoch = max(1, -(-shards.num_samples // config.batch))
+    layout = StreamLayout(steps_per_epoch, 1, config.batch, rank=0, world_size=1, workers=max(1, config.workers))
+    loader = DataLoader(ShardStreams(shards, layout, (config.size, config.size), config.seed), batch_size=None,
+                        num_workers=config.workers)
+    iterator = iter(loader)
+    next(iterator)
+    tick = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    elapsed = time.perf_counter() - tick
+    del iterator
+    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
+            "decode_on_device": False, "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), "
+                                               "PIL decode in workers"}
+
+
+def pack_for_benchmark(paths: List[Path], config: E2EConfig) -> Dict[str, Any]:
+    """The images packed once into ``work_dir/shards`` (replacing an earlier pack); seconds taken."""
+    from sparkmim.tools.data import pack_shards
+    tick = time.perf_counter()
+    result = pack_shards(paths, config.work_dir / "shards", shard_size=config.shard_size, overwrite=True)
+    return {"folder": str(result.folder), "shards": len(result.counts), "seconds": time.perf_counter() - tick,
+            "images_per_s": sum(result.counts.values()) / max(time.perf_counter() - tick, 1e-9)}
+
+
+def median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The run with the median rate (the lower one of an even count), with every rate kept beside it."""
+    ordered = sorted(runs, key=lambda run: run["images_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "all_images_per_s": [run["images_per_s"] for run in runs]}
 
 
 def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
@@ -171,11 +213,18 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
         from sparkmim.pretrain.data import list_images
         data, paths = config.data, list_images(str(config.data))
     steps = max(1, len(paths) // config.batch - config.warmup)
-    loader = time_loader(paths, config, batches=max(2, steps))
+    pack = pack_for_benchmark(paths, config) if config.shards else None
+    folder_runs, shard_runs = [], []
+    for _ in range(max(1, config.repeats)):  # alternating, so both see the same machine state
+        folder_runs.append(time_loader(paths, config, batches=max(2, steps)))
+        if pack is not None:
+            shard_runs.append(time_shard_loader(Path(pack["folder"]), config, batches=max(2, steps)))
+    loader = median_run(folder_runs)
     loader_device = (time_loader(paths, config, batches=max(2, steps), decode_on_device=True)
                      if config.decode_on_device else None)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
-              "images": len(paths), "loader": loader, "loader_device": loader_device}
+              "images": len(paths), "loader": loader, "loader_device": loader_device,
+              "loader_shards": median_run(shard_runs) if shard_runs else None, "pack": pack}
     if config.loader_only:
         return report
     step = time_step(config, steps=max(2, steps))
@@ -186,12 +235,23 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
     return report
 
 
+def _rates(run: Dict[str, Any]) -> str:
+    """The median rate, and every repeat's when there were several."""
+    every = run.get("all_images_per_s") or []
+    extra = f" ({', '.join(f'{rate:.1f}' for rate in every)})" if len(every) > 1 else ""
+    return f"{run['images_per_s']:.2f}{extra}"
+
+
 def format_e2e(report: Dict[str, Any]) -> str:
     config = report["config"]
     loaders = [report["loader"]] + ([report["loader_device"]] if report.get("loader_device") else [])
     used = loaders[-1]["path"]
-    rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {loader['images_per_s']:.2f} |"
-            for loader in loaders]
+    if report.get("loader_shards"):
+        loaders.append(report["loader_shards"])
+    rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {_rates(loader)} |" for loader in loaders]
+    if report.get("pack"):
+        rows.append(f"| spark-data pack into {report['pack']['shards']} shard(s) (once; bytes copied) | "
+                    f"{report['pack']['images_per_s']:.2f} |")
     head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
             f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
             "", "| measurement | images/s |", "|---|---|", *rows]
