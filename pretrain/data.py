@@ -262,7 +262,8 @@ class SkipReporter:
             if entry not in self.warned:
                 self.warned.add(entry)
                 if isinstance(entry, int):
-                    logger.warning("skipping unreadable image %s (replaced by the next readable one)", self.paths[entry])
+                    logger.warning("skipping unreadable image %s (replaced by the next readable one)",
+                                   self.paths[entry])
                 else:
                     logger.warning("skipping %s", entry)
 

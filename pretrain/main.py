@@ -305,7 +305,8 @@ def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_pat
     print("\n".join(lines))
 
 
-def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo, TrainingData, Optional[RunFolderLock]]:
+def start(argv: Optional[Sequence[str]]
+          ) -> Tuple[PretrainConfig, Path, DistInfo, TrainingData, Optional[RunFolderLock]]:
     """Resolve and check the options (cheap checks first), claim the run folder, join the process group,
     set up logging and list the data: (config, run folder, process info, image paths or shards, folder lock)."""
     config = resolve(argv)
@@ -321,7 +322,8 @@ def start(argv: Optional[Sequence[str]]) -> Tuple[PretrainConfig, Path, DistInfo
     logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                 dist_info.device, run_dir.resolve())
     data, source = resolve_data(config, dist_info)
-    logger.info("data: %s%s", data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}",
+    described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
+    logger.info("data: %s%s", described,
                 f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
     return fill_norm_stats(config, data), run_dir, dist_info, data, lock
 

@@ -15,6 +15,7 @@ shards are used.
 """
 import json
 import logging
+import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -40,11 +41,18 @@ def is_shard_source(data: str) -> bool:
     """Whether ``--data`` names tar shards: a ``.tar`` path, brace pattern or URL (``pipe:...tar`` too),
     or a folder holding a ``shards.json`` index."""
     text = str(data).strip()
+    if not is_local(text):
+        return ".tar" in text
     if text.endswith(".tar") or text.endswith(".tar}"):
         return True
-    if "://" in text or text.startswith("pipe:"):
-        return False
     return (Path(text).expanduser() / INDEX_NAME).is_file()
+
+
+def shard_name(url: str) -> str:
+    """The shard's file name in a path, URL or command (``pipe:aws s3 cp s3://b/train-000001.tar -``):
+    the last word ending in ``.tar``; the key of its count in ``shards.json``."""
+    names = re.findall(r"[^/\s]+\.tar(?![^\s/])", url)
+    return names[-1] if names else url
 
 
 def is_local(url: str) -> bool:
@@ -185,7 +193,7 @@ def counts_from_index(urls: Sequence[str], index: Optional[str]) -> Optional[Lis
             raise ShardError(f"--shard-index {index}: cannot be read")
         return None
     counts = parse_index(text, location)
-    names = [url.rpartition("/")[2] for url in urls]
+    names = [shard_name(url) for url in urls]
     unknown = [name for name in names if name not in counts]
     if unknown:
         raise ShardError(f"{location} does not list the shard {unknown[0]} ({len(unknown)} unlisted); pack the "

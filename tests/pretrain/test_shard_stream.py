@@ -12,7 +12,8 @@ pytest.importorskip("webdataset", reason="tar shards need the webdataset package
 
 from sparkmim.pretrain.data import DataError  # noqa: E402
 from sparkmim.pretrain.shard_stream import ShardStreams, StreamLayout, epoch_balance, shard_assignment  # noqa: E402
-from sparkmim.utils.shards import ShardError, count_members, resolve_shards  # noqa: E402
+from sparkmim.utils.shards import (ShardError, count_members, is_shard_source, resolve_shards,  # noqa: E402
+                                   shard_name)
 from tests.pretrain.shard_fixtures import ids_of, pack_flat, shard_pattern  # noqa: E402
 
 SIZE = (32, 32)
@@ -142,3 +143,14 @@ def test_counts_come_from_the_index_or_the_tar_headers(tmp_path):
         resolve_shards(str(folder))
     with pytest.raises(ShardError, match="sample counts of remote shards come from their index"):
         resolve_shards("pipe:cat /nowhere/train-{000000..000002}.tar")
+
+
+def test_piped_shards_take_their_counts_from_the_named_index(tmp_path):
+    folder = pack_flat(tmp_path, 10, 4)
+    piped = resolve_shards(f"pipe:cat {folder}/train-{{000000..000002}}.tar", index=str(folder / "shards.json"))
+    assert piped.counts == (4, 4, 2) and piped.urls[0] == f"pipe:cat {folder}/train-000000.tar"
+    assert shard_name("pipe:aws s3 cp s3://bucket/train-000001.tar -") == "train-000001.tar"
+    assert is_shard_source("pipe:aws s3 cp s3://bucket/train-{000000..000009}.tar -")
+    assert is_shard_source(str(folder)) and not is_shard_source(str(tmp_path / "images"))
+    loader, _ = _loader(piped, 0, 1, 0, steps_per_epoch=5, micro_batch=2, accumulation=1, buffer=0)
+    assert sorted(i for images, _ in itertools.islice(iter(loader), 5) for i in ids_of(images)) == list(range(10))
