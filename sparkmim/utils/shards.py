@@ -85,6 +85,7 @@ class ShardSet:
 
 def expand_pattern(pattern: str) -> List[str]:
     """``train-{000000..000127}.tar`` -> the 128 names (bash-style brace expansion, as WebDataset does)."""
+    webdataset_module()
     from braceexpand import braceexpand  # installed with webdataset
 
     return list(braceexpand(pattern))

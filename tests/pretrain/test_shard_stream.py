@@ -2,6 +2,7 @@
 micro-batch has one stream and position, processes read disjoint samples, a resumed loader yields the
 uninterrupted loader's batches bit for bit, undecodable samples are replaced and reported."""
 import itertools
+import sys
 import tarfile
 
 import pytest
@@ -154,3 +155,10 @@ def test_piped_shards_take_their_counts_from_the_named_index(tmp_path):
     assert is_shard_source(str(folder)) and not is_shard_source(str(tmp_path / "images"))
     loader, _ = _loader(piped, 0, 1, 0, steps_per_epoch=5, micro_batch=2, accumulation=1, buffer=0)
     assert sorted(i for images, _ in itertools.islice(iter(loader), 5) for i in ids_of(images)) == list(range(10))
+
+
+def test_without_webdataset_shards_are_refused_with_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # import webdataset now raises ImportError
+    with pytest.raises(ShardError, match=r"^reading tar shards needs the webdataset package: pip install "
+                                         r"'sparkmim\[shards\]'$"):
+        resolve_shards(str(tmp_path / "train-{000000..000001}.tar"))
