@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also pack the images into tar shards (spark-data pack) and time the shard loader alone")
     e2e.add_argument("--shard-size", type=int, default=1000, help="images per shard with --shards")
     e2e.add_argument("--repeats", type=int, default=1, help="loader timings, alternating folder and shards (median)")
+    e2e.add_argument("--cold-cache", action="store_true",
+                     help="drop the page cache before each loader timing, so files come from the disk (Linux, root)")
     e2e.add_argument("--json", type=Path, default=None)
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
@@ -237,7 +239,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
                        workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
                        decode_on_device=args.decode_on_device, loader_only=args.loader_only, shards=args.shards,
-                       shard_size=args.shard_size, repeats=args.repeats)
+                       shard_size=args.shard_size, repeats=args.repeats, cold_cache=args.cold_cache)
     report = run_e2e(config)
     print(format_e2e(report))
     _write_json(args.json, report)

@@ -53,6 +53,7 @@ class E2EConfig:
     shards: bool = False        # also pack the images into tar shards and time the shard loader alone
     shard_size: int = 1000
     repeats: int = 1            # loader timings alternate folder and shards this many times (median kept)
+    cold_cache: bool = False    # drop the page cache before each loader timing (Linux, root): data read from disk
 
 
 def make_jpeg_folder(folder: Path, count: int, size: int, seed: int = 0) -> List[Path]:
@@ -132,6 +133,34 @@ def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int) -> Di
     return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
             "decode_on_device": False, "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), "
                                                "PIL decode in workers"}
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> None:
+    """Write dirty pages out and drop the page cache, so the next read comes from the disk (Linux, root)."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as error:
+        raise ValueError(f"--cold-cache needs write access to {DROP_CACHES} (Linux, as root): {error}") from error
+
+
+def time_reading(paths: List[Path], shard_folder: Optional[Path]) -> Dict[str, Any]:
+    """Images/s of reading the bytes alone, in one process, without decoding: every file opened and read in
+    the loader's order, or (``shard_folder``) the same images streamed out of their shards. What the file
+    system costs, apart from decoding."""
+    tick = time.perf_counter()
+    if shard_folder is None:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
+        count = sum(1 for index in order if paths[index].read_bytes())
+        path = "folder: open and read each file (random order)"
+    else:
+        from sparkmim.utils.shards import iter_raw_samples, resolve_shards
+        count = sum(1 for _ in iter_raw_samples(resolve_shards(str(shard_folder)).urls, lambda error: None))
+        path = "tar shards: stream each shard"
+    return {"images_per_s": count / (time.perf_counter() - tick), "path": path}
 
 
 def pack_for_benchmark(paths: List[Path], config: E2EConfig) -> Dict[str, Any]:
@@ -214,17 +243,26 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
         data, paths = config.data, list_images(str(config.data))
     steps = max(1, len(paths) // config.batch - config.warmup)
     pack = pack_for_benchmark(paths, config) if config.shards else None
-    folder_runs, shard_runs = [], []
+    folder_runs, shard_runs, reads = [], [], {"folder": [], "shards": []}
     for _ in range(max(1, config.repeats)):  # alternating, so both see the same machine state
+        if config.cold_cache:
+            drop_page_cache()
         folder_runs.append(time_loader(paths, config, batches=max(2, steps)))
         if pack is not None:
+            if config.cold_cache:
+                drop_page_cache()
             shard_runs.append(time_shard_loader(Path(pack["folder"]), config, batches=max(2, steps)))
+            for kind, folder in (("folder", None), ("shards", Path(pack["folder"]))):
+                if config.cold_cache:
+                    drop_page_cache()
+                reads[kind].append(time_reading(paths, folder))
     loader = median_run(folder_runs)
     loader_device = (time_loader(paths, config, batches=max(2, steps), decode_on_device=True)
                      if config.decode_on_device else None)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
               "images": len(paths), "loader": loader, "loader_device": loader_device,
-              "loader_shards": median_run(shard_runs) if shard_runs else None, "pack": pack}
+              "loader_shards": median_run(shard_runs) if shard_runs else None, "pack": pack,
+              "reading": [median_run(runs) for runs in reads.values()] if shard_runs else None}
     if config.loader_only:
         return report
     step = time_step(config, steps=max(2, steps))
@@ -249,11 +287,14 @@ def format_e2e(report: Dict[str, Any]) -> str:
     if report.get("loader_shards"):
         loaders.append(report["loader_shards"])
     rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {_rates(loader)} |" for loader in loaders]
+    rows += [f"| bytes alone, no decoding, 1 process: {run['path']} | {_rates(run)} |"
+             for run in report.get("reading") or []]
     if report.get("pack"):
         rows.append(f"| spark-data pack into {report['pack']['shards']} shard(s) (once; bytes copied) | "
                     f"{report['pack']['images_per_s']:.2f} |")
     head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
-            f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs",
+            f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs"
+            + (", page cache dropped before each loader timing" if config.get("cold_cache") else ""),
             "", "| measurement | images/s |", "|---|---|", *rows]
     if "step" not in report:
         return "\n".join(head + ["", "loader only: no training step or spark-pretrain run measured"])

@@ -173,6 +173,7 @@ def test_loader_only_compares_a_folder_with_the_same_images_in_shards(tmp_path, 
     assert report["pack"]["shards"] == 4 and len(report["loader_shards"]["all_images_per_s"]) == 3
     assert report["loader_shards"]["images_per_s"] == sorted(report["loader_shards"]["all_images_per_s"])[1]
     assert len(report["loader"]["all_images_per_s"]) == 3
+    assert [len(run["all_images_per_s"]) for run in report["reading"]] == [3, 3]
     printed = capsys.readouterr().out
     assert "tar shards (4, up to 2 images each), PIL decode in workers (2 workers)" in printed
-    assert "spark-data pack into 4 shard(s)" in printed
+    assert "spark-data pack into 4 shard(s)" in printed and "bytes alone, no decoding, 1 process: tar shards" in printed
