@@ -249,10 +249,12 @@ class SkipReporter:
     """Main-process bookkeeping of unreadable files: one warning per file, a count per epoch.
 
     A failure is a file's index in ``paths`` (folder input), or a line naming the shard member or shard
-    and the reason (shard input)."""
+    and the reason (shard input). A file's reason is read again here, once, when it is first reported
+    (the workers only pass indices): ``in_chans`` says how the run reads files (None: 8-bit RGB)."""
 
-    def __init__(self, paths: Sequence[Path] = ()) -> None:
+    def __init__(self, paths: Sequence[Path] = (), in_chans: Optional[int] = None) -> None:
         self.paths = paths
+        self.in_chans = in_chans
         self.warned: Set[Union[int, str]] = set()
         self.epoch_failed: Set[Union[int, str]] = set()
 
@@ -263,7 +265,7 @@ class SkipReporter:
                 self.warned.add(entry)
                 if isinstance(entry, int):
                     logger.warning("skipping unreadable image %s (replaced by the next readable one)",
-                                   self.paths[entry])
+                                   unreadable_reason(self.paths[entry], self.in_chans))
                 else:
                     logger.warning("skipping %s", entry)
 
@@ -275,6 +277,15 @@ class SkipReporter:
         """Distinct unreadable files met by this process since the last call."""
         count, self.epoch_failed = len(self.epoch_failed), set()
         return count
+
+
+def unreadable_reason(path: Path, in_chans: Optional[int] = None) -> str:
+    """Why ``path`` cannot be used (it starts with the path), read as the run reads it."""
+    try:
+        load_values(path, in_chans) if in_chans is not None else load_rgb(path)
+    except (UnreadableImageError, OSError) as error:
+        return str(error) if str(path) in str(error) else f"{path}: {error}"
+    return f"{path} (readable when checked again)"
 
 
 def load_vis_images(paths: Sequence[Path], size: Tuple[int, int], count: int,

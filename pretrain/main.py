@@ -412,7 +412,8 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
             dict(model=model, params=[p for p in spark.parameters() if p.requires_grad], optimizer=optimizer,
                  scaler=scaler, schedule=schedule, batches=batches, accumulation=layout.accum_steps,
                  steps_per_epoch=sampler.steps_per_epoch, total_steps=schedule.total_steps,
-                 global_batch=layout.global_batch, skips=SkipReporter(data if isinstance(data, list) else ()), save=saver, prepare_batch=prepare_batch),
+                 global_batch=layout.global_batch, skips=SkipReporter(data if isinstance(data, list) else (),
+                                                  int(config.in_chans) if reads_values(config) else None), save=saver, prepare_batch=prepare_batch),
             run_dir, config, dist_info, resume)
     finally:
         del batches  # ends the loader's workers before the pictures and the report

@@ -2,6 +2,8 @@
 data) and 5-band arrays (given statistics; a 3-band file among them skipped and counted); the encoder loads
 into timm with that in_chans and the pictures are written. Readers keep 16-bit values and read multi-band
 TIFFs in both channel layouts; bad options get one line."""
+import re
+
 import numpy as np
 import pytest
 import timm
@@ -64,6 +66,8 @@ def test_multispectral_arrays_skip_a_file_with_other_bands(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     epochs = read_rows(run / "metrics.jsonl", "epoch")
     assert [row["skipped_images"] for row in epochs] == [1, 1]
+    assert re.search(r"skipping unreadable image \S*rgb\.npy: 3 channel\(s\), the run expects 5 \(--in-chans\)",
+                     (run / "log_rank0.txt").read_text())
     assert all(np.isfinite(row["loss_mean"]) for row in epochs)
     encoder_loads(run, 5)
     assert (run / "reconstruction.png").is_file()
