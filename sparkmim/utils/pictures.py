@@ -3,8 +3,8 @@ reconstruction grid (input | masked input | reconstruction | reconstruction with
 
 Images with one channel are drawn in gray; images with more than three (multispectral bands) as a chosen
 band triplet, the first three by default. RGB images are de-normalised with ImageNet's statistics (or the
-given ones); other channel counts without given statistics are stretched per row, from the input panel's
-1st to 99th percentile, so all four panels of a row share one scale.
+given ones); other channel counts without given statistics are stretched per row, from the 1st to the
+99th percentile of the input panel's drawn bands, so all four panels of a row share one scale.
 
 Both are drawn with matplotlib's non-interactive backend, so they work on headless servers.
 """
@@ -123,6 +123,20 @@ def _stretch_rows(panels: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     return [((p.detach().float().cpu() - low) / scale).clamp(0, 1) for p in panels]
 
 
+def drawn_panels(panels: Sequence[torch.Tensor], mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, bands: Optional[Sequence[int]] = None,
+                 stretch: Optional[bool] = None) -> List[torch.Tensor]:
+    """The panels as drawn, values in [0, 1]: the chosen 1 or 3 bands, de-normalised, or stretched from
+    the input's percentiles of those bands alone (a bright band that is not drawn does not dim the others)."""
+    channels = panels[0].shape[1]
+    chosen = list(display_bands(channels, bands))
+    if stretch is None:
+        stretch = mean is None and std is None and channels != 3
+    if stretch:
+        return _stretch_rows([p[:, chosen] for p in panels])
+    return [denormalise(p, mean, std)[:, chosen] for p in panels]
+
+
 def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path, titles: Sequence[str] = PANEL_TITLES,
                          mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                          bands: Optional[Sequence[int]] = None, stretch: Optional[bool] = None) -> Path:
@@ -131,12 +145,8 @@ def plot_reconstructions(panels: Sequence[torch.Tensor], out_path: Path, titles:
     ``stretch``: draw each row from its input's percentiles instead of de-normalising (default: when the
     images are not RGB and no statistics are given)."""
     plt = _pyplot()
-    channels = panels[0].shape[1]
-    chosen = list(display_bands(channels, bands))
-    if stretch is None:
-        stretch = mean is None and std is None and channels != 3
-    shown = _stretch_rows(panels) if stretch else [denormalise(p, mean, std) for p in panels]
-    shown = [p[:, chosen] for p in shown]
+    chosen = list(display_bands(panels[0].shape[1], bands))
+    shown = drawn_panels(panels, mean, std, chosen, stretch)
     rows, cols = shown[0].shape[0], len(shown)
     height, width = shown[0].shape[-2:]
     cell = 2.2

@@ -7,7 +7,7 @@ import torch
 
 from sparkmim import build_spark
 from sparkmim.model.patches import patchify
-from sparkmim.utils.pictures import denormalise, display_bands, plot_reconstructions, reconstruct
+from sparkmim.utils.pictures import denormalise, display_bands, drawn_panels, plot_reconstructions, reconstruct
 from tests.core_utils import random_mask
 
 SIZE = 64
@@ -55,3 +55,16 @@ def test_pictures_draw_gray_and_band_triplets(tmp_path):
         denormalise(torch.zeros(1, 5, 4, 4))
     gray = denormalise(torch.zeros(1, 1, 2, 2), mean=[0.5], std=[0.25])
     assert torch.equal(gray, torch.full((1, 1, 2, 2), 0.5))
+
+
+def test_stretched_pictures_use_the_percentiles_of_the_drawn_bands_only():
+    images = torch.rand(2, 5, 8, 8)
+    images[:, 4] *= 1000.0  # a bright band that is not drawn
+    drawn = drawn_panels([images, images], bands=(0, 1, 2))
+    assert drawn[0].shape == (2, 3, 8, 8)
+    assert drawn[0].amax() == 1.0 and drawn[0].amin() == 0.0  # the full range, not squashed towards 0
+    assert drawn[0].mean() > 0.3
+    bright = drawn_panels([images], bands=(4,))[0]
+    assert bright.shape == (2, 1, 8, 8) and bright.mean() > 0.3
+    rgb = drawn_panels([torch.zeros(1, 3, 2, 2)])[0]  # RGB is de-normalised with ImageNet's statistics
+    assert torch.allclose(rgb[0, :, 0, 0], torch.tensor([0.485, 0.456, 0.406]))
