@@ -37,8 +37,8 @@ from .data import (PretrainImages, SkipReporter, StepBatchSampler, ValueSpec, co
 from .demo_data import ensure_demo_dataset
 from .device_decode import DeviceDecoder, EncodedImages, collate_encoded
 from .engine import Loop, NonFiniteLossError
-from .shard_stream import (ShardStreams, StreamLayout, check_stream_count, decoded_samples, epoch_balance,
-                           first_shard_readable, shard_vis_images)
+from .shard_stream import (StreamLayout, check_stream_count, decoded_samples, first_shard_readable, shard_loader,
+                           shard_vis_images, warn_if_streams_changed)
 from .optim import build_optimizer
 
 logger = logging.getLogger("sparkmim.pretrain")
@@ -221,34 +221,6 @@ def build_loader(paths: Sequence[Path], size: Tuple[int, int], seed: int, sample
     return loader, None
 
 
-def build_shard_loader(shards: ShardSet, size: Tuple[int, int], config: PretrainConfig, sampler: StepBatchSampler,
-                       workers: int, device: torch.device, world_size: int) -> DataLoader:
-    """The training DataLoader over tar shards: each worker yields whole micro-batches of its own stream
-    (see shard_stream), in the order the DataLoader asks its workers."""
-    layout = StreamLayout(sampler.steps_per_epoch, sampler.accumulation, sampler.micro_batch, sampler.rank,
-                          world_size, max(1, workers), sampler.start_step)
-    dataset = ShardStreams(shards, layout, size, int(config.seed), value_spec(config), int(config.shuffle_buffer))
-    epoch = sampler.start_step // sampler.steps_per_epoch
-    twice, left_out = epoch_balance(shards, layout, int(config.seed), epoch)
-    logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d; epoch "
-                "%d reads %d sample(s) twice and leaves %d for later (uneven shards per stream)", len(shards.urls),
-                layout.streams, world_size, layout.workers, int(config.shuffle_buffer), epoch, twice, left_out)
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=ignore_interrupt_in_worker)
-
-
-def warn_if_streams_changed(resume: ckpt.ResumeState, world_size: int, workers: int) -> None:
-    """Shard input resumes exactly only with the layout of streams it was saved with (see shard_stream)."""
-    saved = resume.sampler.get("data_streams")
-    current = [world_size, max(1, workers)]
-    if resume.step and saved is not None and list(saved) != current and resume.step % int(resume.sampler.get(
-            "steps_per_epoch", 1) or 1):
-        logger.warning("the checkpoint was written with %d process(es) x %d loader worker(s), this run has %d x %d: "
-                       "the rest of this epoch is drawn from other streams (some samples may be seen twice, others "
-                       "not at all, until the epoch ends); keep --workers and the process count for an exact resume",
-                       saved[0], saved[1], current[0], current[1])
-
-
 def check_input_files(config: PretrainConfig) -> None:
     """Files named on the command line exist: fail before the data set and the model are built."""
     if config.resume not in (None, "auto"):
@@ -385,9 +357,11 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     sampler.start_step = start_step
     workers = loader_workers(config)
     if isinstance(data, ShardSet):
-        warn_if_streams_changed(resume, dist_info.world_size, int(workers))
-        loader, prepare_batch = build_shard_loader(data, size, config, sampler, int(workers), dist_info.device,
-                                                   dist_info.world_size), None
+        streams = StreamLayout(sampler.steps_per_epoch, sampler.accumulation, sampler.micro_batch, sampler.rank,
+                               dist_info.world_size, max(1, workers), start_step)
+        warn_if_streams_changed(resume.sampler.get("data_streams"), streams)
+        loader, prepare_batch = shard_loader(data, streams, size, seed, value_spec(config), int(config.shuffle_buffer),
+                                             workers, dist_info.device), None
     else:
         loader, prepare_batch = build_loader(data, size, seed, sampler, int(workers), dist_info.device,
                                              bool(config.decode_on_device), value_spec(config))

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sparkmim.utils.images import UnreadableImageError, decode_rgb
+from sparkmim.utils.signals import ignore_interrupt_in_worker
 from sparkmim.utils.values import decode_values
 from sparkmim.utils.shards import ShardSet, image_member, iter_raw_samples, webdataset_module
 
@@ -200,6 +201,31 @@ class ShardStreams(IterableDataset):
             batch = [next(stream) for _ in range(size)]
             yield collate([(tensor, failed) for _, tensor, failed in batch])
             micro += self.layout.workers
+
+
+def shard_loader(shards: ShardSet, layout: StreamLayout, size: Tuple[int, int], seed: int, values: Optional[ValueSpec],
+                 shuffle_buffer: int, workers: int, device: torch.device) -> DataLoader:
+    """spark-pretrain's DataLoader over tar shards: each worker yields whole micro-batches of its own stream,
+    in the order the DataLoader asks its workers (``workers`` 0: one stream read in this process)."""
+    dataset = ShardStreams(shards, layout, size, seed, values, shuffle_buffer)
+    epoch = layout.start_step // layout.steps_per_epoch
+    twice, left_out = epoch_balance(shards, layout, seed, epoch)
+    logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d; epoch "
+                "%d reads %d sample(s) twice and leaves %d for later (uneven shards per stream)", len(shards.urls),
+                layout.streams, layout.world_size, layout.workers, shuffle_buffer, epoch, twice, left_out)
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=ignore_interrupt_in_worker)
+
+
+def warn_if_streams_changed(saved: Optional[Sequence[int]], layout: StreamLayout) -> None:
+    """A mid-epoch resume is exact only with the streams it was saved with: [processes, workers]."""
+    current = [layout.world_size, layout.workers]
+    if saved is None or list(saved) == current or layout.start_step % layout.steps_per_epoch == 0:
+        return
+    logger.warning("the checkpoint was written with %d process(es) x %d loader worker(s), this run has %d x %d: the "
+                   "rest of this epoch is drawn from other streams (some samples may be seen twice, others not at "
+                   "all, until the epoch ends); keep --workers and the process count for an exact resume",
+                   saved[0], saved[1], current[0], current[1])
 
 
 def _shard_error(error: Exception, urls: Sequence[str]) -> str:

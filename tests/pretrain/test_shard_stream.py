@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 pytest.importorskip("webdataset", reason="tar shards need the webdataset package (sparkmim[shards])")
 
 from sparkmim.pretrain.data import DataError  # noqa: E402
-from sparkmim.pretrain.shard_stream import ShardStreams, StreamLayout, epoch_balance, shard_assignment  # noqa: E402
+from sparkmim.pretrain.shard_stream import (ShardStreams, StreamLayout, epoch_balance, shard_assignment,  # noqa: E402
+                                           warn_if_streams_changed)
 from sparkmim.utils.shards import (ShardError, count_members, is_shard_source, resolve_shards,  # noqa: E402
                                    shard_name)
 from tests.pretrain.shard_fixtures import ids_of, pack_flat, shard_pattern  # noqa: E402
@@ -162,3 +163,12 @@ def test_without_webdataset_shards_are_refused_with_the_install_command(monkeypa
     with pytest.raises(ShardError, match=r"^reading tar shards needs the webdataset package: pip install "
                                          r"'sparkmim\[shards\]'$"):
         resolve_shards(str(tmp_path / "train-{000000..000001}.tar"))
+
+
+def test_a_mid_epoch_resume_with_other_streams_is_warned_about(caplog):
+    mid_epoch = StreamLayout(6, 1, 2, rank=0, world_size=2, workers=4, start_step=3)
+    for saved, layout, warned in (([2, 4], mid_epoch, False), ([1, 4], mid_epoch, True), (None, mid_epoch, False),
+                                  ([1, 4], StreamLayout(6, 1, 2, 0, 2, 4, start_step=12), False)):
+        caplog.clear()
+        warn_if_streams_changed(saved, layout)
+        assert ("keep --workers and the process count for an exact resume" in caplog.text) == warned, (saved, layout)
