@@ -24,7 +24,7 @@ import torch
 
 from sparkmim.convert import KeyAccountingError
 from sparkmim.convert.detectron2 import check_d2_target, timm_resnet_to_d2, write_pkl
-from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model, recognise
+from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model_any_channels, recognise
 from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
@@ -39,6 +39,7 @@ NOT_CHECKED = 3  # exit status: written, but --check could not run
 logger = logging.getLogger("sparkmim.tools.convert")
 
 TARGETS = ("timm", "d2", "mmdet", "sparkmim")
+SPARK_BUILD_KEYS = ("input_size", "mask_ratio", "decoder_width", "densify_norm", "encoder_kwargs")  # build_spark's
 
 
 class UsageError(UserError, ValueError):
@@ -129,14 +130,16 @@ def describe(path: Path, obj: Any, info: Optional[SourceInfo]) -> Dict[str, Any]
         facts["config"] = {k: v for k, v in info.spark_config.items()
                            if k in ("model", "input_size", "mask_ratio", "decoder_width", "densify_norm", "reference")}
     if info.model:
-        problems = check_against_model(info.encoder, info.model, info.model_kwargs)
+        problems = check_against_model_any_channels(info)
         facts["fits_model"] = not problems
         if problems:
             facts["problems"] = problems
+    facts["in_chans"] = info.in_chans
     targets = ["timm", "sparkmim"]
-    if info.model and info.model.startswith("resnet") and not info.model.endswith("d"):
+    rgb = info.in_chans == 3  # the detection transfers are RGB only
+    if rgb and info.model and info.model.startswith("resnet") and not info.model.endswith("d"):
         targets.append("d2")
-    if info.model and "convnext" in info.model:
+    if rgb and info.model and "convnext" in info.model:
         targets.append("mmdet")
     facts["convertible_to"] = targets
     return facts
@@ -155,7 +158,7 @@ def require_model(info: SourceInfo) -> str:
     if not info.model:
         raise KeyAccountingError("cannot tell which timm model these weights belong to (the file has no config "
                                  "and matches none of the common models); pass --model NAME")
-    problems = check_against_model(info.encoder, info.model, info.model_kwargs)
+    problems = check_against_model_any_channels(info)
     if problems:
         raise KeyAccountingError(f"the weights do not fit timm '{info.model}' (model from {info.model_from}): "
                                  + "; ".join(problems))
@@ -182,7 +185,9 @@ def write_sparkmim(info: SourceInfo, target: Path, args: argparse.Namespace) -> 
     config["model"] = info.model
     payload = {"format": WEIGHTS_FORMAT, "model": {k: v.detach().cpu() for k, v in info.spark_state.items()},
                "config": {k: config[k] for k in ("model", "input_size", "mask_ratio", "decoder_width",
-                                                 "densify_norm") if k in config}}
+                                                 "densify_norm", "mean", "std") if config.get(k) is not None}}
+    if info.in_chans != 3:
+        payload["config"]["encoder_kwargs"] = {"in_chans": info.in_chans}
     save_atomic(payload, target)
     return {"written": str(target), "tensors": len(payload["model"]), "converted": len(payload["model"])}
 
@@ -222,7 +227,7 @@ def check_sparkmim(target: Path) -> checks.CheckResult:
 
     payload = load_file(target)
     config = payload["config"]
-    spark = build_spark(config["model"], **{k: v for k, v in config.items() if k != "model"})
+    spark = build_spark(config["model"], **{k: v for k, v in config.items() if k in SPARK_BUILD_KEYS})
     try:
         load_state_dict_checked(spark, payload["model"], f"{target}",
                                 allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
@@ -254,6 +259,10 @@ def convert(args: argparse.Namespace) -> int:
     info.model_kwargs.update(_model_kwargs(args.model_kwargs))
     logger.info("%s: %s", args.source, info.description)
     model = require_model(info)
+    if args.to in ("d2", "mmdet") and info.in_chans != 3:
+        raise UsageError(f"--to {args.to}: the detection transfer takes RGB (3-channel) encoders, this one takes "
+                         f"{info.in_chans} channel(s); fine-tune it with spark-finetune --in-chans {info.in_chans} or "
+                         "convert it --to timm")
     if args.to == "d2" and not model.startswith("resnet"):
         raise UsageError(f"--to d2 converts ResNets (Detectron2's ResNet backbone); this file is a {model}")
     if args.to == "mmdet" and "convnext" not in model:

@@ -23,6 +23,7 @@ from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.pretrain.data import ValueSpec
 
 logger = logging.getLogger("sparkmim.tools.viz")
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="timm model name, when the file does not say")
     parser.add_argument("--allow-unsafe", action="store_true",
                         help="load a checkpoint that needs full (code-executing) unpickling; only for files you trust")
+    parser.add_argument("--bands", type=int, nargs="+", default=None, metavar="I",
+                        help="the 1 or 3 channels drawn, for images with more than 3 (default: the first three)")
     parser.add_argument("--spconv-demo", action="store_true",
                         help="draw the 'mask pattern vanishing' illustration instead (no checkpoint needed)")
     parser.add_argument("--layers", type=int, default=5, help="--spconv-demo: CNN stages, each halving the "
@@ -67,6 +70,13 @@ def _build_kwargs(info: Any) -> Dict[str, Any]:
 
 def load_spark(path: Path, model: Optional[str], allow_unsafe: bool) -> torch.nn.Module:
     """A SparK model with every tensor from the file (only modules the forward never runs may be absent)."""
+    return read_checkpoint(path, model, allow_unsafe)[0]
+
+
+def read_checkpoint(path: Path, model: Optional[str], allow_unsafe: bool
+                    ) -> Tuple[torch.nn.Module, Optional[ValueSpec]]:
+    """:func:`load_spark`'s model, and how its images are read: None for 8-bit RGB, else the pre-training's
+    channels and statistics."""
     from sparkmim import build_spark
     from sparkmim.convert import load_state_dict_checked
 
@@ -87,25 +97,45 @@ def load_spark(path: Path, model: Optional[str], allow_unsafe: bool) -> torch.nn
                        "spark-pretrain's checkpoint_last.pth or a *_withdecoder_* release file")
     if not info.model:
         raise VizError(f"{path} does not say which timm model it holds; pass --model NAME")
-    spark = build_spark(info.model, **_build_kwargs(info))
+    kwargs = _build_kwargs(info)
+    if info.in_chans != 3:
+        kwargs["encoder_kwargs"] = {"in_chans": info.in_chans}
+    spark = build_spark(info.model, **kwargs)
     try:
         load_state_dict_checked(spark, info.spark_state, str(path),
                                 allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
     except KeyAccountingError as error:
         raise VizError(str(error)) from error
-    return spark.eval()
+    return spark.eval(), value_spec_of(info)
 
 
-def load_images(paths: Sequence[Path], size: Tuple[int, int]) -> torch.Tensor:
-    from sparkmim.pretrain.data import eval_image
+def value_spec_of(info: Any) -> Optional[ValueSpec]:
+    """Files are read with their own values when the pre-training did (another channel count, or its own
+    statistics); statistics missing from the file are taken from the images drawn (see load_images)."""
+    mean, std = info.spark_config.get("mean"), info.spark_config.get("std")
+    if info.in_chans == 3 and mean is None:
+        return None
+    return ValueSpec(info.in_chans, tuple(mean) if mean else (), tuple(std) if std else ())
 
-    tensors = []
+
+def load_images(paths: Sequence[Path], size: Tuple[int, int], values: Optional[ValueSpec] = None) -> torch.Tensor:
+    from sparkmim.pretrain.data import eval_image, eval_values
+    from sparkmim.utils.values import norm_stats_of
+
+    loaded = []
     for path in paths:
         try:
-            tensors.append(eval_image(load_rgb(path), size))
+            loaded.append(values.load(path) if values is not None else load_rgb(path))
         except (UnreadableImageError, OSError) as error:
             raise VizError(f"cannot read image {path} ({error})") from error
-    return torch.stack(tensors)
+    if values is None:
+        return torch.stack([eval_image(image, size) for image in loaded])
+    if not values.mean:
+        mean, std = norm_stats_of(loaded, values.in_chans)
+        logger.warning("the checkpoint holds no normalisation statistics: using the drawn images' own (mean %s, "
+                       "std %s)", mean, std)
+        values = ValueSpec(values.in_chans, tuple(mean), tuple(std))
+    return torch.stack([eval_values(image, size, values) for image in loaded])
 
 
 def _size(value: Optional[List[int]], default: Tuple[int, int], stride: int) -> Tuple[int, int]:
@@ -132,16 +162,19 @@ def run(args: argparse.Namespace) -> Path:
             raise VizError(str(error)) from error
     if len(args.inputs) < 2:
         raise VizError("give a checkpoint and at least one image: spark-viz CHECKPOINT IMAGE... --out grid.png")
-    spark = load_spark(Path(args.inputs[0]), args.model, args.allow_unsafe)
+    spark, values = read_checkpoint(Path(args.inputs[0]), args.model, args.allow_unsafe)
     size = _size(args.input_size, tuple(spark.input_size), spark.downsample_ratio)
     mask_ratio = spark.mask_ratio if args.mask_ratio is None else args.mask_ratio
     check_mask_ratio(mask_ratio)
-    images = load_images([Path(p) for p in args.inputs[1:]], size)
+    images = load_images([Path(p) for p in args.inputs[1:]], size, values)
     from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 
     panels = reconstruct(spark, images, seed=args.seed, mask_ratio=mask_ratio)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    return plot_reconstructions(panels, args.out)
+    try:
+        return plot_reconstructions(panels, args.out, bands=args.bands, stretch=values is not None)
+    except ValueError as error:  # bands that the images do not have
+        raise VizError(f"--bands: {error}") from error
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -82,6 +82,11 @@ class SourceInfo:
     def has_decoder(self) -> bool:
         return self.spark_state is not None
 
+    @property
+    def in_chans(self) -> int:
+        """The encoder's input channels (3 unless it was pre-trained on other data)."""
+        return int(self.model_kwargs.get("in_chans", 3))
+
 
 # --- torchvision ConvNeXt -------------------------------------------------------------------------
 
@@ -190,6 +195,38 @@ def identify_model(encoder: Mapping[str, torch.Tensor], candidates: Sequence[str
 
 # --- recognition ----------------------------------------------------------------------------------
 
+def stem_in_chans(encoder: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """Input channels of timm-named encoder weights: the second dimension of the first 4-D weight (the stem
+    convolution comes first in every timm CNN's state dict); None when there is none."""
+    for key, tensor in encoder.items():
+        if key.endswith("weight") and tensor.dim() == 4:
+            return int(tensor.shape[1])
+    return None
+
+
+def _fill_in_chans(info: "SourceInfo") -> None:
+    """Encoders pre-trained on other channel counts (grayscale, multispectral) are built with timm's
+    ``in_chans``, which sparkmim's checkpoints record in their config (for files without a config, see
+    :func:`check_against_model_any_channels`)."""
+    config = info.spark_config
+    configured = config.get("in_chans", (config.get("encoder_kwargs") or {}).get("in_chans"))
+    if "in_chans" not in info.model_kwargs and configured is not None and int(configured) != 3:
+        info.model_kwargs["in_chans"] = int(configured)
+
+
+def check_against_model_any_channels(info: "SourceInfo") -> List[str]:
+    """:func:`check_against_model`; when the weights do not fit and their stem takes another number of
+    channels than 3, the model with that ``in_chans`` is tried too and, if it fits, kept in ``info``."""
+    problems = check_against_model(info.encoder, info.model, info.model_kwargs)
+    channels = stem_in_chans(info.encoder)
+    if problems and "in_chans" not in info.model_kwargs and channels not in (None, 3):
+        kwargs = {**info.model_kwargs, "in_chans": channels}
+        if not check_against_model(info.encoder, info.model, kwargs):
+            info.model_kwargs = kwargs
+            return []
+    return problems
+
+
 def _spark_model_name(config: Mapping[str, Any]) -> Optional[str]:
     name = config.get("model")
     return str(name) if isinstance(name, str) and name else None
@@ -232,6 +269,7 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(TIMM, encoder, report)
     info.classifier = [k for k in info.report.dropped if k.startswith(CLASSIFIER_PREFIXES)]
+    _fill_in_chans(info)
     if model:
         info.model, info.model_from = model, "--model"
     elif info.model is None:
