@@ -14,6 +14,7 @@ from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
+from sparkmim.utils.values import NORM_STATS, check_channel_options
 
 from .layer_decay import GROUPINGS
 
@@ -78,6 +79,11 @@ class FinetuneConfig(TypedConfig):
     crop_pct: float = 0.95
     crop_mode: str = "center"
     interpolation: str = "bicubic"
+    # data read with its own values (grayscale, multispectral): as spark-pretrain's options
+    in_chans: Optional[int] = None      # None: the pre-training run's (config.yaml beside --weights), else 3
+    mean: Optional[List[float]] = None  # per channel, in the data's units; None = the pre-training's or ImageNet's
+    std: Optional[List[float]] = None
+    norm_stats: str = "given"           # given | auto (computed once from the training files)
     # runtime
     amp: str = "off"
     channels_last: bool = False
@@ -183,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--crop-pct", type=float, help="evaluation centre-crop fraction")
     add("--crop-mode", choices=CHOICES["crop_mode"])
     add("--interpolation")
+    add("--in-chans", type=int, help="input channels; other than 3 (or --mean/--std, --norm-stats auto) reads files "
+                                     "with their own values like spark-pretrain (default: the pre-training run's, "
+                                     "from the config.yaml beside --weights, else 3)")
+    add("--mean", type=float, nargs="+", help="per-channel mean, in the data's units")
+    add("--std", type=float, nargs="+", help="per-channel std, in the data's units")
+    add("--norm-stats", choices=NORM_STATS, help="auto: the per-channel mean and std of up to 256 training files")
     add("--amp", choices=CHOICES["amp"], help="autocast precision")
     add("--channels-last", **flag)
     add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
@@ -231,9 +243,42 @@ def resolve(user: UserLayers) -> FinetuneConfig:
     config["recipe"] = user.recipe_file
     config["model_recipe"] = model_recipe
     config["amp"] = canonical_amp(config["amp"])
+    fill_channels_from_pretraining(config, user)
     typed = FinetuneConfig.from_mapping(config)
     validate(typed)
     return typed
+
+
+def pretraining_config(weights: Optional[str]) -> Dict[str, Any]:
+    """The pre-training run's options when ``weights`` comes from a spark-pretrain run folder (its
+    config.yaml beside the file), else {}."""
+    if not weights:
+        return {}
+    beside = Path(weights).expanduser().parent / "config.yaml"
+    if not beside.is_file():
+        return {}
+    try:
+        saved = load_recipe(str(beside))
+    except (ConfigError, OSError):
+        return {}
+    return saved if "mask_ratio" in saved and "in_chans" in saved else {}
+
+
+def fill_channels_from_pretraining(config: Dict[str, Any], user: UserLayers) -> None:
+    """Data read with its own values fine-tunes like it pre-trained: --in-chans, --mean and --std default to
+    the pre-training run's. A contradicting --in-chans is refused (the encoder's stem could not load)."""
+    saved = pretraining_config(config.get("weights"))
+    channels = saved.get("in_chans")
+    if channels is None:
+        if config["in_chans"] is None:
+            config["in_chans"] = 3
+        return
+    if config["in_chans"] is not None and int(config["in_chans"]) != int(channels):
+        raise ConfigError(f"--in-chans {config['in_chans']} contradicts the pre-training of {config['weights']} "
+                          f"({channels} channel(s), its config.yaml); drop --in-chans or give other weights")
+    config["in_chans"] = int(channels)
+    if user.get("mean") is None and user.get("norm_stats") is None and saved.get("mean") is not None:
+        config["mean"], config["std"] = list(saved["mean"]), list(saved["std"])
 
 
 def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
@@ -244,7 +289,22 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
     config["recipe"] = user.recipe_file
     config["eval_only"] = True
     config["amp"] = canonical_amp(config["amp"])
+    if config["in_chans"] is None:  # a checkpoint written before the option existed: RGB
+        config["in_chans"] = 3
     return FinetuneConfig.from_mapping(config)
+
+
+def reads_values(config: FinetuneConfig) -> bool:
+    """Whether files are read with their own values and channels rather than as 8-bit RGB (spark-pretrain's rule)."""
+    return (config.in_chans or 3) != 3 or config.mean is not None or config.norm_stats == "auto"
+
+
+def classifier_kwargs(config: FinetuneConfig) -> Dict[str, Any]:
+    """timm.create_model's extra arguments: --model-kwargs, and in_chans when it is not 3."""
+    kwargs = dict(config.model_kwargs)
+    if (config.in_chans or 3) != 3:
+        kwargs["in_chans"] = config.in_chans
+    return kwargs
 
 
 def _encoder_stride(model: str, model_kwargs: Dict[str, Any]) -> int:
@@ -281,6 +341,7 @@ def validate(config: FinetuneConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config.warmup_epochs < 0 or config.warmup_epochs > config.epochs:
         raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config.warmup_epochs}")
+    check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
     if not 0 < config.layer_decay:
         raise ConfigError(f"layer_decay must be positive, got {config.layer_decay}")
     if not 0 <= config.ema < 1:

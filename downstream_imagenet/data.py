@@ -4,21 +4,27 @@ Unreadable images are not fatal: the dataset yields ``None`` for them and the co
 them and counts them, so a few corrupt files in a million do not stop a run, and the count is
 logged instead of hidden.
 """
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sparkmim.utils.images import UnreadableImageError, find_image_files, load_rgb
+from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
+                                   load_rgb)
+from sparkmim.utils.config import ConfigError
+from sparkmim.utils.values import estimate_norm_stats, load_values
 from sparkmim.utils.errors import UserError
 from sparkmim.utils.signals import ignore_interrupt_in_worker
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, reads_values
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +40,10 @@ class ImageFolderDataset(Dataset):
 
     ``__getitem__`` returns ``None`` for a file that cannot be decoded; use :func:`collate_skipping`."""
 
-    def __init__(self, root: Path, transform: Optional[Callable] = None) -> None:
+    def __init__(self, root: Path, transform: Optional[Callable] = None, load: Callable[[str], Any] = load_rgb,
+                 extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
         self.root = Path(root)
+        self.load = load
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
@@ -43,7 +51,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{self.root} has no class sub-folders (expected <root>/<class>/<images>)")
         self.samples: List[Tuple[str, int]] = []
         for index, name in enumerate(self.classes):
-            files = [str(p) for p in find_image_files(self.root / name)]
+            files = [str(p) for p in find_image_files(self.root / name, extensions)]
             if not files:
                 raise DataError(f"class folder {self.root / name} contains no image files")
             self.samples.extend((path, index) for path in files)
@@ -55,7 +63,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> Optional[Tuple[Any, int]]:
         path, target = self.samples[index]
         try:
-            image = load_rgb(path)
+            image = self.load(path)
         except UnreadableImageError as error:
             logger.warning("skipping unreadable image %s", error)
             return None
@@ -145,10 +153,71 @@ class RedrawRefusedPosterize:
         return f"{type(self).__name__}({self.policy!r})"
 
 
+def image_reader(config: FinetuneConfig) -> Dict[str, Any]:
+    """How files are read (``load`` and ``extensions`` of :class:`ImageFolderDataset`): 8-bit RGB, or with
+    their own values and ``in_chans`` channels (arrays too), as spark-pretrain reads them."""
+    if not reads_values(config):
+        return {"load": load_rgb, "extensions": IMAGE_EXTENSIONS}
+    return {"load": partial(load_values, in_chans=config.in_chans), "extensions": IMAGE_EXTENSIONS + ARRAY_EXTENSIONS}
+
+
+def fill_norm_stats(config: FinetuneConfig) -> FinetuneConfig:
+    """--norm-stats auto: the per-channel mean and std of up to 256 training files, computed once (every
+    process the same) and kept in the run's config."""
+    if config.norm_stats != "auto" or config.mean is not None:
+        return config
+    train_dir, _ = dataset_dirs(config)
+    if train_dir is None:
+        raise ConfigError("--norm-stats auto computes the statistics from the training files: give --train-dir")
+    reader = image_reader(config)
+    paths = find_image_files(train_dir, reader["extensions"])
+    try:
+        mean, std = estimate_norm_stats(paths, config.in_chans)
+    except UnreadableImageError as error:
+        raise DataError(f"--norm-stats auto: {error} under {train_dir}; check --in-chans") from error
+    logger.info("normalisation from the training data (--norm-stats auto): mean %s, std %s", mean, std)
+    return dataclasses.replace(config, mean=mean, std=std)
+
+
+def values_train_transform(config: FinetuneConfig) -> Callable:
+    """Training views of (C, H, W) tensors of the data's own values: RandomResizedCrop and flip on all channels
+    alike, the data's normalisation, RandomErasing. Auto-augment and colour jitter are RGB operations with no
+    meaning for 13 bands or a CT's Hounsfield units, so they are left out (said once in the log)."""
+    from timm.data.random_erasing import RandomErasing
+    from torchvision import transforms
+
+    if config.auto_augment not in (None, "", "none") or config.color_jitter:
+        logger.info("data read with its own values (%d channel(s)): auto-augment '%s' and colour jitter are RGB "
+                    "operations and are not applied", config.in_chans, config.auto_augment)
+    steps = [transforms.RandomResizedCrop(config.input_size, scale=tuple(config.train_scale),
+                                          interpolation=_interpolation_mode(config.interpolation), antialias=True),
+             transforms.RandomHorizontalFlip(), transforms.Normalize(config.mean, config.std)]
+    if config.reprob > 0:
+        steps.append(RandomErasing(config.reprob, mode=config.remode, device="cpu"))
+    return transforms.Compose(steps)
+
+
+def values_eval_transform(config: FinetuneConfig) -> Callable:
+    """Evaluation views of tensors of the data's own values: resize to input_size / crop_pct, centre crop,
+    normalise (timm's 'center' crop mode)."""
+    from torchvision import transforms
+
+    if config.crop_mode != "center":
+        logger.info("data read with its own values: crop mode '%s' is not available, a centre crop is used",
+                    config.crop_mode)
+    return transforms.Compose([
+        transforms.Resize(math.floor(config.input_size / config.crop_pct),
+                          interpolation=_interpolation_mode(config.interpolation), antialias=True),
+        transforms.CenterCrop(config.input_size), transforms.Normalize(config.mean, config.std)])
+
+
 def train_transform(config: FinetuneConfig) -> Callable:
     """timm's ImageNet training pipeline: RandomResizedCrop, flip, auto-augment, ToTensor,
     Normalize, RandomErasing. 'trivial' inserts torchvision's TrivialAugmentWide after the flip
-    (what the reference fine-tuning used below 384 px)."""
+    (what the reference fine-tuning used below 384 px). Data read with its own values: see
+    :func:`values_train_transform`."""
+    if reads_values(config):
+        return values_train_transform(config)
     from timm.data import create_transform
     from torchvision import transforms
 
@@ -174,6 +243,8 @@ def train_transform(config: FinetuneConfig) -> Callable:
 
 
 def eval_transform(config: FinetuneConfig) -> Callable:
+    if reads_values(config):
+        return values_eval_transform(config)
     from timm.data import create_transform
 
     return create_transform(

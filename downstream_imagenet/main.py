@@ -25,9 +25,10 @@ from sparkmim.utils.run_folder import claim_run_folder
 from sparkmim.utils.signals import stop_at_once
 
 from . import checkpoints
-from .config import DEFAULT_RECIPE, FinetuneConfig, UserLayers, parse, resolve, resolve_eval
+from .config import (DEFAULT_RECIPE, FinetuneConfig, UserLayers, classifier_kwargs, parse, reads_values, resolve,
+                     resolve_eval)
 from .data import (DataError, ImageFolderDataset, check_same_classes, dataset_dirs, eval_loader, eval_transform,
-                   train_loader, train_transform)
+                   fill_norm_stats, image_reader, train_loader, train_transform)
 from .engine import Schedule, Trainer, evaluate, train_one_epoch
 from .layer_decay import LayerDecayError, describe_groups, param_groups
 from .models import count_parameters, create_classifier, create_linear_probe
@@ -42,8 +43,8 @@ USER_ERRORS = (ConfigError, checkpoints.CheckpointError, DataError, WeightLoadin
 
 def build_model(config: FinetuneConfig, num_classes: int) -> nn.Module:
     if config.linear_probe:
-        return create_linear_probe(config.model, num_classes, config.model_kwargs)
-    return create_classifier(config.model, num_classes, config.drop_path, config.model_kwargs)
+        return create_linear_probe(config.model, num_classes, classifier_kwargs(config))
+    return create_classifier(config.model, num_classes, config.drop_path, classifier_kwargs(config))
 
 
 def weight_target(model: nn.Module) -> nn.Module:
@@ -64,12 +65,13 @@ def wrap_distributed(model: nn.Module, config: FinetuneConfig, dist_info: DistIn
 
 def load_datasets(config: FinetuneConfig, training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
     train_dir, val_dir = dataset_dirs(config)
-    val = ImageFolderDataset(val_dir, eval_transform(config))
+    reader = image_reader(config)
+    val = ImageFolderDataset(val_dir, eval_transform(config), **reader)
     if not training:
         return None, val
     if train_dir is None:
         raise ConfigError("training needs --train-dir (or --data with train/ and val/)")
-    train = ImageFolderDataset(train_dir, train_transform(config))
+    train = ImageFolderDataset(train_dir, train_transform(config), **reader)
     check_same_classes(train, val)
     logger.info("data: %d classes, %d training and %d validation images", len(train.classes), len(train), len(val))
     return train, val
@@ -157,6 +159,10 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
         logger.warning("no built-in recipe for %s: using the default recipe (recipes/%s.yaml, the paper's ResNet-50 "
                        "recipe without stochastic depth); override any option with --recipe or on the command line",
                        config.model, DEFAULT_RECIPE)
+    config = fill_norm_stats(config)
+    if reads_values(config):
+        logger.info("data read with its own values: %d channel(s), mean %s, std %s", config.in_chans, config.mean,
+                    config.std)
     train_set, val_set = load_datasets(config, training=True)
     classes = train_set.classes
     layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from sparkmim.model import settings as spark_settings
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
+from sparkmim.utils.values import NORM_STATS, check_channel_options
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 DEMO_RECIPE = "demo"
@@ -77,7 +78,6 @@ DROP_PATH = {
 BETAS_RESNET = [0.9, 0.95]
 BETAS_CONVNEXT = [0.9, 0.999]
 AMP_CHOICES = tuple(AMP_DTYPES) + tuple(DEPRECATED_AMP)  # "none": spark-finetune's old spelling
-NORM_STATS = ("given", "auto")
 
 
 def reads_values(config: "PretrainConfig") -> bool:
@@ -227,22 +227,8 @@ def validate(config: PretrainConfig) -> None:
 
 
 def validate_channels(config: PretrainConfig) -> None:
-    """--in-chans with its normalisation: N means and N stds, or --norm-stats auto; RGB alone keeps ImageNet's."""
-    if config.in_chans <= 0:
-        raise ConfigError(f"in_chans must be positive, got {config.in_chans}")
-    if config.norm_stats not in NORM_STATS:
-        raise ConfigError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {config.norm_stats!r}")
-    if (config.mean is None) != (config.std is None):
-        raise ConfigError("give --mean and --std together (one value per input channel)")
-    if config.mean is not None:
-        if len(config.mean) != config.in_chans or len(config.std) != config.in_chans:
-            raise ConfigError(f"--mean and --std need {config.in_chans} values each (--in-chans {config.in_chans}), "
-                              f"got {len(config.mean)} and {len(config.std)}")
-        if min(config.std) <= 0:
-            raise ConfigError(f"--std values must be positive, got {config.std}")
-    elif config.in_chans != 3 and config.norm_stats != "auto":
-        raise ConfigError(f"--in-chans {config.in_chans} needs its normalisation: --mean and --std ({config.in_chans} "
-                          "values each, in the data's own units) or --norm-stats auto")
+    """--in-chans with its normalisation (see check_channel_options), and no device decoding of such data."""
+    check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
     if reads_values(config) and config.decode_on_device:
         raise ConfigError("--decode-on-device decodes 8-bit RGB JPEGs; drop it with --in-chans, --mean/--std or "
                           "--norm-stats auto")

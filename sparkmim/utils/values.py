@@ -13,7 +13,7 @@ whichever is shorter.
 """
 import io
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Sequence, Tuple, Union
+from typing import BinaryIO, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -83,6 +83,32 @@ def load_values(path: Union[str, Path], in_chans: int, source: Union[Path, Binar
     if array.shape[-1] != in_chans:
         raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)")
     return torch.from_numpy(np.ascontiguousarray(array.astype(np.float32))).permute(2, 0, 1).contiguous()
+
+
+NORM_STATS = ("given", "auto")
+
+
+def check_channel_options(in_chans: int, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                          norm_stats: str) -> None:
+    """--in-chans with its normalisation (spark-pretrain's and spark-finetune's rule): N means and N stds in
+    the data's units, or --norm-stats auto; RGB alone keeps ImageNet's. One line that says what to give."""
+    from .config import ConfigError
+
+    if in_chans <= 0:
+        raise ConfigError(f"in_chans must be positive, got {in_chans}")
+    if norm_stats not in NORM_STATS:
+        raise ConfigError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {norm_stats!r}")
+    if (mean is None) != (std is None):
+        raise ConfigError("give --mean and --std together (one value per input channel)")
+    if mean is not None:
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ConfigError(f"--mean and --std need {in_chans} values each (--in-chans {in_chans}), "
+                              f"got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ConfigError(f"--std values must be positive, got {list(std)}")
+    elif in_chans != 3 and norm_stats != "auto":
+        raise ConfigError(f"--in-chans {in_chans} needs its normalisation: --mean and --std ({in_chans} "
+                          "values each, in the data's own units) or --norm-stats auto")
 
 
 def decode_values(data: bytes, name: str, in_chans: int) -> torch.Tensor:
