@@ -59,3 +59,19 @@ def read_rows(metrics_path: Path, kind: str) -> List[dict]:
 def step_losses(metrics_path: Path) -> Dict[int, float]:
     """step -> loss; a step logged twice (redone after a crash) keeps its last value."""
     return {int(row["step"]): float(row["loss"]) for row in read_rows(metrics_path, "step")}
+
+
+BAND_MEANS = 1000.0 * (1 + np.arange(5))  # five bands at very different levels, as satellite bands are
+
+
+def pretrain_multiband(root: Path, count: int = 8) -> Path:
+    """``count`` 5-band ``.npy`` images in ``root/bands``, pre-trained for one tiny epoch into ``root/run``
+    (--in-chans 5, statistics from the data)."""
+    rng = np.random.default_rng(0)
+    (root / "bands").mkdir(parents=True)
+    for index in range(count):
+        np.save(root / "bands" / f"{index}.npy", rng.normal(BAND_MEANS, 50.0, (72, 72, 5)).astype(np.float32))
+    done = run_cli([str(root / "bands"), *TINY_ARGS, "--epochs", "1", "--in-chans", "5", "--norm-stats", "auto",
+                    "--output-dir", str(root / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "run"

@@ -9,12 +9,11 @@ from PIL import Image
 
 from sparkmim.downstream_imagenet.main import main
 from sparkmim.utils.checkpoint import load_file
-from tests.pretrain_fixtures import TINY_ARGS, run_cli
+from tests.pretrain_fixtures import BAND_MEANS, pretrain_multiband
 
 TINY = ["--model", "test_resnet", "--input-size", "32", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0",
         "--workers", "0", "--device", "cpu", "--no-progress", "--mixup", "0", "--cutmix", "0", "--ema", "0",
         "--repeated-aug", "0", "--reprob", "0.25"]
-BAND_MEANS = 1000.0 * (1 + np.arange(5))
 
 
 def _labelled_bands(root, rng):
@@ -31,22 +30,15 @@ def _labelled_bands(root, rng):
 def bands_pretrained(tmp_path_factory):
     """A 5-band .npy pre-training run (statistics from the data) and labelled 5-band data."""
     root = tmp_path_factory.mktemp("finetune_bands")
-    rng = np.random.default_rng(0)
-    (root / "unlabelled").mkdir()
-    for index in range(8):
-        np.save(root / "unlabelled" / f"{index}.npy", rng.normal(BAND_MEANS, 50.0, (72, 72, 5)).astype(np.float32))
-    done = run_cli([str(root / "unlabelled"), *TINY_ARGS, "--epochs", "1", "--in-chans", "5", "--norm-stats", "auto",
-                    "--output-dir", str(root / "pretrain")])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root, _labelled_bands(root / "labelled", rng)
+    return pretrain_multiband(root), _labelled_bands(root / "labelled", np.random.default_rng(1))
 
 
 def test_bands_fine_tune_with_the_pretraining_channels_and_statistics(bands_pretrained, tmp_path):
-    root, data = bands_pretrained
-    encoder = root / "pretrain" / "test_resnet_encoder_timm.pth"
+    run, data = bands_pretrained
+    encoder = run / "test_resnet_encoder_timm.pth"
     out = tmp_path / "run"
     assert main([*TINY, "--data", str(data), "--weights", str(encoder), "--output-dir", str(out)]) == 0
-    pretraining = yaml.safe_load((root / "pretrain" / "config.yaml").read_text())
+    pretraining = yaml.safe_load((run / "config.yaml").read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["in_chans"] == 5 and config["mean"] == pretraining["mean"] and config["std"] == pretraining["std"]
     log = (out / "log_rank0.txt").read_text()
@@ -59,8 +51,8 @@ def test_bands_fine_tune_with_the_pretraining_channels_and_statistics(bands_pret
 
 
 def test_a_contradicting_in_chans_is_one_line(bands_pretrained, tmp_path, capsys):
-    root, data = bands_pretrained
-    encoder = root / "pretrain" / "test_resnet_encoder_timm.pth"
+    run, data = bands_pretrained
+    encoder = run / "test_resnet_encoder_timm.pth"
     assert main([*TINY, "--data", str(data), "--weights", str(encoder), "--in-chans", "3",
                  "--output-dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == (

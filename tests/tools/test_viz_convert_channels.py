@@ -3,25 +3,17 @@ values with a chosen band triplet, timm and whole-model conversions that keep in
 refused in one line."""
 import json
 
-import numpy as np
 import pytest
 
 from sparkmim.tools.convert import main as convert_main
 from sparkmim.tools.viz import main as viz_main
-from tests.pretrain_fixtures import TINY_ARGS, run_cli
+from tests.pretrain_fixtures import pretrain_multiband
 
 
 @pytest.fixture(scope="module")
 def multiband_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiband")
-    rng = np.random.default_rng(0)
-    (root / "bands").mkdir()
-    for index in range(8):
-        np.save(root / "bands" / f"{index}.npy",
-                rng.normal(1000.0 * (1 + np.arange(5)), 50.0, size=(72, 72, 5)).astype(np.float32))
-    done = run_cli([str(root / "bands"), *TINY_ARGS, "--epochs", "1", "--in-chans", "5", "--norm-stats", "auto",
-                    "--output-dir", str(root / "run")])
-    assert done.returncode == 0, done.stderr[-3000:]
+    pretrain_multiband(root)
     return root
 
 
