@@ -163,6 +163,7 @@ class ShardStreams(IterableDataset):
         raw = self._raw(epoch, stream, errors)
         for _ in range(skip):
             next(raw)
+        errors.clear()  # failures before the resume point were counted by the run that read them
         position, waiting = skip, 0
         while True:
             name, data = next(raw)
