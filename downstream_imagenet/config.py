@@ -8,10 +8,12 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from sparkmim.convert.formats import SPARKMIM_FULL, SPARKMIM_WEIGHTS, configured_in_chans
 from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 from sparkmim.utils.values import NORM_STATS, check_channel_options
@@ -249,34 +251,53 @@ def resolve(user: UserLayers) -> FinetuneConfig:
     return typed
 
 
-def pretraining_config(weights: Optional[str]) -> Dict[str, Any]:
-    """The pre-training run's options when ``weights`` comes from a spark-pretrain run folder (its
-    config.yaml beside the file), else {}."""
+def pretraining_config(weights: Optional[str]) -> Tuple[Dict[str, Any], str]:
+    """The pre-training's options for ``weights`` and where they were read: the config inside a sparkmim
+    pre-training checkpoint or whole-model file (it travels with the file, wherever it is copied), else the
+    config.yaml of the spark-pretrain run folder the file sits in (an encoder file); ({}, "") for neither."""
     if not weights:
-        return {}
-    beside = Path(weights).expanduser().parent / "config.yaml"
+        return {}, ""
+    path = Path(weights).expanduser()
+    inside = config_inside(path)
+    if configured_in_chans(inside) is not None:
+        return inside, "its config"
+    beside = path.parent / "config.yaml"
     if not beside.is_file():
-        return {}
+        return {}, ""
     try:
         saved = load_recipe(str(beside))
     except (ConfigError, OSError):
+        return {}, ""
+    return (saved, "its config.yaml") if "mask_ratio" in saved and "in_chans" in saved else ({}, "")
+
+
+def config_inside(path: Path) -> Dict[str, Any]:
+    """The config a sparkmim pre-training checkpoint or whole-model file carries; {} for other files and for
+    files that cannot be read safely (loading the weights reports those, with the reason). Memory-mapped:
+    only the config is wanted here, not a full checkpoint's optimizer state."""
+    try:
+        obj = load_file(path, mmap=True)
+    except (OSError, UnsafeCheckpointError):
         return {}
-    return saved if "mask_ratio" in saved and "in_chans" in saved else {}
+    if isinstance(obj, Mapping) and obj.get("format") in (SPARKMIM_FULL, SPARKMIM_WEIGHTS):
+        return dict(obj.get("config") or {})
+    return {}
 
 
 def fill_channels_from_pretraining(config: Dict[str, Any], user: UserLayers) -> None:
     """Data read with its own values fine-tunes like it pre-trained: --in-chans, --mean and --std default to
-    the pre-training run's. A contradicting --in-chans is refused (the encoder's stem could not load)."""
-    saved = pretraining_config(config.get("weights"))
-    channels = saved.get("in_chans")
+    the pre-training's (see :func:`pretraining_config`). A contradicting --in-chans is refused (the encoder's
+    stem could not load)."""
+    saved, where = pretraining_config(config.get("weights"))
+    channels = configured_in_chans(saved)
     if channels is None:
         if config["in_chans"] is None:
             config["in_chans"] = 3
         return
-    if config["in_chans"] is not None and int(config["in_chans"]) != int(channels):
+    if config["in_chans"] is not None and int(config["in_chans"]) != channels:
         raise ConfigError(f"--in-chans {config['in_chans']} contradicts the pre-training of {config['weights']} "
-                          f"({channels} channel(s), its config.yaml); drop --in-chans or give other weights")
-    config["in_chans"] = int(channels)
+                          f"({channels} channel(s), {where}); drop --in-chans or give other weights")
+    config["in_chans"] = channels
     if user.get("mean") is None and user.get("norm_stats") is None and saved.get("mean") is not None:
         config["mean"], config["std"] = list(saved["mean"]), list(saved["std"])
 

@@ -67,6 +67,18 @@ def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor
     return LoadReport(loaded=len(source), classifier_missing=classifier_missing, counter_buffers_missing=counters)
 
 
+def check_stem_channels(model: nn.Module, encoder_state: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """Weights pre-trained on another channel count than the model's (an encoder file copied without its run's
+    config.yaml, or a wrong --in-chans) would otherwise fail as a list of mis-shaped keys; say what to give."""
+    from sparkmim.convert.formats import stem_in_chans
+
+    pretrained, built = stem_in_chans(encoder_state), stem_in_chans(model.state_dict())
+    if pretrained is not None and built is not None and pretrained != built:
+        raise WeightLoadingError(f"{path} was pre-trained on {pretrained} input channel(s), the model takes {built} "
+                                 f"(--in-chans {built}); give --in-chans {pretrained} with the data's --mean/--std "
+                                 "or --norm-stats auto")
+
+
 def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool = False) -> LoadReport:
     """Read ``path`` (safe unpickling), convert it with the core converter and load it."""
     from sparkmim.convert import KeyAccountingError, load_encoder_state_dict
@@ -76,6 +88,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool
         encoder_state, conversion = load_encoder_state_dict(obj)
     except KeyAccountingError as error:
         raise WeightLoadingError(f"{path}: {error}") from error
+    check_stem_channels(model, encoder_state, path)
     report = load_into_classifier(model, encoder_state)
     report.dropped_by_converter = sorted(getattr(conversion, "dropped", []) or [])
     logger.info("loaded %d tensors from %s; classifier left to train: %s%s", report.loaded, path,

@@ -64,6 +64,15 @@ def step_losses(metrics_path: Path) -> Dict[int, float]:
 BAND_MEANS = 1000.0 * (1 + np.arange(5))  # five bands at very different levels, as satellite bands are
 
 
+def pretrain_one_epoch(data: Path, out: Path, in_chans: int) -> Path:
+    """One tiny pre-training epoch of ``data`` into the run folder ``out``, read with its own values
+    (``--in-chans``, statistics from the data)."""
+    done = run_cli([str(data), *TINY_ARGS, "--epochs", "1", "--in-chans", str(in_chans), "--norm-stats", "auto",
+                    "--output-dir", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
 def pretrain_multiband(root: Path, count: int = 8) -> Path:
     """``count`` 5-band ``.npy`` images in ``root/bands``, pre-trained for one tiny epoch into ``root/run``
     (--in-chans 5, statistics from the data)."""
@@ -71,7 +80,4 @@ def pretrain_multiband(root: Path, count: int = 8) -> Path:
     (root / "bands").mkdir(parents=True)
     for index in range(count):
         np.save(root / "bands" / f"{index}.npy", rng.normal(BAND_MEANS, 50.0, (72, 72, 5)).astype(np.float32))
-    done = run_cli([str(root / "bands"), *TINY_ARGS, "--epochs", "1", "--in-chans", "5", "--norm-stats", "auto",
-                    "--output-dir", str(root / "run")])
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "run"
+    return pretrain_one_epoch(root / "bands", root / "run", 5)

@@ -204,14 +204,21 @@ def stem_in_chans(encoder: Mapping[str, torch.Tensor]) -> Optional[int]:
     return None
 
 
+def configured_in_chans(config: Mapping[str, Any]) -> Optional[int]:
+    """The input channels a sparkmim config records: spark-pretrain's ``in_chans``, or the ``encoder_kwargs``
+    of a whole-model file (spark-convert --to sparkmim); None when it records none (an RGB run from before
+    the option, or another project's file). One reading for spark-convert, spark-viz and spark-finetune."""
+    configured = config.get("in_chans", (config.get("encoder_kwargs") or {}).get("in_chans"))
+    return None if configured is None else int(configured)
+
+
 def _fill_in_chans(info: "SourceInfo") -> None:
     """Encoders pre-trained on other channel counts (grayscale, multispectral) are built with timm's
     ``in_chans``, which sparkmim's checkpoints record in their config (for files without a config, see
     :func:`check_against_model_any_channels`)."""
-    config = info.spark_config
-    configured = config.get("in_chans", (config.get("encoder_kwargs") or {}).get("in_chans"))
-    if "in_chans" not in info.model_kwargs and configured is not None and int(configured) != 3:
-        info.model_kwargs["in_chans"] = int(configured)
+    configured = configured_in_chans(info.spark_config)
+    if "in_chans" not in info.model_kwargs and configured is not None and configured != 3:
+        info.model_kwargs["in_chans"] = configured
 
 
 def check_against_model_any_channels(info: "SourceInfo") -> List[str]:

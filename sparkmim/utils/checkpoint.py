@@ -52,16 +52,18 @@ def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] 
     return path
 
 
-def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "cpu") -> Any:
+def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a checkpoint with ``weights_only`` safe unpickling.
 
     Files that need arbitrary unpickling are refused unless ``allow_unsafe`` is set, because loading
-    them can execute code from the file."""
+    them can execute code from the file. ``mmap`` maps the tensors' storage instead of reading it, so
+    that reading a small part of a large file (a full checkpoint's config) costs little (zip-format
+    files only: torch.save's since PyTorch 1.6)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on version
         if not allow_unsafe:
             raise UnsafeCheckpointError(
