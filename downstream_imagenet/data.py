@@ -20,7 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
                                    load_rgb)
 from sparkmim.utils.config import ConfigError
-from sparkmim.utils.values import estimate_norm_stats, load_values
+from sparkmim.utils.distributed import computed_on_main
+from sparkmim.utils.values import estimate_norm_stats, load_values, saved_norm_stats
 from sparkmim.utils.errors import UserError
 from sparkmim.utils.signals import ignore_interrupt_in_worker
 
@@ -53,7 +54,8 @@ class ImageFolderDataset(Dataset):
         for index, name in enumerate(self.classes):
             files = [str(p) for p in find_image_files(self.root / name, extensions)]
             if not files:
-                raise DataError(f"class folder {self.root / name} contains no image files")
+                raise DataError(f"class folder {self.root / name} contains no image files"
+                                + _arrays_hint(self.root / name, extensions))
             self.samples.extend((path, index) for path in files)
         self.transform = transform
 
@@ -68,6 +70,13 @@ class ImageFolderDataset(Dataset):
             logger.warning("skipping unreadable image %s", error)
             return None
         return (self.transform(image) if self.transform is not None else image), target
+
+
+def _arrays_hint(folder: Path, extensions: Tuple[str, ...]) -> str:
+    """Why a folder of ``.npy`` arrays has no images for an RGB run: arrays are only read with their own values."""
+    if set(ARRAY_EXTENSIONS) <= set(extensions) or not find_image_files(folder, ARRAY_EXTENSIONS):
+        return ""
+    return " (it holds .npy arrays, which are read with --in-chans N and --mean/--std or --norm-stats auto)"
 
 
 @dataclass
@@ -161,20 +170,28 @@ def image_reader(config: FinetuneConfig) -> Dict[str, Any]:
     return {"load": partial(load_values, in_chans=config.in_chans), "extensions": IMAGE_EXTENSIONS + ARRAY_EXTENSIONS}
 
 
-def fill_norm_stats(config: FinetuneConfig) -> FinetuneConfig:
-    """--norm-stats auto: the per-channel mean and std of up to 256 training files, computed once (every
-    process the same) and kept in the run's config."""
+def fill_norm_stats(config: FinetuneConfig, resume_from: Optional[Path]) -> FinetuneConfig:
+    """--norm-stats auto: the per-channel mean and std of up to 256 training files, computed once (by the main
+    process, for all of them) and kept in the run's config; a run resumed from ``resume_from`` keeps those
+    its checkpoint was trained with."""
     if config.norm_stats != "auto" or config.mean is not None:
         return config
+    resumed = saved_norm_stats(resume_from, config.in_chans, config.allow_unsafe)
+    if resumed is not None:
+        logger.info("normalisation of the resumed checkpoint (--norm-stats auto): mean %s, std %s", *resumed)
+        return dataclasses.replace(config, mean=resumed[0], std=resumed[1])
     train_dir, _ = dataset_dirs(config)
     if train_dir is None:
         raise ConfigError("--norm-stats auto computes the statistics from the training files: give --train-dir")
-    reader = image_reader(config)
-    paths = find_image_files(train_dir, reader["extensions"])
-    try:
-        mean, std = estimate_norm_stats(paths, config.in_chans)
-    except UnreadableImageError as error:
-        raise DataError(f"--norm-stats auto: {error} under {train_dir}; check --in-chans") from error
+
+    def compute() -> Tuple[List[float], List[float]]:
+        paths = find_image_files(train_dir, image_reader(config)["extensions"])
+        try:
+            return estimate_norm_stats(paths, config.in_chans)
+        except UnreadableImageError as error:
+            raise DataError(f"--norm-stats auto: {error} under {train_dir}; check --in-chans") from error
+
+    mean, std = computed_on_main(compute, "computing --norm-stats auto")
     logger.info("normalisation from the training data (--norm-stats auto): mean %s, std %s", mean, std)
     return dataclasses.replace(config, mean=mean, std=std)
 

@@ -77,9 +77,9 @@ def load_datasets(config: FinetuneConfig, training: bool) -> Tuple[Optional[Imag
     return train, val
 
 
-def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: List[str], out: Path) -> Optional[Dict[str, Any]]:
-    """Load the run's checkpoint when resuming (returned), else the pre-trained weights, if any."""
-    resume_from = checkpoints.resume_path(config.resume, out)
+def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: List[str],
+                          resume_from: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """Load the run's checkpoint ``resume_from`` when resuming (returned), else the pre-trained weights, if any."""
     record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
     if record is not None:
         if record["arch"] != config.model or record["linear_probe"] != config.linear_probe \
@@ -143,7 +143,9 @@ def check_space_for_checkpoints(model: nn.Module, with_ema: bool, out: Path) -> 
 
 @dataclass
 class FinetuneRun:
-    """What the epoch loop needs, built once by :func:`prepare`."""
+    """What the epoch loop needs, built once by :func:`prepare`; ``config`` is the run's as completed there
+    (--norm-stats auto), which the checkpoints record."""
+    config: FinetuneConfig
     trainer: Trainer
     loader: Any
     val_loader: Any
@@ -159,7 +161,8 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
         logger.warning("no built-in recipe for %s: using the default recipe (recipes/%s.yaml, the paper's ResNet-50 "
                        "recipe without stochastic depth); override any option with --recipe or on the command line",
                        config.model, DEFAULT_RECIPE)
-    config = fill_norm_stats(config)
+    resume_from = checkpoints.resume_path(config.resume, out)
+    config = fill_norm_stats(config, resume_from)
     if reads_values(config):
         logger.info("data read with its own values: %d channel(s), mean %s, std %s", config.in_chans, config.mean,
                     config.std)
@@ -168,7 +171,7 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     layout = batch_layout(config.batch_size, dist_info.world_size, config.micro_batch, config.accum_steps)
     seed_everything(config.seed)  # identical initial head on every process (DDP and EMA rely on it)
     model = build_model(config, len(classes))
-    record = restore_or_initialise(config, model, classes, out)
+    record = restore_or_initialise(config, model, classes, resume_from)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -200,7 +203,7 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
                     "(processes x micro-batch x accumulation)", config.base_lr, config.batch_size,
                     peak_lr, steps_per_epoch, config.epochs, schedule.warmup_steps, dist_info.world_size,
                     layout.micro_batch, layout.accum_steps)
-    return FinetuneRun(trainer, loader, val_loader, steps_per_epoch, classes, record)
+    return FinetuneRun(config, trainer, loader, val_loader, steps_per_epoch, classes, record)
 
 
 def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
@@ -227,6 +230,7 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
 def train_in_folder(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> Dict[str, Any]:
     setup_logging(out, dist_info.rank)
     run = prepare(config, dist_info, out)
+    config = run.config
     t, record, is_main, device = run.trainer, run.record, dist_info.is_main, dist_info.device
     best = dict(record["best"]) if record is not None else {"top1": -1.0, "ema_top1": -1.0}
     step = record["step"] if record is not None else 0

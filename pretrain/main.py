@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
-from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from sparkmim.utils.distributed import DistInfo, barrier, cleanup, computed_on_main, init_distributed
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 from sparkmim.utils.shards import ShardSet, is_shard_source, resolve_shards
-from sparkmim.utils.values import decode_values, estimate_norm_stats, norm_stats_of
+from sparkmim.utils.values import decode_values, estimate_norm_stats, norm_stats_of, saved_norm_stats
 from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
@@ -100,18 +100,27 @@ def value_spec(config: PretrainConfig) -> Optional[ValueSpec]:
     return ValueSpec(int(config.in_chans), tuple(config.mean), tuple(config.std))
 
 
-def fill_norm_stats(config: PretrainConfig, data: TrainingData) -> PretrainConfig:
+def fill_norm_stats(config: PretrainConfig, data: TrainingData, run_dir: Path) -> PretrainConfig:
     """--norm-stats auto: the per-channel mean and std of the data, computed once and kept in the config
-    (saved in config.yaml and the checkpoint); every process computes the same values from the same files
-    (256 of them spread over the set; for shards, the first samples of up to 16 shards spread over it)."""
+    (saved in config.yaml and the checkpoint). The main process computes them (from 256 files spread over
+    the set; for shards, the first samples of up to 16 shards spread over it) and hands them to the others.
+    A resumed run keeps the statistics its checkpoint was trained with, even when the data changed since."""
     if config.norm_stats != "auto" or config.mean is not None:
         return config
+    resumed = saved_norm_stats(ckpt.find_resume(config.resume, run_dir), int(config.in_chans),
+                               bool(config.allow_unsafe_load))
+    if resumed is not None:
+        logger.info("normalisation of the resumed checkpoint (--norm-stats auto): mean %s, std %s", *resumed)
+        return dataclasses.replace(config, mean=resumed[0], std=resumed[1])
     in_chans = int(config.in_chans)
-    if isinstance(data, ShardSet):
-        images = decoded_samples(data, lambda raw, name: decode_values(raw, name, in_chans), 256, shard_limit=16)
-        mean, std = norm_stats_of(images, in_chans)
-    else:
-        mean, std = estimate_norm_stats(data, in_chans)
+
+    def compute() -> Tuple[List[float], List[float]]:
+        if isinstance(data, ShardSet):
+            return norm_stats_of(decoded_samples(data, lambda raw, name: decode_values(raw, name, in_chans), 256,
+                                                 shard_limit=16), in_chans)
+        return estimate_norm_stats(data, in_chans)
+
+    mean, std = computed_on_main(compute, "computing --norm-stats auto")
     logger.info("normalisation from the data (--norm-stats auto): mean %s, std %s", mean, std)
     return dataclasses.replace(config, mean=mean, std=std)
 
@@ -297,7 +306,7 @@ def start(argv: Optional[Sequence[str]]
     described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
     logger.info("data: %s%s", described,
                 f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
-    return fill_norm_stats(config, data), run_dir, dist_info, data, lock
+    return fill_norm_stats(config, data, run_dir), run_dir, dist_info, data, lock
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,

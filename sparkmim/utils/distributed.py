@@ -6,11 +6,14 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, List, TypeVar
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,29 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(value)
         value /= dist.get_world_size()
+    return value
+
+
+def computed_on_main(compute: Callable[[], T], what: str) -> T:
+    """``compute()`` run by the main process alone and its result handed to every process: work whose result
+    every process needs but which costs reading data (statistics over a sample of remote shards, say) is done
+    once. An error on the main process is raised there and reported to the others as a :class:`UserError`
+    naming ``what``, so that no process waits for a value that never comes."""
+    if not is_dist():
+        return compute()
+    from sparkmim.utils.errors import UserError
+
+    box: List[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, compute())
+        except BaseException as error:
+            dist.broadcast_object_list([(False, f"{type(error).__name__}: {error}")], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    succeeded, value = box[0]
+    if not succeeded:
+        raise UserError(f"the main process failed at {what} ({value})")
     return value
 
 

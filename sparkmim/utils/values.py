@@ -130,6 +130,25 @@ def _load_or_none(path: Path, in_chans: int):
         return None
 
 
+def saved_norm_stats(checkpoint: Optional[Path], in_chans: int, allow_unsafe: bool = False
+                     ) -> Optional[Tuple[List[float], List[float]]]:
+    """The mean and std recorded in the config of ``checkpoint`` (spark-pretrain's or spark-finetune's), when it
+    was trained on ``in_chans`` channels: a resumed run keeps the statistics its weights were trained with, even
+    when the data changed since. None for no checkpoint, one without them, or one that cannot be read (loading
+    it for the resume reports why). Memory-mapped: only the config is read."""
+    from .checkpoint import load_file
+
+    if checkpoint is None:
+        return None
+    try:
+        config = load_file(checkpoint, allow_unsafe=allow_unsafe, mmap=True).get("config") or {}
+    except Exception:  # noqa: BLE001 - the resume itself says what is wrong with this file
+        return None
+    if config.get("mean") is None or config.get("std") is None or config.get("in_chans") != in_chans:
+        return None
+    return [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
+
+
 def norm_stats_of(images: Iterable, in_chans: int) -> Tuple[List[float], List[float]]:
     """Per-channel mean and std over every pixel of the given (C, H, W) tensors (None entries: unreadable
     samples, passed over)."""

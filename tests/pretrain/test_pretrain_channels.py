@@ -57,6 +57,24 @@ def test_16_bit_grayscale_with_statistics_from_the_data(tmp_path):
     assert (run / "reconstruction.png").stat().st_size > 1000
 
 
+def test_a_resumed_run_keeps_the_statistics_it_was_trained_with(tmp_path):
+    data = gray16(tmp_path / "gray", 8)
+    run = tmp_path / "run"
+    args = [str(data), *TINY, "--in-chans", "1", "--norm-stats", "auto", "--output-dir", str(run)]
+    done = run_cli([*args, "--epochs", "1"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = torch.load(run / "checkpoint_last.pth", weights_only=False)["config"]
+    for path in data.glob("*.png"):  # the data changes before the resume: its statistics would differ
+        Image.fromarray((np.asarray(Image.open(path)) // 4).astype(np.uint16)).save(path)
+    done = run_cli([*args, "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = torch.load(run / "checkpoint_last.pth", weights_only=False)
+    assert resumed["step"] == 4 and (resumed["config"]["mean"], resumed["config"]["std"]) == (first["mean"], first["std"])
+    log = (run / "log_rank0.txt").read_text()
+    assert "normalisation of the resumed checkpoint (--norm-stats auto)" in log
+    assert "options changed" not in log
+
+
 def test_multispectral_arrays_skip_a_file_with_other_bands(tmp_path):
     data = bands(tmp_path / "bands", 12)
     np.save(data / "rgb.npy", np.zeros((72, 72, 3), np.float32))
