@@ -16,12 +16,17 @@ CHW tensors: anything that is not a JPEG with RGB or greyscale components (PNG, 
 JPEGs whose data does not end with an end-of-image marker (possibly truncated; PIL decides). Files
 that cannot be read are replaced by the next readable one and reported, as in the CPU path; a file
 that passes the header check but fails on the device is handled the same way when the batch arrives.
+
+Tar shards use the same pieces (:func:`read_for_device`, :func:`encoded_view`, :class:`DeviceDecoder`) from
+their streams (:mod:`sparkmim.pretrain.shard_stream`). A stream cannot be read back, so a member that the
+header check passes but neither the device nor PIL can decode is replaced by another sample of its
+micro-batch, and reported.
 """
 import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
 import torch
 from PIL import Image
@@ -30,9 +35,9 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
-from sparkmim.utils.images import UnreadableImageError, load_rgb
+from sparkmim.utils.images import UnreadableImageError, decode_rgb, load_rgb
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, load_with_replacement, sample_rng, train_transform
+from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, load_with_replacement, sample_rng, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,53 @@ class EncodedSample:
     flip: bool
     key: Tuple[int, int, int]
     failed: List[int] = field(default_factory=list)
+    name: str = ""  # a tar shard's sample (``shard.tar:key.jpg``), which has no index to look it up by
+
+
+@dataclass(frozen=True)
+class CropDraw:
+    """The crop box and flip of the CPU path's augmentation, drawn without decoding (only the image's size is
+    read). The caller sets the per-sample RNG (:func:`sparkmim.pretrain.data.sample_rng`), so both paths draw
+    the same crops for the same sample."""
+
+    scale: Tuple[float, float]
+    ratio: Tuple[float, float]
+    flip_p: float
+
+    @classmethod
+    def for_size(cls, size: Tuple[int, int]) -> "CropDraw":
+        # the CPU path's own transforms, so both paths draw from one definition of the augmentation
+        crop, flip = train_transform(size).transforms[:2]
+        assert isinstance(crop, transforms.RandomResizedCrop) and isinstance(flip, transforms.RandomHorizontalFlip)
+        return cls(tuple(crop.scale), tuple(crop.ratio), float(flip.p))
+
+    def __call__(self, image: Union[Image.Image, torch.Tensor]) -> Tuple[Box, bool]:
+        box = transforms.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        flip = bool(torch.rand(1) < self.flip_p)
+        return (int(box[0]), int(box[1]), int(box[2]), int(box[3])), flip
+
+
+def read_for_device(raw: bytes, name: str) -> Union[Image.Image, torch.Tensor]:
+    """What a loader worker keeps of a file's bytes: the lazily opened header of a JPEG the device decodes
+    (nothing decoded yet), or the uint8 (3, H, W) image decoded here for anything else. Raises
+    :class:`UnreadableImageError` for data that is not an image."""
+    try:
+        header = Image.open(io.BytesIO(raw))
+        if device_decodable(header, raw):
+            return header
+    except HEADER_ERRORS as error:
+        raise UnreadableImageError(f"{name}: {error}") from error
+    return TF.pil_to_tensor(decode_rgb(raw, name))
+
+
+def encoded_view(raw: bytes, kept: Union[Image.Image, torch.Tensor], draw: CropDraw, key: Tuple[int, int, int],
+                 name: str = "") -> EncodedSample:
+    """The :class:`EncodedSample` of one training view of ``kept`` (see :func:`read_for_device`), its crop and
+    flip drawn now (under the caller's per-sample RNG)."""
+    box, flip = draw(kept)
+    if isinstance(kept, torch.Tensor):
+        return EncodedSample(kept, False, box, flip, key, name=name)
+    return EncodedSample(torch.frombuffer(bytearray(raw), dtype=torch.uint8), True, box, flip, key, name=name)
 
 
 @dataclass
@@ -71,6 +123,18 @@ class EncodedBatch:
 def collate_encoded(batch: Sequence[EncodedSample]) -> EncodedBatch:
     """Items differ in size (encoded lengths, image sides), so they stay a list; decoding stacks them."""
     return EncodedBatch(samples=list(batch), failed=[index for item in batch for index in item.failed])
+
+
+class EncodedSource(Protocol):
+    """What :class:`DeviceDecoder` needs of the data: the output size, and the CPU path's answer for a sample
+    the device decoder refused (a sample decoded on the CPU, with the unreadable ones skipped to get it in its
+    ``failed``), or :class:`UnreadableImageError` when there is none."""
+
+    size: Tuple[int, int]
+
+    def decode_on_cpu(self, sample: EncodedSample) -> EncodedSample: ...
+
+    def describe(self, sample: EncodedSample) -> str: ...
 
 
 def device_decodable(header: Image.Image, raw: bytes) -> bool:
@@ -91,10 +155,7 @@ class EncodedImages(Dataset):
         self.paths = list(paths)
         self.size = (int(size[0]), int(size[1]))
         self.seed = seed
-        # the CPU path's own transforms, so both paths draw from one definition of the augmentation
-        crop, flip = train_transform(self.size).transforms[:2]
-        assert isinstance(crop, transforms.RandomResizedCrop) and isinstance(flip, transforms.RandomHorizontalFlip)
-        self.scale, self.ratio, self.flip_p = list(crop.scale), list(crop.ratio), float(flip.p)
+        self.crop_draw = CropDraw.for_size(self.size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -108,9 +169,7 @@ class EncodedImages(Dataset):
 
         ``image`` may be a lazily opened PIL image: only its size is read, nothing is decoded."""
         with sample_rng(self.seed, epoch, index):
-            box = transforms.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-            flip = bool(torch.rand(1) < self.flip_p)
-        return (int(box[0]), int(box[1]), int(box[2]), int(box[3])), flip
+            return self.crop_draw(image)
 
     def sample(self, epoch: int, index: int, first: Optional[int] = None, allow_encoded: bool = True) -> EncodedSample:
         """The item for ``index``, starting the search for a readable file at ``first`` (default: the
@@ -121,18 +180,22 @@ class EncodedImages(Dataset):
         item.failed = failed
         return item
 
+    def decode_on_cpu(self, sample: EncodedSample) -> EncodedSample:
+        """The file decoded by PIL if it can be, else the next readable file, with the same draw."""
+        epoch, index, candidate = sample.key
+        return self.sample(epoch, index, first=candidate, allow_encoded=False)
+
+    def describe(self, sample: EncodedSample) -> str:
+        return str(self.paths[sample.key[2]])
+
     def _load(self, candidate: int, epoch: int, index: int, allow_encoded: bool) -> EncodedSample:
         path = self.paths[candidate]
         key = (epoch, index, candidate)
         if allow_encoded:
             raw = path.read_bytes()
-            try:
-                with Image.open(io.BytesIO(raw)) as header:
-                    if device_decodable(header, raw):
-                        box, flip = self.draw(header, epoch, index)
-                        return EncodedSample(torch.frombuffer(bytearray(raw), dtype=torch.uint8), True, box, flip, key)
-            except HEADER_ERRORS as error:
-                raise UnreadableImageError(f"{path}: {error}") from error
+            kept = read_for_device(raw, str(path))
+            with sample_rng(self.seed, epoch, index):
+                return encoded_view(raw, kept, self.crop_draw, key)
         image = load_rgb(path)
         box, flip = self.draw(image, epoch, index)
         return EncodedSample(TF.pil_to_tensor(image), False, box, flip, key)
@@ -144,12 +207,12 @@ class DeviceDecoder:
     Called in the training process, once per micro-batch; returns ``(images, failed)`` like the CPU
     path's collate, with any file that failed to decode here added to ``failed``."""
 
-    def __init__(self, dataset: EncodedImages, device: Union[str, torch.device]) -> None:
+    def __init__(self, dataset: EncodedSource, device: Union[str, torch.device]) -> None:
         self.dataset = dataset
         self.device = torch.device(device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.device_refused: Set[int] = set()
+        self.device_refused: Set[str] = set()
 
     def __call__(self, batch: EncodedBatch) -> Tuple[torch.Tensor, List[int]]:
         failed = list(batch.failed)
@@ -181,24 +244,43 @@ class DeviceDecoder:
                         images[position] = decode_jpeg(samples[position].data, mode=ImageReadMode.RGB,
                                                        device=self.device)
                     except (RuntimeError, ValueError) as single_error:
-                        samples[position] = self._replace(samples[position], single_error, failed)
-                        images[position] = samples[position].data.to(self.device, non_blocking=True)
-        missing = [position for position, image in enumerate(images) if image is None]
-        if missing:
-            raise RuntimeError(f"internal error: no image decoded at batch positions {missing}")
+                        replacement = self._replace(samples[position], single_error, failed)
+                        if replacement is not None:
+                            samples[position] = replacement
+                            images[position] = replacement.data.to(self.device, non_blocking=True)
+        self._fill_unrecoverable(images, samples)
         return [image for image in images if image is not None]
 
-    def _replace(self, sample: EncodedSample, error: Exception, failed: List[int]) -> EncodedSample:
-        """The CPU path's answer for a file the device could not decode: PIL decodes it if it can,
-        otherwise the next readable file takes its place (with the same augmentation draw)."""
-        epoch, index, candidate = sample.key
-        replacement = self.dataset.sample(epoch, index, first=candidate, allow_encoded=False)
+    def _replace(self, sample: EncodedSample, error: Exception, failed: List[Any]) -> Optional[EncodedSample]:
+        """The CPU path's answer for a file the device could not decode: PIL decodes it if it can, otherwise
+        the next readable file takes its place (with the same augmentation draw). None when the data has no
+        next file to offer (a shard's sample is only known by its bytes); it is reported here."""
+        name = self.dataset.describe(sample)
+        try:
+            replacement = self.dataset.decode_on_cpu(sample)
+        except UnreadableImageError as cpu_error:
+            failed.append(f"unreadable sample {cpu_error} (replaced by another sample of its micro-batch)")
+            return None
         failed.extend(replacement.failed)
-        if not replacement.failed and candidate not in self.device_refused:
-            self.device_refused.add(candidate)
+        if not replacement.failed and name not in self.device_refused:
+            self.device_refused.add(name)
             logger.warning("the device JPEG decoder refused %s (%s); decoded it on the CPU instead",
-                           self.dataset.paths[candidate], str(error).splitlines()[0][:200])
+                           name, str(error).splitlines()[0][:200])
         return replacement
+
+    @staticmethod
+    def _fill_unrecoverable(images: List[Optional[torch.Tensor]], samples: List[EncodedSample]) -> None:
+        """A sample that neither decoder can read and that has no next file takes the image and the view of
+        the first decoded sample of its micro-batch, so the batch keeps its size."""
+        missing = [position for position, image in enumerate(images) if image is None]
+        if not missing:
+            return
+        donor = next((position for position, image in enumerate(images) if image is not None), None)
+        if donor is None:
+            raise DataError(f"no sample of a micro-batch of {len(samples)} can be decoded "
+                            f"(first: {samples[0].name or samples[0].key}); check the data")
+        for position in missing:
+            images[position], samples[position] = images[donor], samples[donor]
 
     def _crop_resize_flip(self, image: torch.Tensor, box: Box, flip: bool) -> torch.Tensor:
         """uint8 in, uint8 out, like PIL: torchvision resizes uint8 natively on CPU (SIMD) and via

@@ -72,9 +72,6 @@ def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[TrainingD
         logger.info("no data given: using the generated demo set in %s", folder)
     arrays = reads_values(config)
     if is_shard_source(source):
-        if config.decode_on_device:
-            raise UserError("--decode-on-device reads image files by index; tar shards are decoded in the loader "
-                            "workers: drop --decode-on-device")
         shards = resolve_shards(source, config.shard_index)
         check_stream_count(shards, dist_info.world_size, loader_workers(config))
         first_shard_readable(shards, int(config.in_chans) if arrays else None)
@@ -370,7 +367,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
                                dist_info.world_size, max(1, workers), start_step)
         warn_if_streams_changed(resume.sampler.get("data_streams"), streams)
         loader, prepare_batch = shard_loader(data, streams, size, seed, value_spec(config), int(config.shuffle_buffer),
-                                             workers, dist_info.device), None
+                                             workers, dist_info.device, bool(config.decode_on_device))
     else:
         loader, prepare_batch = build_loader(data, size, seed, sampler, int(workers), dist_info.device,
                                              bool(config.decode_on_device), value_spec(config))

@@ -21,6 +21,9 @@ may be seen twice and others not at all; later epochs are unaffected.
 A sample that cannot be decoded (or has another channel count) is replaced by the next decodable one
 of its stream and reported like an unreadable file; a damaged shard is reported once and the stream
 goes on with its next shard.
+
+With ``--decode-on-device`` the streams yield :class:`~sparkmim.pretrain.device_decode.EncodedBatch` es: a
+member's bytes with the crop and flip the CPU path draws at its stream position (see ``device_decode``).
 """
 import itertools
 import logging
@@ -29,6 +32,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import functional as TF
 
 from sparkmim.utils.images import UnreadableImageError, decode_rgb
 from sparkmim.utils.signals import ignore_interrupt_in_worker
@@ -36,6 +40,7 @@ from sparkmim.utils.values import decode_values
 from sparkmim.utils.shards import ShardSet, image_member, iter_raw_samples, webdataset_module
 
 from .data import DataError, ValueSpec, augmentation, collate, eval_image, eval_values, sample_rng
+from .device_decode import CropDraw, DeviceDecoder, EncodedBatch, EncodedSample, encoded_view, read_for_device
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +125,40 @@ class ShardStreams(IterableDataset):
     docstring); ``failed`` names the samples and shards that could not be used."""
 
     def __init__(self, shards: ShardSet, layout: StreamLayout, size: Tuple[int, int], seed: int,
-                 values: Optional[ValueSpec] = None, shuffle_buffer: int = 1000) -> None:
+                 values: Optional[ValueSpec] = None, shuffle_buffer: int = 1000, encoded: bool = False) -> None:
         super().__init__()
         webdataset_module()  # fail at construction, in the main process, when it is missing
         check_stream_count(shards, layout.world_size, layout.workers)
+        if encoded and values is not None:
+            raise ValueError("device decoding reads 8-bit RGB JPEGs, not data with its own values")
         self.shards, self.layout, self.seed = shards, layout, seed
         self.values, self.shuffle_buffer = values, shuffle_buffer
+        self.size = (int(size[0]), int(size[1]))
         self.transform = augmentation(size, values)
+        # --decode-on-device: batches of EncodedSample for a DeviceDecoder, crops drawn as the CPU path draws them
+        self.crop_draw = CropDraw.for_size(self.size) if encoded else None
 
     def decode(self, data: bytes, name: str) -> Any:
+        if self.crop_draw is not None:
+            return read_for_device(data, name)
         return self.values.decode(data, name) if self.values is not None else decode_rgb(data, name)
+
+    def view(self, data: bytes, image: Any, name: str, epoch: int, stream: int, position: int) -> Any:
+        """The training view of sample ``position`` of a stream's epoch: the augmented tensor, or for device
+        decoding the bytes with their crop and flip (the same draw)."""
+        with sample_rng(self.seed, epoch, stream * STREAM_STRIDE + position):
+            if self.crop_draw is not None:
+                return encoded_view(data, image, self.crop_draw, (epoch, position, stream), name)
+            return self.transform(image)
+
+    def decode_on_cpu(self, sample: EncodedSample) -> EncodedSample:
+        """A sample the device decoder refused, decoded by PIL from its bytes (same crop and flip); a sample
+        PIL cannot decode either raises :class:`UnreadableImageError` (a stream cannot be read back)."""
+        image = TF.pil_to_tensor(decode_rgb(sample.data.numpy().tobytes(), sample.name))
+        return EncodedSample(image, False, sample.box, sample.flip, sample.key, name=sample.name)
+
+    def describe(self, sample: EncodedSample) -> str:
+        return sample.name
 
     def _raw(self, epoch: int, stream: int, errors: List[str]) -> Iterator[Tuple[str, bytes]]:
         """(name, bytes) of the stream's samples: passes over its shards of the epoch, each pass through
@@ -178,8 +207,7 @@ class ShardStreams(IterableDataset):
                 continue
             # the decodable sample fills the positions of the undecodable ones before it, then its own
             for _ in range(waiting + 1):
-                with sample_rng(self.seed, epoch, stream * STREAM_STRIDE + position):
-                    tensor = self.transform(image)
+                tensor = self.view(data, image, name, epoch, stream, position)
                 position += 1
                 reported = list(errors)
                 errors.clear()  # the same list the raw reader appends shard failures to
@@ -200,22 +228,32 @@ class ShardStreams(IterableDataset):
             if epoch != current_epoch:
                 stream, current_epoch = self.samples(epoch, self.layout.stream_of(micro), skip=index * size), epoch
             batch = [next(stream) for _ in range(size)]
-            yield collate([(tensor, failed) for _, tensor, failed in batch])
+            if self.crop_draw is not None:
+                yield EncodedBatch([sample for _, sample, _ in batch], [line for *_, failed in batch for line in failed])
+            else:
+                yield collate([(tensor, failed) for _, tensor, failed in batch])
             micro += self.layout.workers
 
 
 def shard_loader(shards: ShardSet, layout: StreamLayout, size: Tuple[int, int], seed: int, values: Optional[ValueSpec],
-                 shuffle_buffer: int, workers: int, device: torch.device) -> DataLoader:
+                 shuffle_buffer: int, workers: int, device: torch.device, decode_on_device: bool = False
+                 ) -> Tuple[DataLoader, Optional[DeviceDecoder]]:
     """spark-pretrain's DataLoader over tar shards: each worker yields whole micro-batches of its own stream,
-    in the order the DataLoader asks its workers (``workers`` 0: one stream read in this process)."""
-    dataset = ShardStreams(shards, layout, size, seed, values, shuffle_buffer)
+    in the order the DataLoader asks its workers (``workers`` 0: one stream read in this process); and, with
+    ``decode_on_device``, the decoder that turns its batches into images on ``device`` (else None)."""
+    dataset = ShardStreams(shards, layout, size, seed, values, shuffle_buffer, encoded=decode_on_device)
     epoch = layout.start_step // layout.steps_per_epoch
     twice, left_out = epoch_balance(shards, layout, seed, epoch)
     logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d; epoch "
                 "%d reads %d sample(s) twice and leaves %d for later (uneven shards per stream)", len(shards.urls),
                 layout.streams, layout.world_size, layout.workers, shuffle_buffer, epoch, twice, left_out)
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=ignore_interrupt_in_worker)
+    if decode_on_device:
+        logger.info("data: JPEGs decoded on %s (workers read bytes and draw crops; other formats decoded in the "
+                    "workers)", device)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+                        pin_memory=device.type == "cuda" and not decode_on_device,
+                        worker_init_fn=ignore_interrupt_in_worker)
+    return loader, DeviceDecoder(dataset, device) if decode_on_device else None
 
 
 def warn_if_streams_changed(saved: Optional[Sequence[int]], layout: StreamLayout) -> None:

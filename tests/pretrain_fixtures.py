@@ -61,6 +61,20 @@ def step_losses(metrics_path: Path) -> Dict[int, float]:
     return {int(row["step"]): float(row["loss"]) for row in read_rows(metrics_path, "step")}
 
 
+def jpeg_folder(folder: Path, count: int) -> List[Path]:
+    """The shared smooth test images, re-encoded as JPEGs of varied shapes (some greyscale), for the
+    device-decoding tests."""
+    from sparkmim.pretrain.data import list_images
+
+    make_images(folder, count, size=80)
+    for index, png in enumerate(sorted(folder.rglob("*.png"))):
+        with Image.open(png) as image:
+            image = image.resize((80 + 16 * (index % 3), 64 + 24 * (index % 2)))
+            (image.convert("L") if index % 4 == 3 else image).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    return list_images(str(folder))
+
+
 BAND_MEANS = 1000.0 * (1 + np.arange(5))  # five bands at very different levels, as satellite bands are
 
 

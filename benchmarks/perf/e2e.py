@@ -111,28 +111,38 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
             "decode_on_device": decode_on_device, "path": path}
 
 
-def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int) -> Dict[str, Any]:
+def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int, decode_on_device: bool = False
+                      ) -> Dict[str, Any]:
     """Images/s of spark-pretrain's shard pipeline alone: the same decode and augmentation as the folder's,
-    reading the samples from tar shards through one stream per worker (the first batch excluded)."""
-    from torch.utils.data import DataLoader
-
-    from sparkmim.pretrain.shard_stream import ShardStreams, StreamLayout
+    reading the samples from tar shards through one stream per worker (the first batch excluded); with
+    ``decode_on_device``, finished images from the device decoder, as in training."""
+    from sparkmim.pretrain.shard_stream import StreamLayout, shard_loader
     from sparkmim.utils.shards import resolve_shards
     shards = resolve_shards(str(shard_folder))
     steps_per_epoch = max(1, -(-shards.num_samples // config.batch))
     layout = StreamLayout(steps_per_epoch, 1, config.batch, rank=0, world_size=1, workers=max(1, config.workers))
-    loader = DataLoader(ShardStreams(shards, layout, (config.size, config.size), config.seed), batch_size=None,
-                        num_workers=config.workers)
+    device = torch.device(config.device)
+    loader, prepare = shard_loader(shards, layout, (config.size, config.size), config.seed, None, 1000,
+                                   config.workers, device, decode_on_device)
     iterator = iter(loader)
-    next(iterator)
+
+    def fetch() -> None:
+        batch = next(iterator)
+        if prepare is not None:
+            prepare(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fetch()
     tick = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        fetch()
     elapsed = time.perf_counter() - tick
     del iterator
+    decode = f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
     return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
-            "decode_on_device": False, "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), "
-                                               "PIL decode in workers"}
+            "decode_on_device": decode_on_device,
+            "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), {decode}"}
 
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -259,9 +269,12 @@ def run_e2e(config: E2EConfig) -> Dict[str, Any]:
     loader = median_run(folder_runs)
     loader_device = (time_loader(paths, config, batches=max(2, steps), decode_on_device=True)
                      if config.decode_on_device else None)
+    shards_device = (time_shard_loader(Path(pack["folder"]), config, batches=max(2, steps), decode_on_device=True)
+                     if config.decode_on_device and pack is not None else None)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.__dict__.items()},
               "images": len(paths), "loader": loader, "loader_device": loader_device,
-              "loader_shards": median_run(shard_runs) if shard_runs else None, "pack": pack,
+              "loader_shards": median_run(shard_runs) if shard_runs else None, "loader_shards_device": shards_device,
+              "pack": pack,
               "reading": [median_run(runs) for runs in reads.values()] if shard_runs else None}
     if config.loader_only:
         return report
@@ -284,8 +297,7 @@ def format_e2e(report: Dict[str, Any]) -> str:
     config = report["config"]
     loaders = [report["loader"]] + ([report["loader_device"]] if report.get("loader_device") else [])
     used = loaders[-1]["path"]
-    if report.get("loader_shards"):
-        loaders.append(report["loader_shards"])
+    loaders += [report[key] for key in ("loader_shards", "loader_shards_device") if report.get(key)]
     rows = [f"| loader alone: {loader['path']} ({loader['workers']} workers) | {_rates(loader)} |" for loader in loaders]
     rows += [f"| bytes alone, no decoding, 1 process: {run['path']} | {_rates(run)} |"
              for run in report.get("reading") or []]

@@ -163,17 +163,19 @@ def test_norm_microbenchmark_runs():
     assert "masked/native" in bench_norm.format_norms(rows, 2)
 
 
-def test_loader_only_compares_a_folder_with_the_same_images_in_shards(tmp_path, capsys):
+def test_loader_only_compares_a_folder_with_the_same_images_in_shards_both_ways(tmp_path, capsys):
     pytest.importorskip("webdataset", reason="tar shards need the webdataset package (sparkmim[shards])")
     out = tmp_path / "loader.json"
     assert bench.main(["e2e", "--work-dir", str(tmp_path / "work"), "--num-images", "8", "--image-size", "48",
                        "--size", "32", "--batch", "2", "--workers", "2", "--warmup", "0", "--shards", "--shard-size",
-                       "2", "--repeats", "3", "--loader-only", "--json", str(out)]) == 0
+                       "2", "--repeats", "3", "--loader-only", "--decode-on-device", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["pack"]["shards"] == 4 and len(report["loader_shards"]["all_images_per_s"]) == 3
+    assert report["loader_shards_device"]["decode_on_device"] is True and report["loader_shards_device"]["images_per_s"] > 0
     assert report["loader_shards"]["images_per_s"] == sorted(report["loader_shards"]["all_images_per_s"])[1]
     assert len(report["loader"]["all_images_per_s"]) == 3
     assert [len(run["all_images_per_s"]) for run in report["reading"]] == [3, 3]
     printed = capsys.readouterr().out
     assert "tar shards (4, up to 2 images each), PIL decode in workers (2 workers)" in printed
+    assert "tar shards (4, up to 2 images each), JPEG decode on cpu (decode_jpeg) (2 workers)" in printed
     assert "spark-data pack into 4 shard(s)" in printed and "bytes alone, no decoding, 1 process: tar shards" in printed

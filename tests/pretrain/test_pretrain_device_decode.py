@@ -4,7 +4,6 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -14,8 +13,7 @@ from torchvision.transforms import functional as TF
 
 from sparkmim.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, SkipReporter, list_images, sample_seed
 from sparkmim.pretrain.device_decode import DeviceDecoder, EncodedImages, collate_encoded
-from tests.pretrain_fixtures import (TINY_ARGS, make_images, read_rows, run_cli, start_cli,
-                                              step_losses)
+from tests.pretrain_fixtures import TINY_ARGS, jpeg_folder, read_rows, run_cli, start_cli, step_losses
 from sparkmim.utils.checkpoint import load_file
 
 # Why pixels differ at all: on CPU, JPEG decoding is bit-identical (libjpeg-turbo in both paths), and
@@ -25,17 +23,6 @@ from sparkmim.utils.checkpoint import load_file
 MEAN_TOLERANCE_255 = 0.15
 MAX_TOLERANCE_255 = 3.0
 SIZE = (48, 64)
-
-
-def _jpeg_folder(folder: Path, count: int) -> List[Path]:
-    """The shared smooth test images, re-encoded as JPEGs of varied shapes (some greyscale)."""
-    make_images(folder, count, size=80)
-    for index, png in enumerate(sorted(folder.rglob("*.png"))):
-        with Image.open(png) as image:
-            image = image.resize((80 + 16 * (index % 3), 64 + 24 * (index % 2)))
-            (image.convert("L") if index % 4 == 3 else image).save(png.with_suffix(".jpg"), quality=90)
-        png.unlink()
-    return list_images(str(folder))
 
 
 def _to_255(images: torch.Tensor) -> torch.Tensor:
@@ -51,7 +38,7 @@ def _assert_close_to_pil(device_images: torch.Tensor, pil_images: torch.Tensor) 
 
 
 def test_same_crop_and_flip_as_the_pil_path_and_close_pixels(tmp_path):
-    paths = _jpeg_folder(tmp_path / "data", 8)
+    paths = jpeg_folder(tmp_path / "data", 8)
     cpu = PretrainImages(paths, SIZE, seed=5)
     encoded = EncodedImages(paths, SIZE, seed=5)
     decoder = DeviceDecoder(encoded, "cpu")
@@ -86,7 +73,7 @@ def test_same_crop_and_flip_as_the_pil_path_and_close_pixels(tmp_path):
 
 def test_png_and_cmyk_jpeg_fall_back_to_worker_decoding(tmp_path):
     folder = tmp_path / "data"
-    _jpeg_folder(folder, 4)
+    jpeg_folder(folder, 4)
     rng = np.random.default_rng(1)
     smooth = np.clip(np.cumsum(rng.normal(0, 4, (70, 90, 4)), axis=1) + 120, 0, 255).astype(np.uint8)
     Image.fromarray(smooth[..., :3]).save(folder / "z_rgb.png")
@@ -107,7 +94,7 @@ def test_png_and_cmyk_jpeg_fall_back_to_worker_decoding(tmp_path):
 
 
 def test_corrupt_jpegs_are_skipped_and_reported(tmp_path, caplog):
-    paths = _jpeg_folder(tmp_path / "data", 6)
+    paths = jpeg_folder(tmp_path / "data", 6)
     raw = paths[1].read_bytes()
     paths[1].write_bytes(raw[: len(raw) // 2])  # truncated: no end-of-image marker, PIL decides in the worker
     raw = paths[3].read_bytes()
@@ -145,7 +132,7 @@ def _wait_for_step(metrics: Path, step: int, process, timeout: float = 240.0) ->
 @pytest.mark.slow
 def test_cli_run_with_device_decoding_resumes_exactly(tmp_path):
     data = tmp_path / "data"
-    _jpeg_folder(data, 14)
+    jpeg_folder(data, 14)
     Image.new("CMYK", (72, 72), (10, 80, 160, 20)).save(data / "cmyk.jpg")
     broken = sorted(data.rglob("*.jpg"))[0]
     broken.write_bytes(broken.read_bytes()[:200])  # 16 files: 2 steps per epoch at batch 8

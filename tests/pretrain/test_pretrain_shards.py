@@ -110,7 +110,7 @@ def test_multiband_arrays_in_shards_pretrain_with_statistics_from_the_shards(tmp
 
 @pytest.mark.parametrize("extra,expected", [
     (["--workers", "3"], r"2 shard\(s\) cannot feed 1 process\(es\) x 3 loader worker\(s\) = 3 streams"),
-    (["--decode-on-device"], "tar shards are decoded in the loader workers: drop --decode-on-device"),
+    (["--decode-on-device", "--in-chans", "1", "--norm-stats", "auto"], "--decode-on-device decodes 8-bit RGB"),
 ])
 def test_shard_mistakes_are_one_line_errors(folder_and_shards, tmp_path, extra, expected):
     _, shards = folder_and_shards
