@@ -1,9 +1,10 @@
 """--decode-on-device with tar shards, on a CPU device: the loader workers hand over each sample's bytes with
 the crop and flip the CPU path draws for it, so the decoded batches match the CPU path's; a resumed loader
 yields the uninterrupted batches; a member neither decoder can read is replaced and reported; spark-pretrain
-runs end to end."""
+runs end to end and resumes exactly after a stop mid-epoch."""
 import io
 import itertools
+import signal
 import tarfile
 
 import pytest
@@ -15,10 +16,12 @@ pytest.importorskip("webdataset", reason="tar shards need the webdataset package
 from sparkmim.pretrain.device_decode import DeviceDecoder  # noqa: E402
 from sparkmim.pretrain.shard_stream import ShardStreams, StreamLayout  # noqa: E402
 from sparkmim.tools.data import pack_shards  # noqa: E402
+from sparkmim.utils.checkpoint import load_file  # noqa: E402
 from sparkmim.utils.shards import resolve_shards  # noqa: E402
 from tests.pretrain.shard_fixtures import shard_pattern  # noqa: E402
 from tests.pretrain.test_pretrain_device_decode import SIZE, _assert_close_to_pil  # noqa: E402
-from tests.pretrain_fixtures import TINY_ARGS, jpeg_folder, make_images, read_rows, run_cli  # noqa: E402
+from tests.pretrain.test_pretrain_integrity import _wait_for_step  # noqa: E402
+from tests.pretrain_fixtures import TINY_ARGS, jpeg_folder, make_images, run_cli, start_cli, step_losses  # noqa: E402
 
 
 def _pack(root, jpegs=12, pngs=2, shard_size=4):
@@ -86,13 +89,26 @@ def test_a_member_no_decoder_reads_is_replaced_within_its_micro_batch_and_report
 
 
 @pytest.mark.slow
-def test_spark_pretrain_decodes_shards_on_the_device(tmp_path):
-    shards = _pack(tmp_path, jpegs=14, pngs=2, shard_size=4)
-    out = tmp_path / "run"
-    done = run_cli(["--data", shard_pattern(tmp_path / "shards", len(shards.urls)), *TINY_ARGS, "--epochs", "1",
-                    "--workers", "2", "--decode-on-device", "--output-dir", str(out)])
+def test_spark_pretrain_decodes_shards_on_the_device_and_resumes_exactly(tmp_path):
+    """JPEG shards, two workers, a SIGTERM mid-epoch, then --resume auto: every step's loss equals the
+    uninterrupted run's."""
+    shards = _pack(tmp_path, jpegs=44, pngs=4, shard_size=6)
+    args = ["--data", shard_pattern(tmp_path / "shards", len(shards.urls)), *TINY_ARGS, "--epochs", "2", "--workers",
+            "2", "--seed", "5", "--log-interval", "1", "--num-vis", "0", "--shuffle-buffer", "4", "--decode-on-device"]
+    reference = tmp_path / "reference"
+    done = run_cli([*args, "--output-dir", str(reference)])
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (out / "log_rank0.txt").read_text()
-    assert "JPEGs decoded on cpu" in log and "4 shard(s) read as 2 stream(s)" in log
-    steps = read_rows(out / "metrics.jsonl", "step")
-    assert steps and all(row["loss"] == row["loss"] for row in steps)
+    log = (reference / "log_rank0.txt").read_text()
+    assert "JPEGs decoded on cpu" in log and "8 shard(s) read as 2 stream(s)" in log
+
+    run_dir = tmp_path / "run"
+    process = start_cli([*args, "--output-dir", str(run_dir)], tmp_path / "stopped.log")
+    _wait_for_step(run_dir / "metrics.jsonl", 8, process)  # 6 steps per epoch: inside epoch 1
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert load_file(run_dir / "checkpoint_last.pth")["step"] % 6 != 0, "the stop fell on an epoch end"
+    resumed = run_cli([*args, "--output-dir", str(run_dir), "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = step_losses(reference / "metrics.jsonl"), step_losses(run_dir / "metrics.jsonl")
+    assert sorted(got) == list(range(12))
+    assert [got[s] for s in range(12)] == pytest.approx([expected[s] for s in range(12)], rel=1e-6)
