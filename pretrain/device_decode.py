@@ -114,10 +114,11 @@ def encoded_view(raw: bytes, kept: Union[Image.Image, torch.Tensor], draw: CropD
 
 @dataclass
 class EncodedBatch:
-    """A micro-batch of variable-size items, kept as a list (see :func:`collate_encoded`)."""
+    """A micro-batch of variable-size items, kept as a list (see :func:`collate_encoded`). ``failed``: indices
+    of unreadable files (folder input) or lines naming unreadable shard samples (shard input)."""
 
     samples: List[EncodedSample]
-    failed: List[int]
+    failed: List[Union[int, str]]
 
 
 def collate_encoded(batch: Sequence[EncodedSample]) -> EncodedBatch:
