@@ -8,12 +8,12 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sparkmim.convert.formats import SPARKMIM_FULL, SPARKMIM_WEIGHTS, configured_in_chans
 from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
-from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
+from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
 from sparkmim.utils.values import NORM_STATS, check_channel_options
@@ -258,7 +258,7 @@ def pretraining_config(weights: Optional[str]) -> Tuple[Dict[str, Any], str]:
     if not weights:
         return {}, ""
     path = Path(weights).expanduser()
-    inside = config_inside(path)
+    inside = recorded_config(path, formats=(SPARKMIM_FULL, SPARKMIM_WEIGHTS))
     if configured_in_chans(inside) is not None:
         return inside, "its config"
     beside = path.parent / "config.yaml"
@@ -269,19 +269,6 @@ def pretraining_config(weights: Optional[str]) -> Tuple[Dict[str, Any], str]:
     except (ConfigError, OSError):
         return {}, ""
     return (saved, "its config.yaml") if "mask_ratio" in saved and "in_chans" in saved else ({}, "")
-
-
-def config_inside(path: Path) -> Dict[str, Any]:
-    """The config a sparkmim pre-training checkpoint or whole-model file carries; {} for other files and for
-    files that cannot be read safely (loading the weights reports those, with the reason). Memory-mapped:
-    only the config is wanted here, not a full checkpoint's optimizer state."""
-    try:
-        obj = load_file(path, mmap=True)
-    except (OSError, UnsafeCheckpointError):
-        return {}
-    if isinstance(obj, Mapping) and obj.get("format") in (SPARKMIM_FULL, SPARKMIM_WEIGHTS):
-        return dict(obj.get("config") or {})
-    return {}
 
 
 def fill_channels_from_pretraining(config: Dict[str, Any], user: UserLayers) -> None:

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -91,14 +91,22 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
                             num_workers=config.workers, collate_fn=collate)
         prepare = None
     device = torch.device(config.device)
+    return {"images_per_s": images_per_s(loader, prepare, device, batches, config.batch), "batches": batches,
+            "workers": config.workers, "decode_on_device": decode_on_device, "path": decode_path(device, decode_on_device)}
+
+
+def images_per_s(loader: Iterable, prepare: Optional[Callable[[Any], Any]], device: torch.device, batches: int,
+                 batch: int) -> float:
+    """The rate of finished images out of ``loader`` (through ``prepare``, the device decoder, when given) over
+    ``batches`` batches after the first, which pays for the workers' start-up."""
     iterator = iter(loader)
 
-    def fetch() -> torch.Tensor:
-        batch = next(iterator)
-        images = prepare(batch)[0] if prepare is not None else batch[0]
+    def fetch() -> None:
+        loaded = next(iterator)
+        if prepare is not None:
+            prepare(loaded)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return images
 
     fetch()
     tick = time.perf_counter()
@@ -106,9 +114,11 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
         fetch()
     elapsed = time.perf_counter() - tick
     del iterator
-    path = f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
-    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
-            "decode_on_device": decode_on_device, "path": path}
+    return batches * batch / elapsed
+
+
+def decode_path(device: torch.device, decode_on_device: bool) -> str:
+    return f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
 
 
 def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int, decode_on_device: bool = False
@@ -124,25 +134,10 @@ def time_shard_loader(shard_folder: Path, config: E2EConfig, batches: int, decod
     device = torch.device(config.device)
     loader, prepare = shard_loader(shards, layout, (config.size, config.size), config.seed, None, 1000,
                                    config.workers, device, decode_on_device)
-    iterator = iter(loader)
-
-    def fetch() -> None:
-        batch = next(iterator)
-        if prepare is not None:
-            prepare(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fetch()
-    tick = time.perf_counter()
-    for _ in range(batches):
-        fetch()
-    elapsed = time.perf_counter() - tick
-    del iterator
-    decode = f"JPEG decode on {device.type} (decode_jpeg)" if decode_on_device else "PIL decode in workers"
-    return {"images_per_s": batches * config.batch / elapsed, "batches": batches, "workers": config.workers,
-            "decode_on_device": decode_on_device,
-            "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), {decode}"}
+    return {"images_per_s": images_per_s(loader, prepare, device, batches, config.batch), "batches": batches,
+            "workers": config.workers, "decode_on_device": decode_on_device,
+            "path": f"tar shards ({len(shards.urls)}, up to {config.shard_size} images each), "
+                    f"{decode_path(device, decode_on_device)}"}
 
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")

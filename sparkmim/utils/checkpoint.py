@@ -4,7 +4,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Mapping, Union
+from typing import IO, Any, Callable, Collection, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -72,6 +72,20 @@ def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "c
                 f"allow-unsafe option to load it with full unpickling") from error
         logger.warning("loading %s with full unpickling (allow_unsafe)", path)
         return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def recorded_config(path: PathLike, formats: Optional[Collection[str]] = None, allow_unsafe: bool = False
+                    ) -> Dict[str, Any]:
+    """The ``config`` a checkpoint records (of one of ``formats``, when given), read memory-mapped so that a
+    full checkpoint's optimizer state is not read for it; {} for other files and for files that cannot be read
+    (loading the weights themselves reports those, with the reason)."""
+    try:
+        obj = load_file(path, allow_unsafe=allow_unsafe, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: its real load says what is wrong
+        return {}
+    if not isinstance(obj, Mapping) or (formats is not None and obj.get("format") not in formats):
+        return {}
+    return dict(obj.get("config") or {})
 
 
 def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:

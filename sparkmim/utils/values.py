@@ -136,14 +136,11 @@ def saved_norm_stats(checkpoint: Optional[Path], in_chans: int, allow_unsafe: bo
     was trained on ``in_chans`` channels: a resumed run keeps the statistics its weights were trained with, even
     when the data changed since. None for no checkpoint, one without them, or one that cannot be read (loading
     it for the resume reports why). Memory-mapped: only the config is read."""
-    from .checkpoint import load_file
+    from .checkpoint import recorded_config
 
     if checkpoint is None:
         return None
-    try:
-        config = load_file(checkpoint, allow_unsafe=allow_unsafe, mmap=True).get("config") or {}
-    except Exception:  # noqa: BLE001 - the resume itself says what is wrong with this file
-        return None
+    config = recorded_config(checkpoint, allow_unsafe=allow_unsafe)
     if config.get("mean") is None or config.get("std") is None or config.get("in_chans") != in_chans:
         return None
     return [float(v) for v in config["mean"]], [float(v) for v in config["std"]]
