@@ -28,6 +28,10 @@ SYNCING_OPS = frozenset({
     "aten.bincount",
     "aten.histc",
 })
+# ``torch.tensor(value, device=...)`` and its kin: the data is copied from pageable host memory with a
+# blocking copy on a GPU (the dispatcher sees the new tensor as ``aten.lift_fresh``); counted on any
+# device, since a step needs no such tensor
+HOST_DATA = "tensor from host data (torch.tensor, as_tensor)"
 
 
 def _op_name(func: Any) -> str:
@@ -44,7 +48,8 @@ class HostSyncRecorder(TorchDispatchMode):
     """Counts, by op name, every syncing op dispatched while active (autograd's backward included).
 
     Boolean-mask indexing and ``repeat_interleave`` with a tensor of repeats and no output size are
-    counted too (they compute their output size on the host). ``host_resident``: tensors that live
+    counted too (they compute their output size on the host), and so is every tensor made from
+    Python data (:data:`HOST_DATA`). ``host_resident``: tensors that live
     on the CPU whatever the training device (e.g. an optimizer's step counter); reading them never
     synchronises with a GPU, so they are not counted (on a CPU run nothing else tells them apart)."""
 
@@ -64,6 +69,8 @@ class HostSyncRecorder(TorchDispatchMode):
         elif name == "aten.repeat_interleave" and func._overloadname in ("Tensor", "self_Tensor") and \
                 kwargs.get("output_size") is None:
             self.counts["aten.repeat_interleave with tensor repeats, no output_size"] += 1
+        elif name == "aten.lift_fresh":
+            self.counts[HOST_DATA] += 1
         return func(*args, **kwargs)
 
 

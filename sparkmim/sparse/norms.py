@@ -91,10 +91,9 @@ class SparseBatchNorm2d(nn.Module):
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
         self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as in torch's BatchNorm
-            factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
-        else:
-            factor = torch.tensor(self.momentum, dtype=mean.dtype, device=mean.device)
+        # momentum None: a cumulative moving average, as in torch's BatchNorm. A momentum stays a Python float:
+        # torch.tensor(momentum, device=...) would be a blocking host-to-device copy on a GPU, in every layer
+        factor = 1.0 / self.num_batches_tracked.to(mean.dtype) if self.momentum is None else float(self.momentum)
         unbiased = var * count / (count - 1).clamp(min=1)
         self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
         self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))

@@ -7,7 +7,7 @@ import torch
 
 from sparkmim.benchmarks import cli as bench
 from sparkmim.benchmarks.perf.step import StepConfig
-from sparkmim.benchmarks.perf.sync_check import HostSyncRecorder, record_host_syncs, step_sync_report
+from sparkmim.benchmarks.perf.sync_check import HOST_DATA, HostSyncRecorder, record_host_syncs, step_sync_report
 
 TINY = dict(size=64, batch=2, decoder_width=64, threads=1)
 
@@ -22,13 +22,21 @@ def test_recorder_sees_item_nonzero_and_boolean_indexing():
     assert record_host_syncs(lambda: (x * 2).sum(dim=0).argsort()) == {}
 
 
+def test_recorder_sees_tensors_made_from_host_data():
+    # on a GPU torch.tensor(value, device=...) is a blocking copy from pageable host memory
+    x = torch.randn(4, 3)
+    counts = record_host_syncs(lambda: (x * torch.tensor(0.1, device=x.device), torch.as_tensor([1.0, 2.0])))
+    assert counts == {HOST_DATA: 2}
+    assert record_host_syncs(lambda: (x * 0.1, torch.full((), 0.1, device=x.device), torch.zeros(2))) == {}
+
+
 def test_host_resident_scalars_are_not_counted():
     counter = torch.tensor(3.0)
     recorder = HostSyncRecorder(host_resident=[counter])
     with recorder:
         counter.item()
         torch.tensor(1.0).item()
-    assert dict(recorder.counts) == {"aten._local_scalar_dense": 1}
+    assert dict(recorder.counts) == {"aten._local_scalar_dense": 1, HOST_DATA: 1}  # the new tensor and its read
 
 
 @pytest.mark.parametrize("model", ["resnet18", "convnext_atto"])
