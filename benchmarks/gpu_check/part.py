@@ -5,6 +5,7 @@ import json
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from .options import CheckOptions
 from .results import PartResult
@@ -20,13 +21,18 @@ PARTS = {  # name -> (title, module)
 }
 
 
+def journal_path(options: CheckOptions, name: str) -> Path:
+    """Where part ``name`` keeps its findings so far (read by the runner if the part is stopped)."""
+    return options.out_dir / f"partial_{name}.json"
+
+
 def run_part(name: str, options: CheckOptions) -> PartResult:
     import importlib
 
     title, module = PARTS[name]
-    result = PartResult(part=name, title=title)
-    tick = time.monotonic()
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    result = PartResult(part=name, title=title, journal=str(journal_path(options, name)))
+    tick = time.monotonic()
     try:
         importlib.import_module(f"{__package__}.{module}").run(options, result)
     except Exception as error:  # noqa: BLE001 - a part's failure is reported, the next part still runs

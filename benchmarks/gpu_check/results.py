@@ -30,9 +30,19 @@ class PartResult:
     tables: List[str] = field(default_factory=list)   # Markdown tables of figures
     figures: Dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    # where the part's process writes what it has found so far (not part of the result itself): the
+    # runner reads it when it stops the part at its limit, so a slow last step loses only itself
+    journal: Optional[str] = field(default=None, repr=False, compare=False)
 
     def add(self, name: str, passed: Optional[bool], detail: str = "") -> None:
         self.checks.append(Check(name, passed, detail))
+        self.record()
+
+    def record(self) -> None:
+        """Write the findings so far to the journal (atomically), if the part has one."""
+        if self.journal is not None:
+            save_atomic(self.to_json(), Path(self.journal),
+                        dump=lambda obj, handle: handle.write(json.dumps(obj).encode()))
 
     def settle(self) -> "PartResult":
         """The status from the checks: failed if any failed (unless already an error or timeout)."""
@@ -41,12 +51,22 @@ class PartResult:
         return self
 
     def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["journal"]
+        return data
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "PartResult":
         checks = [Check(**c) for c in data.pop("checks", [])]
         return cls(**data, checks=checks)
+
+    @classmethod
+    def from_journal(cls, path: Path) -> Optional["PartResult"]:
+        """What a part had recorded when it was stopped; None if it recorded nothing readable."""
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 def environment(device: str) -> Dict[str, Any]:

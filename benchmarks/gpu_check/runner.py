@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .options import CheckOptions
-from .part import MARK, PARTS
+from .part import MARK, PARTS, journal_path
 from .results import PartResult, environment, write_reports
 
 logger = logging.getLogger(__name__)
@@ -47,19 +47,33 @@ def run_gpu_check(options: CheckOptions, parts: Sequence[str], budget_s: Optiona
 
 
 def _run_in_process(name: str, options: CheckOptions, limit: Optional[float]) -> PartResult:
+    """The part's result; when its process is stopped at the limit or dies (a crash in a CUDA library,
+    the kernel's out-of-memory killer), what it had recorded in its journal until then."""
     command = [sys.executable, "-m", "sparkmim.benchmarks.gpu_check.part", name, options.to_json()]
+    journal = journal_path(options, name)
+    journal.unlink(missing_ok=True)  # a journal left by an earlier run is not this run's
     tick = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired as expired:
-        return PartResult(part=name, title=PARTS[name][0], status="timed out", seconds=time.monotonic() - tick,
-                          message=f"stopped after its limit of {limit:.0f} s; "
-                                  f"last output: {_last_line(expired.stderr)}")
+        return _cut_short(name, journal, "timed out", time.monotonic() - tick,
+                          f"stopped after its limit of {limit:.0f} s", expired.stderr)
     line = next((l for l in done.stdout.splitlines() if l.startswith(MARK)), None)
     if line is None:
-        return PartResult(part=name, title=PARTS[name][0], status="error", seconds=time.monotonic() - tick,
-                          message=f"the part's process ended with exit {done.returncode}: {_last_line(done.stderr)}")
+        return _cut_short(name, journal, "error", time.monotonic() - tick,
+                          f"the part's process ended with exit {done.returncode}", done.stderr)
+    journal.unlink(missing_ok=True)
     return PartResult.from_json(json.loads(line[len(MARK):]))
+
+
+def _cut_short(name: str, journal: Path, status: str, seconds: float, why: str, stderr) -> PartResult:
+    result = PartResult.from_journal(journal) or PartResult(part=name, title=PARTS[name][0])
+    result.status, result.seconds = status, seconds
+    kept = f"; the {len(result.checks)} checks and {len(result.tables)} tables it had finished are kept" \
+        if result.checks or result.tables else ""
+    earlier = f" (before that: {result.message})" if result.message else ""
+    result.message = f"{why}{kept}; last output: {_last_line(stderr)}{earlier}"
+    return result
 
 
 def _last_line(text) -> str:

@@ -14,6 +14,7 @@ from .results import PartResult
 FULL = [("resnet50", 128), ("convnext_base", 64)]
 QUICK = [("test_resnet", 2), ("test_convnext", 2)]
 PROFILE_ABOVE = 1.10
+COMPILE_NEEDS = 0.35  # the share of the part's limit that must be left to start compiling two models
 
 
 def _settings(options: CheckOptions) -> Tuple[List[Tuple[str, int]], int, int, int, int]:
@@ -28,7 +29,9 @@ def run(options: CheckOptions, result: PartResult) -> None:
     models, size, warmup, steps, rounds = _settings(options)
     rows = ["| model | batch | precision | channels_last | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
             "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
+    start = time.monotonic()
+    deadline = start + options.seconds * 0.8 if options.seconds else None
+    result.tables.append("\n".join(rows))
     for model, batch in models:
         for precision in ("fp32", "bf16"):
             for channels_last in (False, True):
@@ -48,11 +51,17 @@ def run(options: CheckOptions, result: PartResult) -> None:
                             + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
                             + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
                             + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
+                result.tables[0] = "\n".join(rows)
+                result.record()  # a row survives the part being stopped later
                 if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
                     _profile(options, config, result, key)
-    result.tables.append("\n".join(rows))
     if options.cuda and not options.quick:
-        _compiled(options, result)
+        left = options.seconds - (time.monotonic() - start) if options.seconds else None
+        if left is None or left >= COMPILE_NEEDS * options.seconds:
+            _compiled(options, result)
+        else:
+            result.add("torch.compile, ResNet-50 bf16", None,
+                       f"not run: {left:.0f} s of the part's {options.seconds:.0f} s left (compiling needs more)")
 
 
 def _profile(options: CheckOptions, config, result: PartResult, key: str) -> None:

@@ -1,13 +1,15 @@
 """spark-bench gpu-check: its CPU mode (every part's code path on tiny sizes, what CI runs) and the
 runner's promises (a part's limit, the budget, reports after every part, one-line errors)."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from sparkmim.benchmarks.cli import main
 from sparkmim.benchmarks.gpu_check.options import CheckOptions
-from sparkmim.benchmarks.gpu_check.runner import run_gpu_check
+from sparkmim.benchmarks.gpu_check.runner import default_fixtures, run_gpu_check
 
 PARTS = ["correctness", "sync", "throughput", "data", "distributed", "value"]
 
@@ -58,3 +60,25 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
         assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gpu-check", "--out", str(tmp_path), "--parts", "speed"])
+
+
+def test_a_part_stopped_at_its_limit_keeps_what_it_had_finished(tmp_path):
+    # two fixture cases: a real one, then a named pipe that nobody writes (a read that never returns,
+    # like a hung network file system): the first case's check is done when the part is stopped
+    fixtures = tmp_path / "fixtures"
+    fixtures.mkdir()
+    (fixtures / "a.pt").symlink_to(Path(default_fixtures(), "resnet_tiny.pt"))
+    os.mkfifo(fixtures / "b.pt")
+    options = CheckOptions(out=str(tmp_path / "out"), device="cpu", quick=True, fixtures=str(fixtures))
+    [result] = run_gpu_check(options, ["correctness"], budget_s=30)
+    assert result.status == "timed out" and "1 checks and 0 tables it had finished are kept" in result.message
+    assert [check.name for check in result.checks] == ["a: float64 on the device vs CPU"]
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["parts"][0]["checks"][0]["name"] == "a: float64 on the device vs CPU"
+
+
+def test_a_finished_part_leaves_no_journal(tmp_path):
+    options = CheckOptions(out=str(tmp_path), device="cpu", quick=True, fixtures=str(tmp_path / "none"))
+    [result] = run_gpu_check(options, ["correctness"], budget_s=None)
+    assert result.status == "ok" and result.checks
+    assert not list(tmp_path.glob("partial_*")) and (tmp_path / "results.json").is_file()
