@@ -22,7 +22,7 @@ def _torchrun(*args: str) -> list:
 def ddp_resume(options: CheckOptions, result: PartResult) -> None:
     command = _torchrun("-m", "sparkmim.benchmarks.gpu_check.ddp_worker", options.device, str(options.out_dir),
                         "quick" if options.quick else "full")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=max(30.0, options.seconds * 0.45))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left())
     line = next((l for l in done.stdout.splitlines() if l.startswith(DDP_MARK)), None)
     if done.returncode != 0 or line is None:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -53,7 +53,7 @@ def pretrain_under_torchrun(options: CheckOptions, result: PartResult) -> None:
               "--output-dir", str(run_dir), "--warmup-epochs", "0.5"]
     for epochs, extra in ((1, []), (2, ["--resume", "auto"])):
         done = subprocess.run(_torchrun("-m", "sparkmim.pretrain", str(data), *common, "--epochs", str(epochs), *extra),
-                              capture_output=True, text=True, timeout=max(30.0, options.seconds * 0.25))
+                              capture_output=True, text=True, timeout=options.seconds_left())
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             result.add(f"spark-pretrain under torchrun, epoch {epochs}", False, f"exit {done.returncode}: {tail}")

@@ -1,5 +1,6 @@
 """The settings every part receives (through JSON: each part runs in its own process)."""
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,8 @@ class CheckOptions:
     quick: bool = False
     fixtures: Optional[str] = None      # the reference-parity fixtures (a folder of *.pt)
     value_data: Optional[str] = None    # Fashion-MNIST (or a folder data set) for the value benchmark part
-    seconds: float = 0.0                # this part's time limit (the part may plan with it)
+    seconds: float = 0.0                # this part's time limit (the part may plan with it); 0: none
+    deadline: float = 0.0               # time.time() by which the part must end, set by its process; 0: none
 
     @property
     def cuda(self) -> bool:
@@ -27,6 +29,13 @@ class CheckOptions:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+    def seconds_left(self, margin: float = 2.0, floor: float = 10.0) -> Optional[float]:
+        """A sub-process's timeout: what is left of the part's limit less ``margin``, at least ``floor``
+        (None when the part has no limit). Each step may use what the ones before it left over."""
+        if not self.deadline:
+            return None
+        return max(floor, self.deadline - time.time() - margin)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

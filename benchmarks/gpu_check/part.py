@@ -5,6 +5,7 @@ import json
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from .options import CheckOptions
@@ -33,6 +34,8 @@ def run_part(name: str, options: CheckOptions) -> PartResult:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     result = PartResult(part=name, title=title, journal=str(journal_path(options, name)))
     tick = time.monotonic()
+    if options.seconds:
+        options = replace(options, deadline=time.time() + options.seconds)
     try:
         importlib.import_module(f"{__package__}.{module}").run(options, result)
     except Exception as error:  # noqa: BLE001 - a part's failure is reported, the next part still runs

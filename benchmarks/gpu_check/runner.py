@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 
 # seconds each part may take: on a GPU (the whole command fits in 8 minutes with start-up) and in
 # --quick mode on a small CPU (CI)
-LIMITS = {"correctness": (60, 240), "sync": (45, 120), "throughput": (200, 300), "data": (75, 240),
-          "distributed": (60, 300), "value": (None, 420)}
+LIMITS = {"correctness": (60, 240), "sync": (45, 120), "throughput": (180, 300), "data": (75, 240),
+          "distributed": (90, 300), "value": (None, 420)}
 MIN_VALUE_SECONDS = 60  # below this the value benchmark is not started
 
 

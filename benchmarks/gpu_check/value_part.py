@@ -24,7 +24,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
                 result.status, result.message = "skipped", f"no data for the value benchmark: {error}"
                 return
         command += ["--preset", "gpu"] + (["--data", options.value_data] if options.value_data else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=max(30.0, options.seconds - 10))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left(margin=10))
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         result.add("spark-bench value " + ("--smoke" if options.quick else "--preset gpu"), False,

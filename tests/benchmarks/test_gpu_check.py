@@ -2,6 +2,7 @@
 runner's promises (a part's limit, the budget, reports after every part, one-line errors)."""
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,10 @@ def test_a_finished_part_leaves_no_journal(tmp_path):
     [result] = run_gpu_check(options, ["correctness"], budget_s=None)
     assert result.status == "ok" and result.checks
     assert not list(tmp_path.glob("partial_*")) and (tmp_path / "results.json").is_file()
+
+
+def test_a_sub_process_may_use_what_is_left_of_its_part(tmp_path):
+    assert CheckOptions(out=str(tmp_path)).seconds_left() is None  # a part without a limit
+    left = CheckOptions(out=str(tmp_path), seconds=100, deadline=time.time() + 100).seconds_left(margin=2)
+    assert 97 < left <= 98
+    assert CheckOptions(out=str(tmp_path), seconds=100, deadline=time.time() - 5).seconds_left(floor=10) == 10
