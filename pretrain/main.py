@@ -188,7 +188,7 @@ def write_pictures(spark: torch.nn.Module, config: PretrainConfig, data: Trainin
 
 def sync_batchnorms(spark: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Cross-process BatchNorm statistics for the sparse BNs (encoder, densify) and the decoder's BNs
-    (torch's SyncBatchNorm on GPUs, the core's gloo-capable version on CPU)."""
+    (the core's sync-free cross-process BatchNorm, on GPUs and CPUs alike)."""
     from sparkmim import convert_sync_batchnorm
 
     return convert_sync_batchnorm(spark.to(device))

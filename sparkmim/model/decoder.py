@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from ..sparse.norms import CrossProcessBatchNorm2d
+
 
 class UpBlock(nn.Module):
     """ConvTranspose2d (k4, s2, p1) doubling the resolution, then two 3x3 conv + BN with ReLU6 between."""
@@ -41,7 +43,7 @@ class LightDecoder(nn.Module):
             raise ValueError(f"decoder width {width} must be divisible by {2 ** stages} (it halves {stages} times)")
         self.width = width
         channels = [width // 2 ** i for i in range(stages + 1)]
-        norm_layer = nn.SyncBatchNorm if sync_bn else nn.BatchNorm2d
+        norm_layer = CrossProcessBatchNorm2d if sync_bn else nn.BatchNorm2d  # see its docstring: not SyncBatchNorm
         self.stages = nn.ModuleList(UpBlock(c_in, c_out, norm_layer) for c_in, c_out in zip(channels[:-1], channels[1:]))
         if out_channels < 1:
             raise ValueError(f"the decoder must predict at least one channel, got out_channels={out_channels}")

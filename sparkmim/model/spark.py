@@ -217,13 +217,10 @@ def _replace_batchnorms(module: nn.Module) -> None:
 def convert_sync_batchnorm(spark: SparK) -> SparK:
     """Reduce BatchNorm statistics across processes: sparse BNs (encoder and densify) and the decoder's BNs.
 
-    Call after moving the model to its device: on GPUs the decoder gets torch's SyncBatchNorm; on CPU
-    (where DDP refuses SyncBatchNorm) it gets :class:`CrossProcessBatchNorm2d`, which reduces over gloo."""
+    The decoder's BNs become :class:`CrossProcessBatchNorm2d` on every device (NCCL or gloo), not torch's
+    SyncBatchNorm, whose forward synchronises host and device in every layer (and which DDP refuses on CPU)."""
     for module in spark.modules():
         if isinstance(module, SparseBatchNorm2d):
             module.sync = True
-    if next(spark.decoder.parameters()).is_cuda:
-        spark.decoder = nn.SyncBatchNorm.convert_sync_batchnorm(spark.decoder)
-    else:
-        _replace_batchnorms(spark.decoder)
+    _replace_batchnorms(spark.decoder)
     return spark

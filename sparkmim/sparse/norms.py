@@ -129,10 +129,17 @@ class SparseBatchNorm2d(nn.Module):
 
 
 class CrossProcessBatchNorm2d(SparseBatchNorm2d):
-    """A dense BatchNorm2d whose statistics are reduced across processes on any backend (gloo too).
+    """A dense BatchNorm2d whose statistics are reduced across processes on any backend (NCCL, gloo).
 
-    torch's SyncBatchNorm only runs on GPUs; this is the same computation with every position
-    visible, used for SparK's dense decoder when training with several CPU processes."""
+    SparK's dense decoder uses it under several processes, on GPUs too: torch's SyncBatchNorm runs on
+    GPUs only, and its forward drops the statistics of empty inputs by boolean indexing, a host-device
+    synchronisation in every layer. This is the sparse BatchNorm's sync-free computation with every
+    position visible, so CPU (gloo) and GPU (NCCL) runs share one code path."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group: Optional[object] = None) -> None:
+        super().__init__(num_features, context=None, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, sync=True, process_group=process_group)
 
     @classmethod
     def from_dense(cls, dense: nn.modules.batchnorm._BatchNorm, context: Optional[MaskContext] = None,

@@ -173,3 +173,16 @@ def test_batchnorm_channels_last_equals_contiguous():
         results.append((out.detach(), xi.grad, norm.weight.grad, norm.running_var.clone()))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_synchronised_decoder_uses_the_sync_free_cross_process_batchnorm():
+    # torch's SyncBatchNorm drops empty inputs' statistics by boolean indexing (a host-device sync per layer)
+    from sparkmim import build_spark, convert_sync_batchnorm
+    from sparkmim.benchmarks.perf.sync_check import record_host_syncs
+
+    for spark in (build_spark("test_resnet", input_size=64, decoder_width=32, sync_bn=True),
+                  convert_sync_batchnorm(build_spark("test_resnet", input_size=64, decoder_width=32))):
+        norms = [m for m in spark.decoder.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, SparseBatchNorm2d))]
+        assert norms and all(type(m) is CrossProcessBatchNorm2d for m in norms)
+        images = torch.randn(2, 3, 64, 64)
+        assert record_host_syncs(lambda: spark(images).loss.backward()) == {}
