@@ -5,6 +5,7 @@ all variants interleaved in this process (CUDA peak memory is per variant: the c
 before each), so the ratios a/b and c/a come from one run under the same conditions. When bf16 a/b
 exceeds 1.10 a torch.profiler table of (a) against (b) is written next to the results. With
 ``--quick`` on a CPU the figures are only a sign that the code path runs (one step, no warm-up)."""
+import itertools
 import time
 from typing import List, Tuple
 
@@ -32,29 +33,28 @@ def run(options: CheckOptions, result: PartResult) -> None:
     start = time.monotonic()
     deadline = start + options.seconds * 0.8 if options.seconds else None
     result.tables.append("\n".join(rows))
-    for model, batch in models:
-        for precision in ("fp32", "bf16"):
-            for channels_last in (False, True):
-                if deadline is not None and time.monotonic() > deadline:
-                    result.message = "stopped early to stay within the part's time limit; the rows above are complete"
-                    break
-                config = StepConfig(model=model, batch=batch, size=size, precision=precision, device=options.device,
-                                    channels_last=channels_last, warmup=warmup, steps=steps,
-                                    decoder_width=32 if options.quick else 768)
-                summary = summarise(run_interleaved(["spark", "dense", "naive"], config, rounds, isolate=False))
-                variants, ratios = summary["variants"], summary["ratios"]
-                key = f"{model} b{batch} {precision} cl={channels_last}"
-                result.figures[key] = summary
-                # in one process only the CUDA counter is per variant (CPU RSS growth is not)
-                memory = [variants[v]["peak_memory_mib"] if options.cuda else None for v in ("spark", "dense", "naive")]
-                rows.append(f"| {model} | {batch} | {precision} | {channels_last} | "
-                            + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
-                            + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
-                            + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
-                result.tables[0] = "\n".join(rows)
-                result.record()  # a row survives the part being stopped later
-                if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
-                    _profile(options, config, result, key)
+    # bf16 first: the precision pre-training runs in, so a part cut short loses fp32 rows, not those
+    for precision, (model, batch), channels_last in itertools.product(("bf16", "fp32"), models, (False, True)):
+        if deadline is not None and time.monotonic() > deadline:
+            result.message = "stopped early to stay within the part's time limit; the rows above are complete"
+            break
+        config = StepConfig(model=model, batch=batch, size=size, precision=precision, device=options.device,
+                            channels_last=channels_last, warmup=warmup, steps=steps,
+                            decoder_width=32 if options.quick else 768)
+        summary = summarise(run_interleaved(["spark", "dense", "naive"], config, rounds, isolate=False))
+        variants, ratios = summary["variants"], summary["ratios"]
+        key = f"{model} b{batch} {precision} cl={channels_last}"
+        result.figures[key] = summary
+        # in one process only the CUDA counter is per variant (CPU RSS growth is not)
+        memory = [variants[v]["peak_memory_mib"] if options.cuda else None for v in ("spark", "dense", "naive")]
+        rows.append(f"| {model} | {batch} | {precision} | {channels_last} | "
+                    + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
+                    + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
+                    + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
+        result.tables[0] = "\n".join(rows)
+        result.record()  # a row survives the part being stopped later
+        if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
+            _profile(options, config, result, key)
     if options.cuda and not options.quick:
         left = options.seconds - (time.monotonic() - start) if options.seconds else None
         if left is None or left >= COMPILE_NEEDS * options.seconds:
