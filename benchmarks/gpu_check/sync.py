@@ -53,6 +53,8 @@ def pretrain_loop_step(options: CheckOptions, result: PartResult) -> None:
     spark = build_spark(model, input_size=size, decoder_width=32 if options.quick else 768).to(device).train()
     optimizer = build_optimizer(spark, lr=1e-4, betas=(0.9, 0.95), clip_grad=5.0)
     images = torch.randn(batch, 3, size, size)
+    if options.cuda:  # as spark-pretrain's loader hands batches over (pin_memory on CUDA)
+        images = images.pin_memory()
 
     def batches():
         for _ in itertools.count():

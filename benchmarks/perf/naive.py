@@ -89,7 +89,7 @@ class NaiveBatchNorm(nn.BatchNorm1d):
         index = self.mask.visible_index(x.shape[2], x.shape[3])
         bhwc = x.permute(0, 2, 3, 1)
         normalised = super().forward(bhwc[index])
-        out = torch.zeros_like(bhwc)
+        out = torch.zeros_like(bhwc, dtype=normalised.dtype)  # CUDA autocast runs norms in float32
         out[index] = normalised
         return out.permute(0, 3, 1, 2)
 
@@ -108,7 +108,7 @@ class NaiveLayerNorm(nn.LayerNorm):
         bhwc = x.permute(0, 2, 3, 1) if self.channels_first else x
         index = self.mask.visible_index(bhwc.shape[1], bhwc.shape[2])
         normalised = super().forward(bhwc[index])
-        out = torch.zeros_like(bhwc)
+        out = torch.zeros_like(bhwc, dtype=normalised.dtype)  # CUDA autocast runs norms in float32
         out[index] = normalised
         return out.permute(0, 3, 1, 2) if self.channels_first else out
 

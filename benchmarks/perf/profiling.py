@@ -13,10 +13,12 @@ The ranges come from forward pre-hooks and hooks registered on the model instanc
 profiled steps, and removed afterwards.
 """
 import logging
+import time
 from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from .step import StepConfig, build_step, check_run_settings, synchronize
@@ -74,43 +76,58 @@ def _wrap_leaves(model: nn.Module) -> List[Any]:
 
 
 def profile_one(variant: str, config: StepConfig, steps: int) -> Dict[str, Any]:
-    """Profile ``steps`` training steps of one variant after its warm-up."""
+    """Profile ``steps`` training steps of one variant after its warm-up.
+
+    On CPU every view is CPU time. On CUDA it is GPU kernel time: an op's own kernels, and for a range
+    or a backward node the kernels launched inside it; CPU time there would only be launch overhead.
+    Only the CPU-side rows are read (each ``record_function`` range also gets a GPU annotation row of the
+    same name). The backward's kernels are launched from autograd's own thread, outside the main
+    thread's ranges, so on CUDA the backward phase is the sum of the backward nodes, and the step time
+    is the synchronised wall clock."""
     device = torch.device(config.device)
+    cuda = device.type == "cuda"
     built = build_step(variant, config, phase_ranges=True)
     model, step = built.model, built.step
     for _ in range(config.warmup):
         step()
     synchronize(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     handles = _wrap_leaves(model)
     try:
         with profile(activities=activities) as prof:
+            tick = time.perf_counter()
             for _ in range(steps):
                 with record_function("training step"):
                     step()
                 synchronize(device)
+            wall_us = (time.perf_counter() - tick) * 1e6 / steps
     finally:
         for handle in handles:
             handle.remove()
-    averages = prof.key_averages()
     ops: Dict[str, float] = {}
     backward: Dict[str, float] = {}
     layers: Dict[str, float] = {}
     phases: Dict[str, float] = {}
-    step_us = 0.0
-    for event in averages:
+    step_us = wall_us
+    for event in prof.key_averages():
+        if event.device_type != DeviceType.CPU:
+            continue
+        total = (event.device_time_total if cuda else event.cpu_time_total) / steps
         if event.key == "training step":
-            step_us = event.cpu_time_total / steps
+            step_us = wall_us if cuda else total
         elif event.key.startswith(BACKWARD_PREFIX):
-            backward[event.key[len(BACKWARD_PREFIX):]] = event.cpu_time_total / steps
+            backward[event.key[len(BACKWARD_PREFIX):]] = total
         elif event.key.startswith(PHASE_PREFIX):
-            phases[event.key[len(PHASE_PREFIX):]] = event.cpu_time_total / steps
+            phases[event.key[len(PHASE_PREFIX):]] = total
         elif event.key.startswith(RANGE_PREFIX):
-            layers[event.key[len(RANGE_PREFIX):]] = event.cpu_time_total / steps
+            layers[event.key[len(RANGE_PREFIX):]] = total
         elif event.key.startswith("aten::") or event.key.startswith("MaskedBatchNorm"):
-            ops[event.key] = event.self_cpu_time_total / steps
+            ops[event.key] = (event.self_device_time_total if cuda else event.self_cpu_time_total) / steps
+    if cuda and backward:
+        phases["backward"] = sum(backward.values())
     logger.info("profiled %s: %.3f s per step (with profiler overhead)", variant, step_us / 1e6)
-    return {"variant": variant, "step_ms": step_us / 1e3, "ops_self_ms": {k: v / 1e3 for k, v in ops.items()},
+    return {"variant": variant, "time": "GPU kernel time" if cuda else "CPU time", "step_ms": step_us / 1e3,
+            "ops_self_ms": {k: v / 1e3 for k, v in ops.items()},
             "phases_ms": {k: v / 1e3 for k, v in phases.items()},
             "backward_ms": {k: v / 1e3 for k, v in backward.items()},
             "forward_layers_ms": {k: v / 1e3 for k, v in layers.items()}}
@@ -134,13 +151,14 @@ def _diff_rows(a: Dict[str, float], b: Dict[str, float], step_ms: float, top: in
 def format_profile(report: Dict[str, Any], top: int = 20) -> str:
     """Markdown tables: the step times, then each view sorted by (a) - (b)."""
     spark, dense = report["spark"], report["dense"]
-    step_ms = spark["step_ms"]
+    step_ms = max(spark["step_ms"], 1e-9)
+    time_kind = spark.get("time", "CPU time")
     lines = [f"profiled step (profiler overhead included): (a) {step_ms:.1f} ms, (b) {dense['step_ms']:.1f} ms, "
              f"(a)-(b) {step_ms - dense['step_ms']:.1f} ms = {100 * (step_ms - dense['step_ms']) / step_ms:.1f}% of (a)"]
-    views = (("phases of the step, total CPU time (ms per step)", "phases_ms"),
-             ("ATen ops by self CPU time (ms per step)", "ops_self_ms"),
-             ("backward autograd nodes, total CPU time (ms per step)", "backward_ms"),
-             ("forward by layer kind, total CPU time incl. hooks (ms per step)", "forward_layers_ms"))
+    views = ((f"phases of the step, total {time_kind} (ms per step)", "phases_ms"),
+             (f"ATen ops by self {time_kind} (ms per step)", "ops_self_ms"),
+             (f"backward autograd nodes, total {time_kind} (ms per step)", "backward_ms"),
+             (f"forward by layer kind, total {time_kind} incl. hooks (ms per step)", "forward_layers_ms"))
     for title, key in views:
         lines += ["", f"{title}; sorted by (a)-(b); share = (a)-(b) over (a)'s step",
                   "", "| name | (a) | (b) | (a)-(b) | share of (a) |", "|---|---|---|---|---|"]

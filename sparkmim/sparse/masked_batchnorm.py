@@ -4,7 +4,7 @@ Why not plain autograd: differentiating the elementwise formula leaves per-chann
 the input precision and a term through the mean that is analytically zero, and on ill-conditioned
 channels float32 gradients drift by about 1e-2 relative. Like ATen's batch norm, this Function uses
 the closed-form backward and accumulates the per-channel sums over the batch in the device's
-accumulation type (float64 on CPU, float32 on CUDA).
+accumulation type (float64 on CPU, float32 on CUDA, float64 for float64 inputs anywhere).
 
 Speed: the input is masked once and centred in place on that copy, which is used for the variance
 and the output and kept for backward; sums are plain reductions (``sum``, ``vector_norm``, and in
@@ -19,8 +19,9 @@ import torch.distributed as dist
 
 
 def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    """ATen's accumulation type for a float tensor on this device (CPU: float64, GPU: float32)."""
-    return torch.float64 if x.device.type == "cpu" else torch.float32
+    """ATen's accumulation type for a float tensor on this device: float64 on CPU; on a GPU float32,
+    except float64 for float64 tensors (a float64 run must not lose precision in its statistics)."""
+    return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
 def per_image_channel_sum(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

@@ -186,3 +186,12 @@ def test_a_synchronised_decoder_uses_the_sync_free_cross_process_batchnorm():
         assert norms and all(type(m) is CrossProcessBatchNorm2d for m in norms)
         images = torch.randn(2, 3, 64, 64)
         assert record_host_syncs(lambda: spark(images).loss.backward()) == {}
+
+
+def test_float64_statistics_accumulate_in_float64_on_every_device():
+    from sparkmim.sparse.masked_batchnorm import accumulation_dtype
+
+    # "meta" stands in for a GPU here: any device but the CPU; float32 still accumulates in float32 there
+    assert accumulation_dtype(torch.empty(2, dtype=torch.float64, device="meta")) == torch.float64
+    assert accumulation_dtype(torch.empty(2, dtype=torch.float32, device="meta")) == torch.float32
+    assert accumulation_dtype(torch.empty(2, dtype=torch.float32)) == torch.float64
