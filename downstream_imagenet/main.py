@@ -52,12 +52,21 @@ def weight_target(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
 
 
+def synchronised_batchnorms(model: nn.Module) -> nn.Module:
+    """Every BatchNorm with cross-GPU statistics, through timm's converter: torch's own turns timm's
+    ``BatchNormAct2d`` (EfficientNet, RegNet, MobileNet, ...) into a plain SyncBatchNorm and so drops
+    the activation and drop path those layers carry."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def wrap_distributed(model: nn.Module, config: FinetuneConfig, dist_info: DistInfo) -> nn.Module:
     if not dist_info.distributed:
         return model
     if config.sync_bn and not config.linear_probe:
         if dist_info.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = synchronised_batchnorms(model)
         else:
             logger.warning("SyncBatchNorm needs CUDA; on CPU each process keeps its own BatchNorm statistics")
     return wrap_ddp(model, dist_info.device, dist_info.local_rank)
