@@ -85,6 +85,16 @@ class Batch:
     targets: torch.Tensor
     skipped: int
 
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader's pinning thread (a dataclass is otherwise handed over unpinned, and
+        each non-blocking copy to the GPU would then wait for the host)."""
+        return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.skipped)
+
+
+def pin_batches(config: FinetuneConfig) -> bool:
+    """Page-locked batches when training on a GPU (not with --device cpu on a GPU machine)."""
+    return config.device != "cpu" and torch.cuda.is_available()
+
 
 def collate_skipping(items: Sequence[Optional[Tuple[torch.Tensor, int]]]) -> Batch:
     """Stack the readable samples; ``skipped`` counts the unreadable ones."""
@@ -284,7 +294,7 @@ def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_
         raise DataError(f"the batch per process ({batch_per_process}) is larger than the training "
                         f"images per process ({len(sampler)}); lower --batch-size")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
-                      num_workers=config.workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=config.workers, pin_memory=pin_batches(config),
                       persistent_workers=config.workers > 0, collate_fn=collate_skipping,
                       worker_init_fn=ignore_interrupt_in_worker)
 
@@ -292,5 +302,5 @@ def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_
 def eval_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
                 rank: int, world_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=config.workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=config.workers, pin_memory=pin_batches(config),
                       collate_fn=collate_skipping, worker_init_fn=ignore_interrupt_in_worker)

@@ -145,9 +145,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 @contextmanager
 def sample_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
     """torch's CPU RNG seeded for one sample's augmentation, the caller's RNG state restored after:
-    the draw depends on (seed, epoch, index) only, whichever worker or loading path makes it."""
+    the draw depends on (seed, epoch, index) only, whichever worker or loading path makes it.
+
+    Only the CPU generator: ``torch.manual_seed`` would also re-seed the GPU's, from which the training
+    process draws its masks (and which ``fork_rng(devices=[])`` does not restore)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(seed, epoch, index))
+        torch.default_generator.manual_seed(sample_seed(seed, epoch, index))
         yield
 
 

@@ -214,8 +214,24 @@ class DeviceDecoder:
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
         self.device_refused: Set[str] = set()
+        # CUDA: decoding runs on a stream of its own. torchvision's nvJPEG decoder allocates its outputs on the
+        # current stream but decodes on a private one that does not wait for the current stream's work, so
+        # on the training stream it could reuse memory that queued kernels (the previous micro-batch's
+        # backward, the optimizer step) still read. Memory allocated on this stream is never memory the
+        # training stream freed; the training stream then waits for this one before using the images.
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def __call__(self, batch: EncodedBatch) -> Tuple[torch.Tensor, List[int]]:
+        if self.stream is None:
+            return self._prepare(batch)
+        current = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            images, failed = self._prepare(batch)
+        current.wait_stream(self.stream)
+        images.record_stream(current)  # freed later on the training stream's terms, not this stream's
+        return images, failed
+
+    def _prepare(self, batch: EncodedBatch) -> Tuple[torch.Tensor, List[int]]:
         failed = list(batch.failed)
         samples = list(batch.samples)
         decoded = self._decode(samples, failed)

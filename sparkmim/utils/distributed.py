@@ -43,8 +43,8 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInf
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
+        chosen = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(chosen)
     else:
         chosen = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
@@ -64,6 +64,17 @@ def world_size() -> int:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU of a process: its local rank, or 0 when each process sees one GPU of its own (schedulers
+    such as SLURM with one GPU per task set CUDA_VISIBLE_DEVICES per process)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(f"LOCAL_RANK is {local_rank} but only {visible} GPUs are visible; start at most "
+                           f"{visible} processes per node (torchrun --nproc_per_node {visible})")
+    return local_rank
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

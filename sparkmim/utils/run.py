@@ -44,7 +44,7 @@ def grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScale
 def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> torch.nn.Module:
     """DistributedDataParallel on the process's own GPU (or CPU/gloo); buffers are not broadcast, since the
     trainers keep BatchNorm statistics synchronised themselves (SyncBatchNorm) or per process."""
-    device_ids = [local_rank] if device.type == "cuda" else None
+    device_ids = [local_rank if device.index is None else device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 

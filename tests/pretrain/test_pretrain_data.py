@@ -125,3 +125,18 @@ def test_graceful_stop_turns_signals_into_a_flag():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # stopping: a late repeat changes nothing
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sample_draw_reseeds_only_the_cpu_generator(monkeypatch):
+    # the GPU generator draws the masks in the training process (workers 0, device-decode fallbacks);
+    # torch.manual_seed would re-seed it per sample. Spy on the call that does that on a GPU machine.
+    from sparkmim.pretrain.data import sample_rng
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    before = torch.get_rng_state()
+    with sample_rng(0, 1, 2):
+        first = torch.rand(3)
+    with sample_rng(0, 1, 2):
+        assert torch.equal(torch.rand(3), first)
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), before)
