@@ -79,7 +79,10 @@ def environment(device: str) -> Dict[str, Any]:
     facts = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
              "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
              "device": device, "cpu": _cpu_name(),
-             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+             # what "fp32" means on a GPU: cuDNN convolutions in TF32 unless switched off (torch's default)
+             "fp32_convolutions_tf32": torch.backends.cudnn.allow_tf32,
+             "fp32_matmul_precision": torch.get_float32_matmul_precision()}
     if device.startswith("cuda") and torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return facts

@@ -88,7 +88,8 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
         prepare = DeviceDecoder(dataset, config.device)
     else:
         loader = DataLoader(PretrainImages(paths, size, config.seed), batch_sampler=sampler,
-                            num_workers=config.workers, collate_fn=collate)
+                            num_workers=config.workers, collate_fn=collate,
+                            pin_memory=torch.device(config.device).type == "cuda")  # as spark-pretrain's
         prepare = None
     device = torch.device(config.device)
     return {"images_per_s": images_per_s(loader, prepare, device, batches, config.batch), "batches": batches,
@@ -98,13 +99,16 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
 def images_per_s(loader: Iterable, prepare: Optional[Callable[[Any], Any]], device: torch.device, batches: int,
                  batch: int) -> float:
     """The rate of finished images out of ``loader`` (through ``prepare``, the device decoder, when given) over
-    ``batches`` batches after the first, which pays for the workers' start-up."""
+    ``batches`` batches after the first, which pays for the workers' start-up. On a GPU, images decoded on
+    the CPU are copied to it as in training (pinned, non-blocking), so the rate includes that copy."""
     iterator = iter(loader)
 
     def fetch() -> None:
         loaded = next(iterator)
         if prepare is not None:
             prepare(loaded)
+        elif device.type == "cuda":
+            loaded[0].to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
