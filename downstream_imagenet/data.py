@@ -91,11 +91,6 @@ class Batch:
         return Batch(self.images.pin_memory(), self.targets.pin_memory(), self.skipped)
 
 
-def pin_batches(config: FinetuneConfig) -> bool:
-    """Page-locked batches when training on a GPU (not with --device cpu on a GPU machine)."""
-    return config.device != "cpu" and torch.cuda.is_available()
-
-
 def collate_skipping(items: Sequence[Optional[Tuple[torch.Tensor, int]]]) -> Batch:
     """Stack the readable samples; ``skipped`` counts the unreadable ones."""
     kept = [item for item in items if item is not None]
@@ -280,9 +275,10 @@ def eval_transform(config: FinetuneConfig) -> Callable:
 
 
 def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
-                 rank: int, world_size: int) -> DataLoader:
+                 rank: int, world_size: int, device: torch.device) -> DataLoader:
     """Shuffled, epoch-seeded and sharded (call ``loader.sampler.set_epoch``); batches are full
-    (drop_last) because mixup pairs a batch with its reverse."""
+    (drop_last) because mixup pairs a batch with its reverse. Page-locked when ``device`` (the process's
+    training device) is a GPU."""
     if config.repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
         sampler = RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
@@ -294,13 +290,13 @@ def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_
         raise DataError(f"the batch per process ({batch_per_process}) is larger than the training "
                         f"images per process ({len(sampler)}); lower --batch-size")
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
-                      num_workers=config.workers, pin_memory=pin_batches(config),
+                      num_workers=config.workers, pin_memory=device.type == "cuda",
                       persistent_workers=config.workers > 0, collate_fn=collate_skipping,
                       worker_init_fn=ignore_interrupt_in_worker)
 
 
 def eval_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
-                rank: int, world_size: int) -> DataLoader:
+                rank: int, world_size: int, device: torch.device) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=config.workers, pin_memory=pin_batches(config),
+                      num_workers=config.workers, pin_memory=device.type == "cuda",
                       collate_fn=collate_skipping, worker_init_fn=ignore_interrupt_in_worker)

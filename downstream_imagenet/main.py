@@ -188,9 +188,10 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     ema, optimizer, scaler = optimisation(config, model, record, dist_info)
     ddp_model = wrap_distributed(model, config, dist_info)
     mixup = create_mixup(config, len(classes))
-    loader = train_loader(train_set, config, layout.micro_batch, dist_info.rank, dist_info.world_size)
+    loader = train_loader(train_set, config, layout.micro_batch, dist_info.rank, dist_info.world_size,
+                          dist_info.device)
     val_loader = eval_loader(val_set, config, config.eval_batch_size or layout.micro_batch, dist_info.rank,
-                             dist_info.world_size)
+                             dist_info.world_size, dist_info.device)
     steps_per_epoch = len(loader) // layout.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
@@ -337,7 +338,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     batch = config.eval_batch_size or 128  # the training batch may be far too big for one device
-    loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size)
+    loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
     result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), config.channels_last)
     result["checkpoint"] = str(path)
     if dist_info.is_main and user.get("output_dir"):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from .options import CheckOptions
-from .results import PartResult
+from .results import PartResult, last_line
 
 DDP_MARK = "GPU_CHECK_DDP "
 
@@ -25,8 +25,8 @@ def ddp_resume(options: CheckOptions, result: PartResult) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left())
     line = next((l for l in done.stdout.splitlines() if l.startswith(DDP_MARK)), None)
     if done.returncode != 0 or line is None:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        result.add("DDP step, checkpoint and resume under torchrun", False, f"exit {done.returncode}: {tail}")
+        result.add("DDP step, checkpoint and resume under torchrun", False,
+                   f"exit {done.returncode}: {last_line(done.stderr)}")
         return
     report = json.loads(line[len(DDP_MARK):])
     result.figures["ddp"] = report
@@ -55,8 +55,8 @@ def pretrain_under_torchrun(options: CheckOptions, result: PartResult) -> None:
         done = subprocess.run(_torchrun("-m", "sparkmim.pretrain", str(data), *common, "--epochs", str(epochs), *extra),
                               capture_output=True, text=True, timeout=options.seconds_left())
         if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            result.add(f"spark-pretrain under torchrun, epoch {epochs}", False, f"exit {done.returncode}: {tail}")
+            result.add(f"spark-pretrain under torchrun, epoch {epochs}", False,
+                       f"exit {done.returncode}: {last_line(done.stderr)}")
             return
     checkpoint = load_file(run_dir / "checkpoint_last.pth")
     steps_per_epoch = checkpoint["sampler"]["steps_per_epoch"]

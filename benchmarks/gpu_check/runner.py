@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 from .options import CheckOptions
 from .part import MARK, PARTS, journal_path
-from .results import PartResult, environment, write_reports
+from .results import PartResult, environment, last_line, write_reports
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,8 @@ def _cut_short(name: str, journal: Path, status: str, seconds: float, why: str, 
     kept = f"; the {len(result.checks)} checks and {len(result.tables)} tables it had finished are kept" \
         if result.checks or result.tables else ""
     earlier = f" (before that: {result.message})" if result.message else ""
-    result.message = f"{why}{kept}; last output: {_last_line(stderr)}{earlier}"
+    result.message = f"{why}{kept}; last output: {last_line(stderr)}{earlier}"
     return result
-
-
-def _last_line(text) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else "none"
 
 
 def exit_status(results: List[PartResult]) -> int:

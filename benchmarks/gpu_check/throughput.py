@@ -13,7 +13,7 @@ import time
 from typing import List, Tuple
 
 from .options import CheckOptions
-from .results import PartResult
+from .results import PartResult, last_line
 
 FULL = [("resnet50", 128), ("convnext_base", 64)]
 QUICK = [("test_resnet", 2), ("test_convnext", 2)]
@@ -33,8 +33,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
     models, size, warmup, steps, rounds = _settings(options)
     rows = ["| model | batch | precision | channels_last | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
             "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    start = time.monotonic()
-    deadline = start + options.seconds * 0.8 if options.seconds else None
+    deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
     result.tables.append("\n".join(rows))
     # bf16 first: the precision pre-training runs in, so a part cut short loses fp32 rows, not those
     for precision, (model, batch), channels_last in itertools.product(("bf16", "fp32"), models, (False, True)):
@@ -59,7 +58,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
         if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
             _profile(options, config, result, key)
     if options.cuda and not options.quick:
-        left = options.seconds - (time.monotonic() - start) if options.seconds else None
+        left = options.seconds_left(margin=0, floor=0)
         if left is None or left >= COMPILE_NEEDS * options.seconds:
             _compiled(options, result)
         else:
@@ -91,8 +90,8 @@ def _compiled(options: CheckOptions, result: PartResult) -> None:
                    f"not finished in the {time.monotonic() - tick:.0f} s left of the part (compilation included)")
         return
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        result.add("torch.compile, ResNet-50 bf16: (a) and (b) compile and run", False, f"exit {done.returncode}: {tail}")
+        result.add("torch.compile, ResNet-50 bf16: (a) and (b) compile and run", False,
+                   f"exit {done.returncode}: {last_line(done.stderr)}")
         return
     result.figures["resnet50 b128 bf16 compiled"] = json.loads(out.read_text())["summary"]
     result.tables.append(f"torch.compile, ResNet-50 bf16 batch 128 ({time.monotonic() - tick:.0f} s with compilation):"

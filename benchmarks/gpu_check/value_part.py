@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from .options import CheckOptions
-from .results import PartResult
+from .results import PartResult, last_line
 
 
 def run(options: CheckOptions, result: PartResult) -> None:
@@ -26,9 +26,8 @@ def run(options: CheckOptions, result: PartResult) -> None:
         command += ["--preset", "gpu"] + (["--data", options.value_data] if options.value_data else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left(margin=10))
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         result.add("spark-bench value " + ("--smoke" if options.quick else "--preset gpu"), False,
-                   f"exit {done.returncode}: {tail}")
+                   f"exit {done.returncode}: {last_line(done.stderr)}")
         return
     table = (out / "results.md").read_text() if (out / "results.md").is_file() else ""
     result.tables.append(table)

@@ -81,6 +81,7 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
     from sparkmim.pretrain.data import PretrainImages, StepBatchSampler, collate
     from sparkmim.pretrain.device_decode import DeviceDecoder, EncodedImages, collate_encoded
     size = (config.size, config.size)
+    device = torch.device(config.device)
     sampler = StepBatchSampler(len(paths), config.batch, config.batch, rank=0, world_size=1, seed=config.seed)
     if decode_on_device:
         dataset = EncodedImages(paths, size, config.seed)
@@ -89,9 +90,8 @@ def time_loader(paths: List[Path], config: E2EConfig, batches: int, decode_on_de
     else:
         loader = DataLoader(PretrainImages(paths, size, config.seed), batch_sampler=sampler,
                             num_workers=config.workers, collate_fn=collate,
-                            pin_memory=torch.device(config.device).type == "cuda")  # as spark-pretrain's
+                            pin_memory=device.type == "cuda")  # as spark-pretrain's
         prepare = None
-    device = torch.device(config.device)
     return {"images_per_s": images_per_s(loader, prepare, device, batches, config.batch), "batches": batches,
             "workers": config.workers, "decode_on_device": decode_on_device, "path": decode_path(device, decode_on_device)}
 

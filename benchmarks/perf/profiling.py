@@ -151,7 +151,7 @@ def _diff_rows(a: Dict[str, float], b: Dict[str, float], step_ms: float, top: in
 def format_profile(report: Dict[str, Any], top: int = 20) -> str:
     """Markdown tables: the step times, then each view sorted by (a) - (b)."""
     spark, dense = report["spark"], report["dense"]
-    step_ms = max(spark["step_ms"], 1e-9)
+    step_ms = spark["step_ms"]
     time_kind = spark.get("time", "CPU time")
     lines = [f"profiled step (profiler overhead included): (a) {step_ms:.1f} ms, (b) {dense['step_ms']:.1f} ms, "
              f"(a)-(b) {step_ms - dense['step_ms']:.1f} ms = {100 * (step_ms - dense['step_ms']) / step_ms:.1f}% of (a)"]
