@@ -1,8 +1,8 @@
 """Fine-tuning checkpoints: ``checkpoint_last.pth`` (full training state, for resume) and
 ``checkpoint_best.pth`` / ``checkpoint_best_ema.pth`` (weights of the best model / best EMA model).
 
-All are written atomically and hold only tensors and plain Python values, so they load with safe
-(weights_only) unpickling.
+All are written atomically and hold only CPU tensors and plain Python values, so they load with safe
+(weights_only) unpickling on any machine, with or without the GPU they were written on.
 """
 import logging
 from pathlib import Path
@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from sparkmim.utils.checkpoint import load_file, save_atomic
+from sparkmim.utils.checkpoint import load_file, on_host, save_atomic
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def training_record(model_state: Dict[str, torch.Tensor], ema_state: Optional[Di
 
 
 def save(record: Dict[str, Any], output_dir: Path, name: str) -> Path:
-    return save_atomic(record, Path(output_dir) / name)
+    return save_atomic(on_host(record), Path(output_dir) / name)
 
 
 def resume_path(resume: Optional[str], output_dir: Path) -> Optional[Path]:

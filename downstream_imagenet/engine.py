@@ -174,7 +174,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
     becomes top-k with k = number of classes when there are fewer than 5."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = seen = skipped = 0
+    seen = skipped = 0
+    correct = torch.zeros(2, dtype=torch.long, device=device)  # top-1, top-k hits: read once, after the loop
     for raw in loader:
         batch = _to_device(raw, device, channels_last)
         skipped += batch.skipped
@@ -185,10 +186,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
         k = min(5, logits.shape[1])
         top = logits.float().topk(k, dim=1).indices
         hits = top.eq(batch.targets[:, None])
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=1).sum())
+        correct += torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
         seen += batch.targets.shape[0]
     model.train(was_training)
+    correct1, correct5 = correct.tolist()
     correct1, correct5, seen, skipped = _sum_across([correct1, correct5, seen, skipped], device)
     if seen == 0:
         raise RuntimeError("the validation set has no readable images")

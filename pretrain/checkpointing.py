@@ -6,7 +6,7 @@ states), ``sampler`` (position in the data order), ``config`` (the resolved conf
 ``metrics_rows`` (rows in ``metrics.jsonl`` when it was saved) and ``epoch_progress`` (the unfinished
 epoch's step losses and unreadable-file count, so its summary after a resume covers the whole epoch).
 Everything is written with :func:`sparkmim.utils.checkpoint.save_atomic`, so a crash mid-write leaves
-the previous file in place.
+the previous file in place, and holds CPU tensors only, so a file written on a GPU loads on any machine.
 """
 import logging
 import random
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, on_host, save_atomic
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -121,13 +121,13 @@ def save_full(path: Path, *, model_state: Dict[str, torch.Tensor], optimizer: to
         "epoch": epoch, "step": step, "rng": rng, "sampler": sampler, "config": dict(config),
         **progress.as_dict(),
     }
-    return save_atomic(payload, path)
+    return save_atomic(on_host(payload), path)
 
 
 def save_encoder(path: Path, encoder_state: Dict[str, torch.Tensor]) -> Path:
     """Plain timm state dict of the encoder (no head): ``timm.create_model(name).load_state_dict(sd,
     strict=False)`` reports only the classifier missing."""
-    return save_atomic({k: v.detach().cpu() for k, v in encoder_state.items()}, path)
+    return save_atomic(on_host(encoder_state), path)
 
 
 def find_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:

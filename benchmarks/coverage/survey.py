@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
+from ..process_output import last_line
 from .families import Family, survey_family, timm_modules
 from .trial import CRASHES, TIMEOUT, WORKS, TrialResult
 
@@ -51,7 +52,7 @@ def trial_in_subprocess(model: str, timeout_s: float, threads: int) -> TrialResu
         return TrialResult(model, TIMEOUT, f"no result within {timeout_s:.0f} s", timeout_s)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        tail = last_line(done.stderr)[:200]
         return TrialResult(model, CRASHES, f"process ended with status {done.returncode}: {tail}")
     return TrialResult(**json.loads(lines[-1]))
 

@@ -4,7 +4,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 from sparkmim.utils.checkpoint import save_atomic
 
@@ -67,14 +67,6 @@ class PartResult:
             return cls.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-
-
-def last_line(text: Union[str, bytes, None]) -> str:
-    """The last line a finished or stopped process printed (its error, usually), for a one-line report."""
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else "no output"
 
 
 def environment(device: str) -> Dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import List, Optional, Sequence
 
 from .options import CheckOptions
 from .part import MARK, PARTS, journal_path
-from .results import PartResult, environment, last_line, write_reports
+from ..process_output import last_line
+from .results import PartResult, environment, write_reports
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import time
 from typing import List, Tuple
 
 from .options import CheckOptions
-from .results import PartResult, last_line
+from ..process_output import last_line
+from .results import PartResult
 
 FULL = [("resnet50", 128), ("convnext_base", 64)]
 QUICK = [("test_resnet", 2), ("test_convnext", 2)]

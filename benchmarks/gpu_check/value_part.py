@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 from .options import CheckOptions
-from .results import PartResult, last_line
+from ..process_output import last_line
+from .results import PartResult
 
 
 def run(options: CheckOptions, result: PartResult) -> None:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Sequence
 
+from ..process_output import last_line
 from .step import VARIANTS, StepConfig, describe_config, measure, summarised_variants
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,7 @@ def run_isolated(variant: str, config: StepConfig) -> Dict[str, Any]:
     for line in done.stdout.splitlines():
         if line.startswith(WORKER_MARK):
             return json.loads(line[len(WORKER_MARK):])
-    raise RuntimeError(f"benchmark worker for '{variant}' failed (exit {done.returncode}): "
-                       f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}")
+    raise RuntimeError(f"benchmark worker for '{variant}' failed (exit {done.returncode}): {last_line(done.stderr)}")
 
 
 def run_interleaved(variants: Sequence[str], config: StepConfig, repeats: int,

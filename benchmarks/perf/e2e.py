@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
+from ..process_output import last_line
+
 logger = logging.getLogger(__name__)
 
 CLOSE = 0.15  # relative gap under which two rates count as the same
@@ -221,8 +223,7 @@ def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, An
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - tick
     if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
-        raise RuntimeError(f"spark-pretrain failed (exit {done.returncode}): {tail}")
+        raise RuntimeError(f"spark-pretrain failed (exit {done.returncode}): {last_line(done.stderr)}")
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if '"kind": "step"' in line or '"kind":"step"' in line]
     rates = [record["img_per_s"] for record in steps[config.warmup:]] or [record["img_per_s"] for record in steps]

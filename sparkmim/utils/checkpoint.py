@@ -52,6 +52,21 @@ def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] 
     return path
 
 
+def on_host(obj: Any) -> Any:
+    """``obj`` with every tensor in it (through dicts, lists and tuples) detached and on the CPU.
+
+    Saved checkpoints hold host tensors: a file written on a GPU then loads with a plain ``torch.load`` on a
+    machine without one (tensors saved on a device are restored to that device, and fail where there is none).
+    Tensors already on the CPU are not copied."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):  # OrderedDict (state dicts) included
+        return type(obj)((key, on_host(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return [on_host(value) for value in obj] if isinstance(obj, list) else tuple(on_host(v) for v in obj)
+    return obj
+
+
 def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load a checkpoint with ``weights_only`` safe unpickling.
 
