@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from sparkmim.model.decoder import LightDecoder
+from sparkmim.model.decoder import LightDecoder, densify_projection
 from sparkmim.model.patches import patchify
 from sparkmim.sparse.encoder import NUM_LEVELS, create_timm_encoder
 
@@ -59,11 +59,7 @@ class DenseFloor(nn.Module):
         width = decoder_width
         for level, chs in enumerate(reversed(channels)):
             self.densify_norms.append(_dense_norm(densify_norm, chs))
-            if level == 0 and chs == width:
-                self.densify_projs.append(nn.Identity())
-            else:
-                kernel = 1 if level == 0 else 3
-                self.densify_projs.append(nn.Conv2d(chs, width, kernel_size=kernel, padding=kernel // 2))
+            self.densify_projs.append(densify_projection(level, chs, width))
             width //= 2
 
     def forward(self, images: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:

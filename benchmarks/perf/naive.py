@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from sparkmim.model.decoder import LightDecoder
+from sparkmim.model.decoder import LightDecoder, densify_projection
 from sparkmim.model.patches import patchify
 from sparkmim.sparse.encoder import NUM_LEVELS, create_timm_encoder
 
@@ -210,11 +210,7 @@ class NaiveSparK(nn.Module):
                 self.densify_norms.append(NaiveLayerNorm(chs, self.mask_state, eps=1e-6, channels_first=True))
             else:
                 self.densify_norms.append(nn.Identity())
-            if level == 0 and chs == width:
-                self.densify_projs.append(nn.Identity())
-            else:
-                kernel = 1 if level == 0 else 3
-                self.densify_projs.append(nn.Conv2d(chs, width, kernel_size=kernel, padding=kernel // 2))
+            self.densify_projs.append(densify_projection(level, chs, width))
             width //= 2
 
     def mask(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,16 @@ from timm.layers import trunc_normal_
 from ..sparse.norms import CrossProcessBatchNorm2d
 
 
+def densify_projection(level: int, channels: int, width: int) -> nn.Module:
+    """Maps encoder level ``level`` (0 = coarsest), of ``channels`` channels, to ``width``, the decoder's width
+    at that level. The reference's layout, which its released weights are shaped by: nothing when the coarsest
+    level already has that width, a 1x1 conv at the coarsest level, 3x3 convs at the finer ones."""
+    if level == 0 and channels == width:
+        return nn.Identity()
+    kernel = 1 if level == 0 else 3
+    return nn.Conv2d(channels, width, kernel_size=kernel, padding=kernel // 2, bias=True)
+
+
 class UpBlock(nn.Module):
     """ConvTranspose2d (k4, s2, p1) doubling the resolution, then two 3x3 conv + BN with ReLU6 between."""
 

@@ -10,7 +10,7 @@ from timm.layers import trunc_normal_
 from ..sparse.context import upsample_mask
 from ..sparse.encoder import SparseEncoder, make_sparse_encoder
 from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLayerNorm2d
-from .decoder import LightDecoder
+from .decoder import LightDecoder, densify_projection
 from .patches import patchify, unpatchify
 from .settings import check_input_size, check_mask_ratio
 
@@ -103,11 +103,7 @@ class SparK(nn.Module):
             trunc_normal_(token, mean=0.0, std=0.02, a=-0.02, b=0.02)
             self.mask_tokens.append(token)
             self.densify_norms.append(self._make_norm(channels, sync_bn))
-            if level == 0 and channels == width:
-                self.densify_projs.append(nn.Identity())
-            else:
-                kernel = 1 if level == 0 else 3
-                self.densify_projs.append(nn.Conv2d(channels, width, kernel_size=kernel, padding=kernel // 2, bias=True))
+            self.densify_projs.append(densify_projection(level, channels, width))
             width //= 2
 
     def _make_norm(self, channels: int, sync_bn: bool) -> nn.Module:
