@@ -141,6 +141,21 @@ def apply_loader(cfg: Any, batch_size: Optional[int], workers: Optional[int], tr
                 cfg[loader].persistent_workers = workers > 0  # a DataLoader refuses it without workers
 
 
+def off_recipe_batch(cfg: Any, world_size: int) -> Optional[str]:
+    """Why the run's total batch does not train with the recipe's lr, or None when it does.
+
+    The recipe's lr is for ``auto_scale_lr.base_batch_size`` (16) images per iteration; mmengine only rescales
+    it when ``auto_scale_lr.enable`` is set, so another process count or per-process batch would silently
+    train with a different lr-to-batch ratio than the paper's."""
+    total = world_size * int(cfg.train_dataloader.batch_size)
+    base = int(cfg.auto_scale_lr.base_batch_size)
+    if total == base or cfg.auto_scale_lr.get("enable", False):
+        return None
+    keep = f"pass --batch-size {base // world_size} to train as the recipe does, or " if base % world_size == 0 else ""
+    return (f"{world_size} process(es) x {cfg.train_dataloader.batch_size} images = {total} images per iteration, "
+            f"but the recipe's lr is for {base}: {keep}pass --auto-scale-lr to scale the lr linearly")
+
+
 def use_amp(choice: str, cuda_available: bool) -> bool:
     """AMP on GPU ('auto'), never on CPU: mmengine's AmpOptimWrapper is a CUDA (fp16) feature."""
     if choice not in AMP_CHOICES:

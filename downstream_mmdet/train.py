@@ -10,6 +10,7 @@ Example: ``spark-mmdet-train convnext-b --pretrained convnextB_1kpretrained.pth 
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,7 +19,8 @@ from sparkmim.convert import KeyAccountingError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError
 
 from .cli import add_common_arguments, build_runner, load_config, results_path, start
-from .settings import AMP_CHOICES, SettingsError, apply_amp, apply_pretrained, apply_resume, use_amp
+from .settings import (AMP_CHOICES, SettingsError, apply_amp, apply_pretrained, apply_resume, off_recipe_batch,
+                       use_amp)
 
 PROG = "spark-mmdet-train"
 logger = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ def configure(args: argparse.Namespace):
     apply_amp(cfg, use_amp(args.amp, torch.cuda.is_available()))
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
+    mismatch = off_recipe_batch(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    if mismatch:
+        logger.warning("%s", mismatch)
     checkpoint = None
     if args.pretrained is not None:
         checkpoint = prepare_pretrained(args.pretrained, Path(cfg.work_dir), allow_unsafe=args.allow_unsafe)

@@ -55,7 +55,12 @@ print(f"mmdet environment ready: torch {torch.__version__}, mmcv {mmcv.__version
 EOF
 }
 
-if [ -f "$stamp" ] && check 2>/dev/null; then
+# mmcv's ops compiled for CUDA? (a CPU build imports just as well, then fails at the first RoIAlign on a GPU)
+has_cuda_ops() {
+  "$py" -c "import sys; from mmcv.ops import get_compiling_cuda_version as v; sys.exit(v() == 'not available')" 2>/dev/null
+}
+
+if [ -f "$stamp" ] && check 2>/dev/null && { [ "$mode" = cpu ] || has_cuda_ops; }; then
   exit 0
 fi
 
@@ -64,16 +69,26 @@ pipq() { "$py" -m pip install -q -c "$constraints" "$@" 2>&1 | { grep -v "^WARNI
 [ -x "$py" ] || python3 -m venv "$venv"
 "$py" -m pip install -q --upgrade "pip>=23" 2>&1 | { grep -v "^WARNING: Location" || true; }
 pipq torch torchvision numpy setuptools wheel ninja
+if [ "$mode" = gpu ] && "$py" -c "import mmcv.ops" 2>/dev/null && ! has_cuda_ops; then
+  echo "mmcv in $venv has CPU ops only (made by the cpu mode): replacing it with the prebuilt CUDA wheel"
+  "$py" -m pip uninstall -q -y mmcv
+fi
 if ! "$py" -c "import mmcv.ops" 2>/dev/null; then
   if [ "$mode" = gpu ]; then
     links="${MMCV_FIND_LINKS:-https://download.openmmlab.com/mmcv/dist/cu121/torch2.1/index.html}"
-    pipq --only-binary mmcv -f "$links" mmcv
+    pipq --no-cache-dir --only-binary mmcv -f "$links" mmcv  # never the CPU wheel the cpu mode built and cached
   else
-    # Build from source with the CPU ops only (the registry carries mmcv as source).
-    MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 MMCV_WITH_OPS=1 pipq --no-build-isolation mmcv
+    # Build from source with the CPU ops only (the registry carries mmcv as source). mmcv builds its CUDA ops
+    # whenever torch sees a GPU, whatever FORCE_CUDA says: hide the GPUs from the build.
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" CUDA_VISIBLE_DEVICES="" FORCE_CUDA=0 MMCV_WITH_OPS=1 pipq --no-build-isolation mmcv
   fi
 fi
 pipq opencv-python mmengine mmdet mmpretrain timm pycocotools
 pipq -e ".[test]"
 check
+if [ "$mode" = gpu ] && ! has_cuda_ops; then
+  echo "mmcv's ops in $venv are not compiled for CUDA: Mask R-CNN would fail on a GPU; set MMCV_FIND_LINKS to" \
+    "OpenMMLab's wheel index for your CUDA and torch 2.1" >&2
+  exit 1
+fi
 touch "$stamp"

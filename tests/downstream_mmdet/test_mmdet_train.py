@@ -119,3 +119,20 @@ def test_class_names_set_the_heads(setup):
     assert tuple(cfg.train_dataloader.dataset.metainfo["classes"]) == CLASSES
     assert Path(cfg.val_evaluator.ann_file) == Path(setup["data"][5]).resolve()
     assert cfg.env_cfg.dist_cfg.backend == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def test_a_total_batch_other_than_the_recipe_s_is_named(setup):
+    # the recipe's lr is for 16 images per iteration; mmengine rescales it only when asked to
+    from sparkmim.downstream_mmdet.cli import load_config
+    from sparkmim.downstream_mmdet.settings import off_recipe_batch
+
+    args = train.build_parser().parse_args([str(setup["config"]), "--from-scratch", *setup["data"],
+                                            "--work-dir", str(setup["root"] / "batch")])
+    cfg = load_config(args, training=True)
+    assert cfg.train_dataloader.batch_size == 2 and off_recipe_batch(cfg, 8) is None
+    four = off_recipe_batch(cfg, 4)
+    assert "8 images per iteration" in four and "--batch-size 4" in four and "--auto-scale-lr" in four
+    three = off_recipe_batch(cfg, 3)
+    assert "6 images per iteration" in three and "--batch-size" not in three
+    cfg.auto_scale_lr.enable = True
+    assert off_recipe_batch(cfg, 4) is None

@@ -79,6 +79,21 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert helped.returncode == 0 and "--mmdet-python" in helped.stdout
 
 
+def test_the_detection_recipes_batch_must_split_over_the_gpus(tmp_path):
+    # 16 images per iteration (the lr is for them): 3 GPUs would train with another batch or fail in Detectron2
+    folders = ["--pretrain-data", str(tmp_path), "--coco", str(tmp_path)]
+    for script in ("resnet_coco.sh", "convnext_coco.sh"):
+        done = run_pipeline(script, "--gpus", "3", *folders)
+        assert done.returncode == 2 and "do not split over 3 processes" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    # a batch the user sets is theirs: the pipelines go on to the next check (the COCO files here)
+    chosen = {"resnet_coco.sh": ["--d2-args", "SOLVER.IMS_PER_BATCH 12 SOLVER.BASE_LR 0.0001875"],
+              "convnext_coco.sh": ["--mmdet-args", "--batch-size 2 --auto-scale-lr"]}
+    for script, args in chosen.items():
+        done = run_pipeline(script, "--gpus", "3", *args, *folders)
+        assert done.returncode == 2 and "expected the COCO layout" in done.stderr, done.stderr
+
+
 @pytest.mark.slow
 def test_resnet_coco_smoke(tmp_path):
     work = tmp_path / "work"

@@ -49,6 +49,17 @@ require_positive_int() {
   done
 }
 
+# The Detectron2 and MMDetection recipes train with this many images per iteration, and their lr is for it.
+DETECTION_BATCH=16
+
+# require_detection_batch_split OTHERWISE: the recipe's batch must split evenly over the GPUS x NODES
+# processes; OTHERWISE says how to choose another batch (checked before anything runs)
+require_detection_batch_split() {
+  local processes=$((GPUS * NODES))
+  ((DETECTION_BATCH % processes == 0)) ||
+    die "the recipe's $DETECTION_BATCH images per iteration do not split over $processes processes ($GPUS GPU(s) x $NODES node(s)): use 1, 2, 4, 8 or 16 GPUs in all, or $1"
+}
+
 require_dir() {  # require_dir WHAT DIR
   [[ -n "$2" ]] || die "$1 is required (see --help)"
   [[ -d "$2" ]] || die "$1 folder not found: $2"

@@ -9,7 +9,8 @@
 #   --model NAME          convnext_base (default), convnext_small or convnext_large
 #   --gpus N              GPUs per node (default 8); --nodes N (default 1), --node-rank R,
 #                         --master-addr HOST, --master-port PORT for several nodes (run the same
-#                         command on every node)
+#                         command on every node, with --work on a shared file system); the recipe's
+#                         16 images per iteration are split over all GPUs, whose count must divide 16
 #   --work DIR            work folder (default runs/pipeline_coco_<model>)
 #   --pretrain-recipe R   spark-pretrain --recipe (default: the model name; 'none' for no recipe)
 #   --pretrain-args "..." extra spark-pretrain options
@@ -60,6 +61,10 @@ fi
 WORK="${WORK:-runs/pipeline_coco_$MODEL}"
 PRETRAIN_RECIPE="${PRETRAIN_RECIPE:-$MODEL}"
 require_positive_int GPUS NODES
+if ((!SMOKE)) && [[ "$MMDET_ARGS" != *--batch-size* ]]; then  # spark-mmdet-train's --batch-size is per process
+  require_detection_batch_split "pass --mmdet-args '--batch-size N --auto-scale-lr'"
+  MMDET_ARGS="--batch-size $((DETECTION_BATCH / (GPUS * NODES))) $MMDET_ARGS"
+fi
 require_dir --pretrain-data "${PRETRAIN_DATA:-}"
 require_dir --coco "${COCO:-}"
 if [[ -z "${MMDET_CONFIG:-}" ]]; then

@@ -10,7 +10,9 @@
 #   --schedule S          1x (default, 90k iterations) or 2x
 #   --gpus N              GPUs per node (default 8); --nodes N (default 1), --node-rank R,
 #                         --master-addr HOST, --master-port PORT (pre-training; Detectron2 uses
-#                         PORT+1) for several nodes: run the same command on every node
+#                         PORT+1) for several nodes: run the same command on every node, with --work
+#                         on a shared file system; the recipe's 16 images per iteration are split
+#                         over all GPUs, whose count must divide 16
 #   --work DIR            work folder (default runs/pipeline_coco_<model>)
 #   --pretrain-recipe R   spark-pretrain --recipe (default: the model name; 'none' for no recipe)
 #   --pretrain-args "..." extra spark-pretrain options
@@ -66,6 +68,9 @@ WORK="${WORK:-runs/pipeline_coco_$MODEL}"
 PRETRAIN_RECIPE="${PRETRAIN_RECIPE:-$MODEL}"
 D2_PYTHON="${D2_PYTHON:-$PYTHON}"
 require_positive_int GPUS NODES
+if [[ "$D2_ARGS" != *SOLVER.IMS_PER_BATCH* ]]; then  # Detectron2's IMS_PER_BATCH is the total over all GPUs
+  require_detection_batch_split "set SOLVER.IMS_PER_BATCH (and scale SOLVER.BASE_LR with it) in --d2-args"
+fi
 require_dir --pretrain-data "${PRETRAIN_DATA:-}"
 require_dir --coco "${COCO:-}"
 case "$MODEL" in
@@ -103,7 +108,7 @@ if ((!have_d2)); then
 fi
 
 d2_launch=(--num-gpus "$GPUS" --num-machines "$NODES" --machine-rank "$NODE_RANK")
-if ((NODES > 1)); then
+if ((GPUS * NODES > 1)); then  # without it Detectron2 picks a fixed port per user: two runs would collide
   d2_launch+=(--dist-url "tcp://$MASTER_ADDR:$((MASTER_PORT + 1))")
 fi
 d2_data=(--dataset-name spark_coco --train-json "$COCO/annotations/instances_train2017.json"
