@@ -87,6 +87,9 @@ def _parts(text: str) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spark-bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    # listed here for --help only: main() hands 'value' to its own parser before this one runs
+    sub.add_parser("value", add_help=False,
+                   help="does SparK pre-training make a downstream model better? (options: spark-bench value --help)")
 
     step = sub.add_parser("step", help="time a training step of a, b, c (interleaved, repeated)")
     _add_step_options(step)

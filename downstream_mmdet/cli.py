@@ -124,15 +124,17 @@ def build_runner(cfg: Any) -> Any:
     return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
 
 
-def start(prog: str, parser: argparse.ArgumentParser, configure: Callable[[argparse.Namespace], Any],
-          argv: Optional[Sequence[str]], errors: Tuple[Type[BaseException], ...]) -> Optional[Tuple[argparse.Namespace, Any]]:
+def start(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+          configure: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]],
+          errors: Tuple[Type[BaseException], ...]) -> Optional[Tuple[argparse.Namespace, Any]]:
     """The common start of the two commands: logging, the framework check, the arguments and the
     config. Returns (args, cfg), or None after printing a one-line ``<prog>: error: ...`` for a
-    missing framework or any of ``errors`` (the caller then exits with status 2)."""
+    missing framework or any of ``errors`` (the caller then exits with status 2). The parser is built
+    after the framework check, since its options use mmengine's (``--help`` included)."""
     setup_command_logging(logging.INFO)
     try:
         require_mmdet(prog)
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         return args, configure(args)
     except (FrameworkMissingError,) + tuple(errors) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

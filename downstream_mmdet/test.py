@@ -4,7 +4,8 @@ Evaluates on the config's val split (or ``--data-root`` / ``--val-json`` + ``--v
 writes the AP table to ``<work-dir>/coco_results.json`` (``--results`` to choose). Several
 processes: ``torchrun --nproc_per_node N`` (the 'pytorch' launcher is picked automatically).
 
-Example: ``spark-mmdet-test convnext-b work_dirs/convnext-b/epoch_36.pth --data-root data/coco``
+Example: ``spark-mmdet-test convnext-b work_dirs/mask-rcnn_spark-convnext-b_fpn_ms-crop-3x_coco/epoch_36.pth
+--data-root data/coco``
 """
 import argparse
 import json
@@ -39,7 +40,7 @@ def configure(args: argparse.Namespace):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    started = start(PROG, build_parser(), configure, argv, (SettingsError, FileNotFoundError, ValueError))
+    started = start(PROG, build_parser, configure, argv, (SettingsError, FileNotFoundError, ValueError))
     if started is None:
         return 2
     args, cfg = started

@@ -69,7 +69,7 @@ def configure(args: argparse.Namespace):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    started = start(PROG, build_parser(), configure, argv,
+    started = start(PROG, build_parser, configure, argv,
                     (SettingsError, KeyAccountingError, UnsafeCheckpointError, FileNotFoundError, ValueError))
     if started is None:
         return 2

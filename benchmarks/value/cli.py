@@ -2,7 +2,7 @@
 
     spark-bench value --preset cpu                       # Fashion-MNIST, 2 CPU cores, under an hour
     spark-bench value --preset gpu                       # one GPU, a few minutes, also 100% labels
-    spark-bench value --smoke                            # every stage in ~2 minutes on generated data
+    spark-bench value --smoke                            # every stage in seconds on generated data
     spark-bench value --preset cpu --data my_dataset     # train/<class>/*, test|val/<class>/* (or IDX files)
 
 See docs/value.md for the protocol and the measured tables.

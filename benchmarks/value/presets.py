@@ -51,7 +51,7 @@ PRESETS: Dict[str, Preset] = {
                   pretrain_batch=512, pretrain_lr=2e-3, pretrain_warmup_epochs=1.0, pretrain_workers=12, amp="bf16",
                   fractions=(0.01, 0.1, 1.0), finetune_epochs={0.01: 100, 0.1: 20, 1.0: 8}, finetune_batch=256,
                   finetune_lrs=(1e-3, 3e-3)),
-    # every stage in about two minutes on generated data (the tests)
+    # every stage in seconds on generated data (the tests)
     "smoke": Preset(name="smoke", model="sparkmim.models:small_resnet_w8", decoder_width=32, pretrain_epochs=1,
                     pretrain_batch=32, pretrain_warmup_epochs=0.5, pretrain_workers=0, val_fraction=0.2,
                     fractions=(0.1, 0.5), finetune_epochs={0.1: 2, 0.5: 1}, finetune_batch=32, finetune_min_steps=4,
