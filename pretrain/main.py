@@ -264,16 +264,17 @@ def seed_streams(rng_states: Optional[List[Dict[str, Any]]], seed: int, dist_inf
     A checkpoint written without a GPU has no GPU generator state; the masks are drawn on the GPU, so that
     generator is seeded per rank and step (left alone it would start from torch's fixed default seed on
     every rank, and every rank would draw the same masks)."""
+    resume_seed = seed + 1000 * dist_info.rank + start_step  # for streams the checkpoint cannot restore
     if rng_states is None:
         seed_everything(seed + dist_info.rank)
     elif not ckpt.restore_rng_state(rng_states, dist_info.rank):
         logger.warning("the checkpoint was written by %d process(es), this run has %d: RNG streams are "
                        "re-seeded, so masks differ from an uninterrupted run", len(rng_states), dist_info.world_size)
-        seed_everything(seed + 1000 * dist_info.rank + start_step)
+        seed_everything(resume_seed)
     elif dist_info.device.type == "cuda" and "cuda" not in rng_states[dist_info.rank]:
         logger.warning("the checkpoint was written without a GPU: the GPU's random stream (the masks) is "
                        "seeded from --seed, the rank and the step, so masks differ from an uninterrupted run")
-        torch.cuda.manual_seed(seed + 1000 * dist_info.rank + start_step)
+        torch.cuda.manual_seed(resume_seed)
 
 
 def report_outputs(result: Any, run_dir: Path, saver: ckpt.RunSaver, metrics_path: Path,

@@ -62,8 +62,10 @@ def on_host(obj: Any) -> Any:
         return obj.detach().cpu()
     if isinstance(obj, dict):  # OrderedDict (state dicts) included
         return type(obj)((key, on_host(value)) for key, value in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return [on_host(value) for value in obj] if isinstance(obj, list) else tuple(on_host(v) for v in obj)
+    if isinstance(obj, list):
+        return [on_host(value) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(on_host(value) for value in obj)
     return obj
 
 
