@@ -10,7 +10,6 @@ Example: ``spark-mmdet-train convnext-b --pretrained convnextB_1kpretrained.pth 
 """
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -56,9 +55,6 @@ def configure(args: argparse.Namespace):
     apply_amp(cfg, use_amp(args.amp, torch.cuda.is_available()))
     if args.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
-    mismatch = off_recipe_batch(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    if mismatch:
-        logger.warning("%s", mismatch)
     checkpoint = None
     if args.pretrained is not None:
         checkpoint = prepare_pretrained(args.pretrained, Path(cfg.work_dir), allow_unsafe=args.allow_unsafe)
@@ -77,6 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .hooks import CocoResultsHook
 
     runner = build_runner(cfg)
+    # the process count is known only now: a slurm launch sets up its processes inside the runner
+    mismatch = off_recipe_batch(cfg, runner.world_size)
+    if mismatch and runner.rank == 0:
+        logger.warning("%s", mismatch)
     weights = str(args.pretrained) if args.pretrained else "from scratch"
     runner.register_hook(CocoResultsHook(results_path(args, cfg), {"config": str(args.config), "weights": weights}))
     runner.train()

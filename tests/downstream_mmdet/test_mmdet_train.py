@@ -53,6 +53,8 @@ def test_train_then_test_gives_finite_box_and_mask_ap(setup):
     done = run("train", [str(setup["config"]), "--pretrained", str(setup["encoder"]), "--work-dir", str(work),
                          *setup["data"]], cwd=setup["root"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # one process x 2 images is not the recipe's 16 at its lr: said once, with the runner's process count
+    assert (done.stdout + done.stderr).count("1 process(es) x 2 images = 2 images per iteration") == 1
     assert (work / "pretrained_backbone.pth").is_file()  # converted into the work dir
     assert (work / "epoch_1.pth").is_file()
     table = assert_finite_ap(work / "coco_results.json")

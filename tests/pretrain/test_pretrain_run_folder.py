@@ -1,4 +1,5 @@
 """spark-pretrain keeps one writer per run folder (real processes on one folder)."""
+import signal
 import time
 
 from sparkmim.utils.checkpoint import load_file
@@ -10,11 +11,17 @@ def test_second_job_refused_restart_refused_leftovers_cleared_overwrite_starts_c
     data = make_images(tmp_path / "data", 8)  # 8 files, batch 8: one step per epoch
     out = tmp_path / "run"
     args = [str(data), *TINY_ARGS, "--output-dir", str(out)]
-    first = start_cli([*args, "--epochs", "40"], tmp_path / "first.log")  # long enough to meet the second
+    first = start_cli([*args, "--epochs", "40"], tmp_path / "first.log")
     deadline = time.time() + 120
     while not (out / LOCK_NAME).exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    second = run_cli([*args, "--epochs", "1", "--resume", "auto"])
+        time.sleep(0.02)
+    # hold the first job still while the second starts: a live holder whatever the machine's speed
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first job ended before the second could meet it"
+        second = run_cli([*args, "--epochs", "1", "--resume", "auto"])
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
     assert second.returncode == 2 and f"is in use by spark-pretrain (pid {first.pid} on" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
