@@ -219,14 +219,23 @@ class DeviceDecoder:
         # on the training stream it could reuse memory that queued kernels (the previous micro-batch's
         # backward, the optimizer step) still read. Memory allocated on this stream is never memory the
         # training stream freed; the training stream then waits for this one before using the images.
+        # The same holds within this stream: the previous call's crops and resizes may still be queued
+        # when its temporaries return to this stream's pool, so each call first waits (on the host, like
+        # the decoder itself) for the event the previous one recorded.
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.previous_done: Optional[torch.cuda.Event] = None
+        if self.stream is not None:  # mean and std were computed on the stream current at construction
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def __call__(self, batch: EncodedBatch) -> Tuple[torch.Tensor, List[int]]:
         if self.stream is None:
             return self._prepare(batch)
         current = torch.cuda.current_stream(self.device)
+        if self.previous_done is not None:
+            self.previous_done.synchronize()  # an event wait: not a sync that set_sync_debug_mode reports
         with torch.cuda.stream(self.stream):
             images, failed = self._prepare(batch)
+        self.previous_done = self.stream.record_event()
         current.wait_stream(self.stream)
         images.record_stream(current)  # freed later on the training stream's terms, not this stream's
         return images, failed

@@ -93,7 +93,9 @@ class Loop:
         """Forward/backward over the accumulation micro-batches, then one LAMB step.
 
         Nothing here makes the host wait for the device: the loss and gradient norm stay on the
-        device until :meth:`read_pending` copies a whole interval of them at once."""
+        device until :meth:`read_pending` copies a whole interval of them at once. The exception is
+        ``--amp fp16``: torch's GradScaler reads its overflow flag on the host in every step (bf16
+        needs no scaler)."""
         lr, wd = self.schedule.apply(self.optimizer, step)
         loss_sum = torch.zeros((), device=self.dist_info.device)
         for micro in range(self.accumulation):

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .families import Family, survey_family, timm_modules
 from .trial import CRASHES, TIMEOUT, WORKS, TrialResult
 
@@ -47,7 +47,7 @@ def trial_in_subprocess(model: str, timeout_s: float, threads: int) -> TrialResu
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "sparkmim.benchmarks.coverage.trial", model]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+        done = run_child(command, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return TrialResult(model, TIMEOUT, f"no result within {timeout_s:.0f} s", timeout_s)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

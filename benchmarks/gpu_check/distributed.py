@@ -6,11 +6,10 @@
    to a second, ending on the right step with its checkpoint."""
 import json
 import math
-import subprocess
 import sys
 
 from .options import CheckOptions
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .results import PartResult
 
 DDP_MARK = "GPU_CHECK_DDP "
@@ -23,7 +22,7 @@ def _torchrun(*args: str) -> list:
 def ddp_resume(options: CheckOptions, result: PartResult) -> None:
     command = _torchrun("-m", "sparkmim.benchmarks.gpu_check.ddp_worker", options.device, str(options.out_dir),
                         "quick" if options.quick else "full")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left())
+    done = run_child(command, timeout=options.seconds_left())
     line = next((l for l in done.stdout.splitlines() if l.startswith(DDP_MARK)), None)
     if done.returncode != 0 or line is None:
         result.add("DDP step, checkpoint and resume under torchrun", False,
@@ -53,8 +52,8 @@ def pretrain_under_torchrun(options: CheckOptions, result: PartResult) -> None:
     common = [*model, "--device", options.device, "--workers", "2", "--no-progress", "--num-vis", "2",
               "--output-dir", str(run_dir), "--warmup-epochs", "0.5"]
     for epochs, extra in ((1, []), (2, ["--resume", "auto"])):
-        done = subprocess.run(_torchrun("-m", "sparkmim.pretrain", str(data), *common, "--epochs", str(epochs), *extra),
-                              capture_output=True, text=True, timeout=options.seconds_left())
+        done = run_child(_torchrun("-m", "sparkmim.pretrain", str(data), *common, "--epochs", str(epochs), *extra),
+                         timeout=options.seconds_left())
         if done.returncode != 0:
             result.add(f"spark-pretrain under torchrun, epoch {epochs}", False,
                        f"exit {done.returncode}: {last_line(done.stderr)}")

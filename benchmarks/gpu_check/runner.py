@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 from .options import CheckOptions
 from .part import MARK, PARTS, journal_path
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .results import PartResult, environment, write_reports
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _run_in_process(name: str, options: CheckOptions, limit: Optional[float]) ->
     journal.unlink(missing_ok=True)  # a journal left by an earlier run is not this run's
     tick = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+        done = run_child(command, timeout=limit)
     except subprocess.TimeoutExpired as expired:
         return _cut_short(name, journal, "timed out", time.monotonic() - tick,
                           f"stopped after its limit of {limit:.0f} s", expired.stderr)

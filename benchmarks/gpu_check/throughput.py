@@ -13,7 +13,7 @@ import time
 from typing import List, Tuple
 
 from .options import CheckOptions
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .results import PartResult
 
 FULL = [("resnet50", 128), ("convnext_base", 64)]
@@ -85,7 +85,7 @@ def _compiled(options: CheckOptions, result: PartResult) -> None:
                "--warmup", "3", "--rounds", "10", "--json", str(out)]
     tick = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left())
+        done = run_child(command, timeout=options.seconds_left())
     except subprocess.TimeoutExpired:
         result.add("torch.compile, ResNet-50 bf16", None,
                    f"not finished in the {time.monotonic() - tick:.0f} s left of the part (compilation included)")

@@ -1,11 +1,10 @@
 """Part 6: the proof-of-value benchmark's ``gpu`` preset (``spark-bench value``), last and only with
 the time left; ``--quick`` runs its smoke preset on generated data instead."""
 import json
-import subprocess
 import sys
 
 from .options import CheckOptions
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .results import PartResult
 
 
@@ -25,7 +24,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
                 result.status, result.message = "skipped", f"no data for the value benchmark: {error}"
                 return
         command += ["--preset", "gpu"] + (["--data", options.value_data] if options.value_data else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=options.seconds_left(margin=10))
+    done = run_child(command, timeout=options.seconds_left(margin=10))
     if done.returncode != 0:
         result.add("spark-bench value " + ("--smoke" if options.quick else "--preset gpu"), False,
                    f"exit {done.returncode}: {last_line(done.stderr)}")

@@ -8,12 +8,11 @@ memory is that variant's alone and no allocator cache carries over.
 import json
 import logging
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict
 from typing import Any, Dict, List, Sequence
 
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 from .step import VARIANTS, StepConfig, describe_config, measure, summarised_variants
 
 logger = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ def run_isolated(variant: str, config: StepConfig) -> Dict[str, Any]:
     """Measure one variant in a fresh Python process (``spark-bench worker``)."""
     command = [sys.executable, "-m", "sparkmim.benchmarks.cli", "worker", "--variant", variant,
                "--config-json", json.dumps(asdict(config))]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = run_child(command)
     for line in done.stdout.splitlines():
         if line.startswith(WORKER_MARK):
             return json.loads(line[len(WORKER_MARK):])

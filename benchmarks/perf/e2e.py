@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 
-from ..process_output import last_line
+from ..process_output import last_line, run_child
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, An
     if config.threads:
         env["OMP_NUM_THREADS"] = str(config.threads)
     tick = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = run_child(command, env=env)
     wall = time.perf_counter() - tick
     if done.returncode != 0:
         raise RuntimeError(f"spark-pretrain failed (exit {done.returncode}): {last_line(done.stderr)}")
