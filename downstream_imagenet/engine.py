@@ -88,14 +88,18 @@ class _LossReader:
         self.window.append((step, detached))
 
     def read(self, epoch: int) -> float:
-        """The window's losses on the host (one synchronisation); the last one is returned."""
+        """The window's losses on the host (one synchronisation); the last one is returned.
+
+        Every process reads at the same steps, and all of them stop when any one saw a non-finite loss:
+        a process stopping alone would leave the others waiting in their next gradient reduction."""
         if not self.window:
             return float("nan")
         values = torch.stack([loss for _, loss in self.window]).tolist()
-        for (step, _), value in zip(self.window, values):
-            if not math.isfinite(value):
-                raise DivergenceError(f"loss is {value} at epoch {epoch} step {step}; lower --base-lr, "
-                                      f"enable --clip-grad, or use --amp bf16 instead of fp16")
+        bad = next(((step, value) for (step, _), value in zip(self.window, values) if not math.isfinite(value)), None)
+        if _sum_across([float(bad is not None)], self.total.device)[0] > 0:
+            where = f"loss is {bad[1]} at epoch {epoch} step {bad[0]}" if bad is not None else \
+                f"another process's loss is not finite at epoch {epoch} (by step {self.window[-1][0]})"
+            raise DivergenceError(f"{where}; lower --base-lr, enable --clip-grad, or use --amp bf16 instead of fp16")
         self.window = []
         return values[-1]
 

@@ -21,6 +21,8 @@ import torch.distributed as dist
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, on_host, save_atomic
 from sparkmim.utils.errors import UserError
 
+from .optim import without_frozen_parameters
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "sparkmim-pretrain"
@@ -182,7 +184,7 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
     payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
     try:
         spark.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        optimizer.load_state_dict(without_frozen_parameters(payload["optimizer"], spark))
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path} does not fit this model or optimizer ({str(error).splitlines()[0][:300]}); "
                               "resume with the options of the original run") from error

@@ -21,24 +21,47 @@ def takes_decay(name: str, param: torch.Tensor) -> bool:
     return not (param.ndim <= 1 or name.endswith(".bias") or any(key in name for key in NO_DECAY_KEYS))
 
 
+def _grouped(model: nn.Module, include_frozen: bool) -> Dict[str, List]:
+    """(name, parameter) pairs of the decayed and the exempt group, in the optimizer's order."""
+    groups: Dict[str, List] = {"decay": [], "no_decay": []}
+    for name, param in model.named_parameters():
+        if param.requires_grad or include_frozen:
+            groups["decay" if takes_decay(name, param) else "no_decay"].append((name, param))
+    return groups
+
+
 def param_groups(model: nn.Module) -> List[Dict]:
     """Two groups: decayed weights (``weight_decay_scale`` 1) and exempt ones (0). The schedule
     writes the actual decay into each group every step via ``apply_lr_wd``."""
-    decay, no_decay, names = [], [], {"decay": [], "no_decay": []}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if takes_decay(name, param):
-            decay.append(param)
-            names["decay"].append(name)
-        else:
-            no_decay.append(param)
-            names["no_decay"].append(name)
-    logger.debug("parameters without weight decay: %s", ", ".join(names["no_decay"]))
-    logger.info("optimizer groups: %d tensors with weight decay, %d without", len(decay), len(no_decay))
-    groups = [{"params": decay, "weight_decay_scale": 1.0, "lr_scale": 1.0, "group_name": "decay"},
-              {"params": no_decay, "weight_decay_scale": 0.0, "lr_scale": 1.0, "group_name": "no_decay"}]
+    grouped = _grouped(model, include_frozen=False)
+    logger.debug("parameters without weight decay: %s", ", ".join(name for name, _ in grouped["no_decay"]))
+    logger.info("optimizer groups: %d tensors with weight decay, %d without",
+                len(grouped["decay"]), len(grouped["no_decay"]))
+    groups = [{"params": [param for _, param in grouped["decay"]], "weight_decay_scale": 1.0, "lr_scale": 1.0,
+               "group_name": "decay"},
+              {"params": [param for _, param in grouped["no_decay"]], "weight_decay_scale": 0.0, "lr_scale": 1.0,
+               "group_name": "no_decay"}]
     return [group for group in groups if group["params"]]
+
+
+def without_frozen_parameters(saved: Dict, model: nn.Module) -> Dict:
+    """An optimizer state written before the encoder froze the parameters no feature map uses (ConvNeXt's
+    head norm...) lists them in its groups, without any state since they never had a gradient; this is
+    that state for the optimizer :func:`param_groups` builds now. Any other state is returned as it is."""
+    earlier = [group for group in _grouped(model, include_frozen=True).values() if group]
+    if [len(group["params"]) for group in saved["param_groups"]] != [len(group) for group in earlier] or \
+            all(param.requires_grad for group in earlier for _, param in group):
+        return saved
+    groups = []
+    for saved_group, group in zip(saved["param_groups"], earlier):
+        kept = [index for index, (_, param) in zip(saved_group["params"], group) if param.requires_grad]
+        if kept:
+            groups.append({**saved_group, "params": kept})
+    kept_ids = {index for group in groups for index in group["params"]}
+    logger.info("the checkpoint's optimizer lists %d parameter tensor(s) that are frozen now; left out",
+                sum(len(group["params"]) for group in saved["param_groups"]) - len(kept_ids))
+    return {"state": {index: value for index, value in saved["state"].items() if index in kept_ids},
+            "param_groups": groups}
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: Sequence[float], clip_grad: float) -> torch.optim.Optimizer:

@@ -163,6 +163,30 @@ def _modules_called(model: nn.Module, in_chans: int, size: int) -> Set[int]:
     return called
 
 
+def _parameters_without_gradient(model: nn.Module, in_chans: int, size: int,
+                                 candidates: List[nn.Parameter]) -> List[nn.Parameter]:
+    """Those of ``candidates`` that no feature map depends on, found by one forward on a zero image in
+    eval mode (running statistics untouched) and one autograd pass. The candidates are the parameters
+    of modules the feature forward never calls; a parent module that reads a child's parameter without
+    calling the child keeps that parameter out of the answer."""
+    if not candidates:
+        return []
+    was_training = model.training
+    device = candidates[0].device
+    try:
+        model.eval()
+        with torch.enable_grad():
+            features = model.forward_intermediates(torch.zeros(1, in_chans, size, size, device=device),
+                                                   indices=NUM_LEVELS, intermediates_only=True)
+            total = sum(feature.float().sum() for feature in features)
+            if not total.requires_grad:  # every parameter the features use is frozen already
+                return list(candidates)
+            gradients = torch.autograd.grad(total, candidates, allow_unused=True)
+    finally:
+        model.train(was_training)
+    return [param for param, gradient in zip(candidates, gradients) if gradient is None]
+
+
 def verify_with_fallbacks(model: nn.Module, context: MaskContext, in_chans: int, ratio: int,
                           max_fallbacks: int = 16) -> None:
     """The build-time probe; a layer it finds pooling over all positions is given the channel-attention
@@ -210,10 +234,21 @@ class SparseEncoder(nn.Module):
         self.in_chans, called = _dry_run(model, 4 * self.downsample_ratio)
         # parameters of modules the feature forward never runs (e.g. a classifier head's norm): a
         # checkpoint may lack them without consequence
+        uncalled = [module for module in model.modules() if id(module) not in called]
         self.unused_state_keys: List[str] = [
             f"{module_name}.{key}" if module_name else key
             for module_name, module in model.named_modules() if id(module) not in called
             for key, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
+        # ...and those parameters are frozen: they never get a gradient, which DistributedDataParallel
+        # refuses (by default it waits for a gradient of every trainable parameter), and were never
+        # trained anyway. ConvNeXt's head norm and EfficientNet's conv_head are such parameters.
+        candidates = [param for module in uncalled for param in module.parameters(recurse=False) if param.requires_grad]
+        frozen = _parameters_without_gradient(model, self.in_chans, 4 * self.downsample_ratio, candidates)
+        for param in frozen:
+            param.requires_grad_(False)
+        if frozen:
+            names = [name for name, param in model.named_parameters() if any(param is f for f in frozen)]
+            logger.info("%d parameter tensor(s) no feature map uses are frozen: %s", len(names), ", ".join(names))
         sparsify_(model, self.context, sync_bn=sync_bn, called=called)
         if verify:
             verify_with_fallbacks(model, self.context, self.in_chans, self.downsample_ratio)

@@ -63,7 +63,10 @@ def world_size() -> int:
 
 def barrier() -> None:
     if is_dist():
-        dist.barrier()
+        # NCCL: name the process's own GPU; older torch guessed rank % GPU count, another GPU than
+        # cuda_index() chose when a node runs fewer processes than it has GPUs
+        nccl = dist.get_backend() == "nccl"
+        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
 
 
 def cuda_index(local_rank: int, visible: int) -> int:

@@ -38,7 +38,14 @@ def amp_dtype(value: str) -> Optional[torch.dtype]:
 
 def grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScaler"]:
     """A gradient scaler for fp16 autocast (None otherwise: bf16 and fp32 need none)."""
-    return torch.amp.GradScaler(device.type) if canonical_amp(amp) == "fp16" else None
+    if canonical_amp(amp) != "fp16":
+        return None
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3: one class for every device type
+        return torch.amp.GradScaler(device.type)
+    if device.type == "cuda":  # torch 2.1 and 2.2, which the package still supports
+        return torch.cuda.amp.GradScaler()
+    raise ConfigError(f"--amp fp16 on {device.type} needs torch >= 2.3 (this is torch {torch.__version__}); "
+                      "use --amp bf16 or off")
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> torch.nn.Module:

@@ -115,6 +115,24 @@ def test_all_visible_equals_dense_timm_model(family, train):
     spark.encoder.model.load_state_dict(spark_state)
 
 
+def test_every_trainable_parameter_gets_a_gradient(family):
+    # DistributedDataParallel waits for a gradient of every trainable parameter in every step: a parameter
+    # no feature map uses (a classifier head's norm, EfficientNet's conv_head) is frozen at build
+    name, spark = family
+    state = copy.deepcopy(spark.state_dict())
+    spark.train()
+    spark(torch.randn(BATCH, 3, SIZE, SIZE)).loss.backward()
+    without = [key for key, param in spark.named_parameters() if param.requires_grad and param.grad is None]
+    frozen = [key for key, param in spark.encoder.model.named_parameters() if not param.requires_grad]
+    spark.zero_grad(set_to_none=True)
+    spark.load_state_dict(state)
+    assert without == [], f"{name}: trainable but without a gradient: {without}"
+    assert set(frozen) <= set(spark.encoder.unused_state_keys)
+    expected = {"convnext_atto": ["head.norm.weight", "head.norm.bias"], "resnet18": [],
+                "efficientnet_b0": ["conv_head.weight", "bn2.weight", "bn2.bias"]}
+    assert frozen == expected.get(name, frozen)
+
+
 def test_encoder_state_dict_loads_into_timm(family):
     name, spark = family
     target = timm.create_model(name, pretrained=False)

@@ -13,12 +13,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 CHECKSUM = re.compile(r"rank (\d) state after step (\d+): parameter checksum (\S+), synchronised-norm buffer checksum (\S+)")
 
 
-def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path):
+# test_convnext keeps a classifier-head norm that the feature forward never uses (as every ConvNeXt does):
+# DistributedDataParallel stopped at the second step while that norm was trainable
+@pytest.mark.parametrize("model", ["test_resnet", "test_convnext"])
+def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path, model):
     data = make_images(tmp_path / "data", 16)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "sparkmim.pretrain", str(data), *TINY_ARGS, "--epochs", "1", "--device", "cpu",
-               "--output-dir", str(out)]
+               "-m", "sparkmim.pretrain", str(data), *TINY_ARGS, "--model", model, "--epochs", "1",
+               "--device", "cpu", "--output-dir", str(out)]
     result = subprocess.run(command, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -90,3 +90,32 @@ def test_lamb_clips_the_global_gradient_norm():
     exp_avg = optimizer.state[model.weight]["exp_avg"]
     clipped = torch.full_like(model.weight, 100.0) * 5.0 / 400.0
     assert torch.allclose(exp_avg, 0.1 * clipped)
+
+
+def test_an_optimizer_state_that_lists_the_now_frozen_parameters_still_resumes():
+    # before the encoder froze the parameters no feature map uses (ConvNeXt's head norm), the optimizer held
+    # them too: such a checkpoint's optimizer state is resumed without them
+    from sparkmim import build_spark
+    from sparkmim.pretrain.optim import without_frozen_parameters
+
+    torch.manual_seed(0)
+    spark = build_spark("test_convnext", input_size=64, decoder_width=32)
+    frozen = [p for p in spark.parameters() if not p.requires_grad]
+    assert len(frozen) == 2  # head.norm.weight and .bias
+    for param in frozen:
+        param.requires_grad_(True)
+    earlier = build_optimizer(spark, lr=1e-3, betas=(0.9, 0.95), clip_grad=5.0)
+    spark(torch.randn(2, 3, 64, 64)).loss.backward()
+    earlier.step()
+    saved = earlier.state_dict()
+    for param in frozen:
+        param.requires_grad_(False)
+
+    now = build_optimizer(spark, lr=1e-3, betas=(0.9, 0.95), clip_grad=5.0)
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        now.load_state_dict(saved)
+    now.load_state_dict(without_frozen_parameters(saved, spark))
+    for param in (p for p in spark.parameters() if p.requires_grad):
+        torch.testing.assert_close(now.state[param]["exp_avg"], earlier.state[param]["exp_avg"])
+    current = now.state_dict()
+    assert without_frozen_parameters(current, spark) is current  # a current state is left as it is
