@@ -234,15 +234,14 @@ class SparseEncoder(nn.Module):
         self.in_chans, called = _dry_run(model, 4 * self.downsample_ratio)
         # parameters of modules the feature forward never runs (e.g. a classifier head's norm): a
         # checkpoint may lack them without consequence
-        uncalled = [module for module in model.modules() if id(module) not in called]
+        uncalled = [(name, module) for name, module in model.named_modules() if id(module) not in called]
         self.unused_state_keys: List[str] = [
-            f"{module_name}.{key}" if module_name else key
-            for module_name, module in model.named_modules() if id(module) not in called
+            f"{module_name}.{key}" if module_name else key for module_name, module in uncalled
             for key, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
         # ...and those parameters are frozen: they never get a gradient, which DistributedDataParallel
         # refuses (by default it waits for a gradient of every trainable parameter), and were never
         # trained anyway. ConvNeXt's head norm and EfficientNet's conv_head are such parameters.
-        candidates = [param for module in uncalled for param in module.parameters(recurse=False) if param.requires_grad]
+        candidates = [param for _, module in uncalled for param in module.parameters(recurse=False) if param.requires_grad]
         frozen = _parameters_without_gradient(model, self.in_chans, 4 * self.downsample_ratio, candidates)
         for param in frozen:
             param.requires_grad_(False)
