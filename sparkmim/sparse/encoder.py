@@ -164,15 +164,15 @@ def _modules_called(model: nn.Module, in_chans: int, size: int) -> Set[int]:
 
 
 def _parameters_without_gradient(model: nn.Module, in_chans: int, size: int,
-                                 candidates: List[nn.Parameter]) -> List[nn.Parameter]:
-    """Those of ``candidates`` that no feature map depends on, found by one forward on a zero image in
-    eval mode (running statistics untouched) and one autograd pass. The candidates are the parameters
-    of modules the feature forward never calls; a parent module that reads a child's parameter without
-    calling the child keeps that parameter out of the answer."""
+                                 candidates: Dict[str, nn.Parameter]) -> List[str]:
+    """The names of those ``candidates`` that no feature map depends on, found by one forward on a zero
+    image in eval mode (running statistics untouched) and one autograd pass. The candidates are the
+    parameters of modules the feature forward never calls; a parent module that reads a child's parameter
+    without calling the child keeps that parameter out of the answer."""
     if not candidates:
         return []
     was_training = model.training
-    device = candidates[0].device
+    device = next(iter(candidates.values())).device
     try:
         model.eval()
         with torch.enable_grad():
@@ -181,10 +181,10 @@ def _parameters_without_gradient(model: nn.Module, in_chans: int, size: int,
             total = sum(feature.float().sum() for feature in features)
             if not total.requires_grad:  # every parameter the features use is frozen already
                 return list(candidates)
-            gradients = torch.autograd.grad(total, candidates, allow_unused=True)
+            gradients = torch.autograd.grad(total, list(candidates.values()), allow_unused=True)
     finally:
         model.train(was_training)
-    return [param for param, gradient in zip(candidates, gradients) if gradient is None]
+    return [name for name, gradient in zip(candidates, gradients) if gradient is None]
 
 
 def verify_with_fallbacks(model: nn.Module, context: MaskContext, in_chans: int, ratio: int,
@@ -234,20 +234,21 @@ class SparseEncoder(nn.Module):
         self.in_chans, called = _dry_run(model, 4 * self.downsample_ratio)
         # parameters of modules the feature forward never runs (e.g. a classifier head's norm): a
         # checkpoint may lack them without consequence
-        uncalled = [(name, module) for name, module in model.named_modules() if id(module) not in called]
-        self.unused_state_keys: List[str] = [
-            f"{module_name}.{key}" if module_name else key for module_name, module in uncalled
-            for key, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
+        uncalled_state = [
+            (f"{module_name}.{key}" if module_name else key, value)
+            for module_name, module in model.named_modules() if id(module) not in called
+            for key, value in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))]
+        self.unused_state_keys: List[str] = [key for key, _ in uncalled_state]
         # ...and those parameters are frozen: they never get a gradient, which DistributedDataParallel
         # refuses (by default it waits for a gradient of every trainable parameter), and were never
         # trained anyway. ConvNeXt's head norm and EfficientNet's conv_head are such parameters.
-        candidates = [param for _, module in uncalled for param in module.parameters(recurse=False) if param.requires_grad]
+        candidates = {key: value for key, value in uncalled_state
+                      if isinstance(value, nn.Parameter) and value.requires_grad}
         frozen = _parameters_without_gradient(model, self.in_chans, 4 * self.downsample_ratio, candidates)
-        for param in frozen:
-            param.requires_grad_(False)
+        for name in frozen:
+            candidates[name].requires_grad_(False)
         if frozen:
-            names = [name for name, param in model.named_parameters() if any(param is f for f in frozen)]
-            logger.info("%d parameter tensor(s) no feature map uses are frozen: %s", len(names), ", ".join(names))
+            logger.info("%d parameter tensor(s) no feature map uses are frozen: %s", len(frozen), ", ".join(frozen))
         sparsify_(model, self.context, sync_bn=sync_bn, called=called)
         if verify:
             verify_with_fallbacks(model, self.context, self.in_chans, self.downsample_ratio)
