@@ -4,6 +4,7 @@
 All are written atomically and hold only CPU tensors and plain Python values, so they load with safe
 (weights_only) unpickling on any machine, with or without the GPU they were written on.
 """
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -75,3 +76,32 @@ def load_record(path: Path, kind: Optional[str] = None) -> Dict[str, Any]:
         raise CheckpointError(f"{path} holds {record.get('kind')}, expected {kind} "
                               f"(resume from {LAST})")
     return record
+
+
+
+def network_options(model: str, config: Mapping[str, Any]) -> Dict[str, str]:
+    """The options that decide which tensors the network has, as the flags that set them (defaults filled in:
+    a checkpoint from before an option existed used its default)."""
+    kwargs = dict(config.get("model_kwargs") or {})
+    return {"model": f"--model {model}", "in_chans": f"--in-chans {int(config.get('in_chans') or 3)}",
+            "model_kwargs": f"--model-kwargs '{json.dumps(kwargs, sort_keys=True)}'" if kwargs else "no --model-kwargs",
+            "linear_probe": "--linear-probe" if config.get("linear_probe") else "no --linear-probe"}
+
+
+def load_network_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], record: Mapping[str, Any],
+                       config: Mapping[str, Any], path: Path) -> None:
+    """Load a checkpoint's network weights into the network this run's options built. When they do not fit
+    (another --in-chans, --model-kwargs or --linear-probe than the checkpoint was trained with), the error
+    names the options that differ instead of torch's list of mis-shaped tensors."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        trained = network_options(record["arch"], {**(record.get("config") or {}),
+                                                   "linear_probe": record.get("linear_probe")})
+        current = network_options(config["model"], config)
+        differ = [key for key in trained if trained[key] != current[key]]
+        if not differ:
+            raise CheckpointError(f"{path} does not fit the network this run builds "
+                                  f"({str(error).splitlines()[0]}...)") from error
+        raise CheckpointError(f"{path} was trained with {', '.join(trained[k] for k in differ)}, this run has "
+                              f"{', '.join(current[k] for k in differ)}; give the options it was trained with") from error

@@ -23,6 +23,7 @@ from .layer_decay import GROUPINGS
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "default"    # recipes/default.yaml: for models without a recipe of their own
 LINEAR_PROBE_RECIPE = "linear_probe"
+DATA_OPTIONS = ("data", "train_dir", "val_dir")  # where the images are: given together, replaced together
 
 
 @dataclass(frozen=True)
@@ -291,8 +292,11 @@ def fill_channels_from_pretraining(config: Dict[str, Any], user: UserLayers) -> 
 
 def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
     """Evaluation configuration: the checkpoint's own configuration (so the evaluation transform
-    matches the one used during training) <- --recipe <- CLI."""
+    matches the one used during training) <- --recipe <- CLI. Data given by the user replaces all of the
+    training's data options: a saved --val-dir would otherwise win over a new --data."""
     known = {key: value for key, value in trained.items() if key in DEFAULTS}
+    if any(user.get(key) for key in DATA_OPTIONS):
+        known = {key: value for key, value in known.items() if key not in DATA_OPTIONS}
     config = merge(DEFAULTS, known, user.recipe, user.cli)
     config["recipe"] = user.recipe_file
     config["eval_only"] = True

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -116,26 +116,32 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def dataset_dirs(config: FinetuneConfig) -> Tuple[Optional[Path], Path]:
-    """(train folder, val folder) from --data or --train-dir/--val-dir."""
+def dataset_dirs(config: FinetuneConfig, training: bool = True) -> Tuple[Optional[Path], Path]:
+    """(train folder, val folder) from --data or --train-dir/--val-dir; an evaluation needs only val/."""
     if config.train_dir or config.val_dir:
         train = Path(config.train_dir) if config.train_dir else None
         return train, Path(config.val_dir)
     root = Path(config.data)
-    for name in ("train", "val"):
+    for name in ("train", "val") if training else ("val",):
         if not (root / name).is_dir():
-            raise DataError(f"{root} must contain train/ and val/ class folders (missing {name}/); "
-                            f"or give --train-dir and --val-dir")
-    return root / "train", root / "val"
+            needed = "train/ and val/ class folders" if training else "a val/ class folder"
+            raise DataError(f"{root} must contain {needed} (missing {name}/); or give "
+                            f"{'--train-dir and --val-dir' if training else '--val-dir'}")
+    return (root / "train" if (root / "train").is_dir() else None), root / "val"
+
+
+def class_difference(first: Sequence[str], second: Sequence[str]) -> Tuple[str, str]:
+    """The classes only in ``first`` and only in ``second``, each as a short list for an error message."""
+    def listed(names: Set[str]) -> str:
+        names = sorted(names)
+        return f"{names[:10]}{' ...' if len(names) > 10 else ''}"
+    return listed(set(first) - set(second)), listed(set(second) - set(first))
 
 
 def check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> None:
     if train.classes != val.classes:
-        only_train = sorted(set(train.classes) - set(val.classes))
-        only_val = sorted(set(val.classes) - set(train.classes))
-        raise DataError(f"train and val class folders differ: only in train {only_train[:10]}"
-                        f"{' ...' if len(only_train) > 10 else ''}, only in val {only_val[:10]}"
-                        f"{' ...' if len(only_val) > 10 else ''}")
+        only_train, only_val = class_difference(train.classes, val.classes)
+        raise DataError(f"train and val class folders differ: only in train {only_train}, only in val {only_val}")
 
 
 def _interpolation_mode(name: str):

@@ -27,8 +27,8 @@ from sparkmim.utils.signals import stop_at_once
 from . import checkpoints
 from .config import (DEFAULT_RECIPE, FinetuneConfig, UserLayers, classifier_kwargs, parse, reads_values, resolve,
                      resolve_eval)
-from .data import (DataError, ImageFolderDataset, check_same_classes, dataset_dirs, eval_loader, eval_transform,
-                   fill_norm_stats, image_reader, train_loader, train_transform)
+from .data import (DataError, ImageFolderDataset, check_same_classes, class_difference, dataset_dirs, eval_loader,
+                   eval_transform, fill_norm_stats, image_reader, train_loader, train_transform)
 from .engine import Schedule, Trainer, evaluate, train_one_epoch
 from .layer_decay import LayerDecayError, describe_groups, param_groups
 from .models import count_parameters, create_classifier, create_linear_probe
@@ -73,7 +73,7 @@ def wrap_distributed(model: nn.Module, config: FinetuneConfig, dist_info: DistIn
 
 
 def load_datasets(config: FinetuneConfig, training: bool) -> Tuple[Optional[ImageFolderDataset], ImageFolderDataset]:
-    train_dir, val_dir = dataset_dirs(config)
+    train_dir, val_dir = dataset_dirs(config, training)
     reader = image_reader(config)
     val = ImageFolderDataset(val_dir, eval_transform(config), **reader)
     if not training:
@@ -91,13 +91,13 @@ def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: Lis
     """Load the run's checkpoint ``resume_from`` when resuming (returned), else the pre-trained weights, if any."""
     record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
     if record is not None:
-        if record["arch"] != config.model or record["linear_probe"] != config.linear_probe \
-                or record["classes"] != classes:
+        if record["arch"] != config.model or record["classes"] != classes:
+            only_trained, only_now = class_difference(record["classes"], classes)
             raise checkpoints.CheckpointError(
-                f"{resume_from} was trained as {record['arch']} (linear_probe={record['linear_probe']}, "
-                f"{len(record['classes'])} classes), not as this run's {config.model} "
-                f"(linear_probe={config.linear_probe}, {len(classes)} classes)")
-        model.load_state_dict(record["model"])
+                f"{resume_from} was trained as {record['arch']} on {len(record['classes'])} classes, not as this "
+                f"run's {config.model} on {len(classes)} (classes only in the checkpoint {only_trained}, only in "
+                f"the data {only_now})")
+        checkpoints.load_network_state(model, record["model"], record, config.as_dict(), resume_from)
         logger.info("resuming from %s (epoch %d done, step %d)", resume_from, record["epoch"], record["step"])
     elif config.weights:
         load_pretrained(weight_target(model), config.weights, allow_unsafe=config.allow_unsafe)
@@ -272,8 +272,10 @@ def train_in_folder(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> D
             track_best(best, row)
         barrier()
     t.metrics.close()
+    # the protocol and class count let spark-report tell a 1000-class fine-tuning from other runs
     summary = {"best_top1": best["top1"], "best_ema_top1": best["ema_top1"] if t.ema is not None else None,
-               "epochs_done": last_epoch, "epochs": config.epochs, "output_dir": str(out)}
+               "epochs_done": last_epoch, "epochs": config.epochs, "output_dir": str(out),
+               "linear_probe": config.linear_probe, "classes": len(run.classes)}
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -330,10 +332,12 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
             raise ConfigError(f"{path} holds the model's weights; for the EMA's use {checkpoints.BEST_EMA}")
     _, val_set = load_datasets(config, training=False)
     if val_set.classes != record["classes"]:
-        raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes "
-                          f"the checkpoint was trained on")
+        only_trained, only_val = class_difference(record["classes"], val_set.classes)
+        raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes the checkpoint "
+                          f"was trained on: only in the checkpoint {only_trained}, only in the validation folder "
+                          f"{only_val}")
     model = build_model(config, len(record["classes"]))
-    model.load_state_dict(state)
+    checkpoints.load_network_state(model, state, record, config.as_dict(), Path(path))
     model.to(dist_info.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -2,7 +2,8 @@
 
 The source file may be any format the core converter knows (our encoder-only or full pre-training
 checkpoint, the reference release files); after conversion to timm names, the only keys the
-classifier may lack are its own classifier's. Anything else missing, any key left over and any shape
+classifier may lack are its own classifier's and the classifier-side norm of a ConvNeXt head (the
+reference's encoders do not have it; it then starts from its initialisation). Anything else missing, any key left over and any shape
 mismatch is an error that names the keys: a silently half-loaded backbone would fine-tune
 "successfully" and just report a worse accuracy.
 """
@@ -14,8 +15,9 @@ from typing import Dict, List, Tuple, Union
 import torch
 from torch import nn
 
+from sparkmim.convert.encoder_weights import CLASSIFIER_SIDE_NORM_PREFIXES
 from sparkmim.convert.loading import check_keys, shapes_of, shown
-from sparkmim.utils.checkpoint import load_file
+from sparkmim.utils.checkpoint import NoStateDictError, load_file
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ def classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
 
 
 def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor]) -> LoadReport:
-    """Copy timm-named encoder weights into ``model``; only its classifier may stay unloaded.
+    """Copy timm-named encoder weights into ``model``; only its classifier (and a classifier-side norm
+    after global pooling, which pre-training never trains) may stay unloaded.
 
     BatchNorm ``num_batches_tracked`` counters may also be absent (some releases strip them; they
     only matter for BatchNorm without momentum)."""
@@ -55,13 +58,14 @@ def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor
     if dropped_classifier:
         logger.info("not loading the source classifier (%s): the new task trains its own",
                     shown(dropped_classifier, 20))
+    trained_by_task = prefixes + CLASSIFIER_SIDE_NORM_PREFIXES
     check = check_keys(shapes_of(model.state_dict()), shapes_of(source),
-                       may_be_missing=lambda key: key.startswith(prefixes) or key.endswith("num_batches_tracked"))
+                       may_be_missing=lambda key: key.startswith(trained_by_task) or key.endswith("num_batches_tracked"))
     problems = check.problems(limit=20)
     if problems:
         raise WeightLoadingError(f"the pre-trained weights do not fit {type(model).__name__}: "
                                  + "; ".join(problems) + " (is --model the architecture that was pre-trained?)")
-    classifier_missing = [k for k in check.allowed_missing if k.startswith(prefixes)]
+    classifier_missing = [k for k in check.allowed_missing if k.startswith(trained_by_task)]
     counters = [k for k in check.allowed_missing if k not in classifier_missing]
     model.load_state_dict(source, strict=False)
     return LoadReport(loaded=len(source), classifier_missing=classifier_missing, counter_buffers_missing=counters)
@@ -86,7 +90,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool
     obj = load_file(path, allow_unsafe=allow_unsafe)
     try:
         encoder_state, conversion = load_encoder_state_dict(obj)
-    except KeyAccountingError as error:
+    except (KeyAccountingError, NoStateDictError) as error:
         raise WeightLoadingError(f"{path}: {error}") from error
     check_stem_channels(model, encoder_state, path)
     report = load_into_classifier(model, encoder_state)

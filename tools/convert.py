@@ -27,6 +27,7 @@ from sparkmim.convert.detectron2 import check_d2_target, timm_resnet_to_d2, writ
 from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model_any_channels, recognise
 from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
+from sparkmim.sparse.encoder import EncoderSpecError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
@@ -130,7 +131,10 @@ def describe(path: Path, obj: Any, info: Optional[SourceInfo]) -> Dict[str, Any]
         facts["config"] = {k: v for k, v in info.spark_config.items()
                            if k in ("model", "input_size", "mask_ratio", "decoder_width", "densify_norm", "reference")}
     if info.model:
-        problems = check_against_model_any_channels(info)
+        try:
+            problems = check_against_model_any_channels(info)
+        except EncoderSpecError as error:  # e.g. a release's 'arch' that is no timm name: say so, inspect the rest
+            problems = [str(error)]
         facts["fits_model"] = not problems
         if problems:
             facts["problems"] = problems
@@ -186,8 +190,8 @@ def write_sparkmim(info: SourceInfo, target: Path, args: argparse.Namespace) -> 
     payload = {"format": WEIGHTS_FORMAT, "model": {k: v.detach().cpu() for k, v in info.spark_state.items()},
                "config": {k: config[k] for k in ("model", "input_size", "mask_ratio", "decoder_width",
                                                  "densify_norm", "mean", "std") if config.get(k) is not None}}
-    if info.in_chans != 3:
-        payload["config"]["encoder_kwargs"] = {"in_chans": info.in_chans}
+    if info.model_kwargs:  # the architecture's own arguments (--model-kwargs) and a channel count other than 3
+        payload["config"]["encoder_kwargs"] = dict(info.model_kwargs)
     save_atomic(payload, target)
     return {"written": str(target), "tensors": len(payload["model"]), "converted": len(payload["model"])}
 

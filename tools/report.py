@@ -39,8 +39,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _best_imagenet(results: List[ImageNetResult], model: str, size: int) -> Tuple[Optional[ImageNetResult], list]:
-    """The best run for a paper row, and all runs for it (shown once, in that row)."""
-    matches = [r for r in results if r.model == model and (r.input_size or 224) == size and r.best is not None]
+    """The best run for a paper row, and all runs for it (shown once, in that row): 1000-class fine-tunings only."""
+    matches = [r for r in results if r.model == model and (r.input_size or 224) == size and r.best is not None
+               and r.comparable_to_paper]
     return (max(matches, key=lambda r: r.best) if matches else None), matches
 
 
@@ -59,10 +60,11 @@ def imagenet_section(paper: Dict[str, Any], results: Results, pairs: List[Tuple[
     others = [r for r in results.imagenet if id(r) not in used]
     pairs.extend((f"{r.model} top-1", None, r.best) for r in others if r.best is not None)
     if others:
-        text += "\n\nOther ImageNet fine-tuning runs (no paper row):\n\n" + table(
-            ["model", "input", "top-1", "EMA top-1", "epochs", "run"],
-            [[str(r.model), str(r.input_size), fmt(r.top1, 2), fmt(r.ema_top1, 2),
-              f"{r.epochs_done}/{r.epochs}", r.run] for r in others])
+        text += ("\n\nOther classification runs (no paper row: another model or input size, a linear probe, or "
+                 "not 1000 classes):\n\n") + table(
+            ["model", "input", "protocol", "classes", "top-1", "EMA top-1", "epochs", "run"],
+            [[str(r.model), str(r.input_size), r.protocol, "?" if r.classes is None else str(r.classes),
+              fmt(r.top1, 2), fmt(r.ema_top1, 2), f"{r.epochs_done}/{r.epochs}", r.run] for r in others])
     return text
 
 

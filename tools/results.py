@@ -41,6 +41,17 @@ class ImageNetResult:
     ema_top1: Optional[float]
     epochs_done: Optional[int]
     epochs: Optional[int]
+    linear_probe: bool = False
+    classes: Optional[int] = None  # None: a run from before summaries recorded it
+
+    @property
+    def comparable_to_paper(self) -> bool:
+        """Whether the paper's ImageNet rows apply: a fine-tuning (not a linear probe) on ImageNet's 1000 classes."""
+        return not self.linear_probe and self.classes in (None, 1000)
+
+    @property
+    def protocol(self) -> str:
+        return "linear probe" if self.linear_probe else "fine-tuning"
 
     @property
     def best(self) -> Optional[float]:
@@ -135,7 +146,9 @@ def read_imagenet(folder: Path) -> Optional[ImageNetResult]:
     config = _read_config(folder)
     return ImageNetResult(run=str(folder), model=config.get("model"), input_size=_size(config.get("input_size")),
                           top1=_number(summary.get("best_top1")), ema_top1=_number(summary.get("best_ema_top1")),
-                          epochs_done=summary.get("epochs_done"), epochs=summary.get("epochs"))
+                          epochs_done=summary.get("epochs_done"), epochs=summary.get("epochs"),
+                          linear_probe=bool(summary.get("linear_probe", config.get("linear_probe", False))),
+                          classes=summary.get("classes") if isinstance(summary.get("classes"), int) else None)
 
 
 _D2_CONFIG = re.compile(r"R_(\d+)_FPN_(\d+x)")

@@ -98,8 +98,8 @@ def read_checkpoint(path: Path, model: Optional[str], allow_unsafe: bool
     if not info.model:
         raise VizError(f"{path} does not say which timm model it holds; pass --model NAME")
     kwargs = _build_kwargs(info)
-    if info.in_chans != 3:
-        kwargs["encoder_kwargs"] = {"in_chans": info.in_chans}
+    if info.model_kwargs:  # a channel count other than 3, or architecture arguments a converted file records
+        kwargs["encoder_kwargs"] = dict(info.model_kwargs)
     spark = build_spark(info.model, **kwargs)
     try:
         load_state_dict_checked(spark, info.spark_state, str(path),

@@ -17,6 +17,9 @@ from .report import ConversionReport
 
 # classifier parameters of timm CNNs (and of the reference's ConvNeXt 'fc'), dropped for an encoder
 CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "classifier.", "last_linear.", "head.weight", "head.bias")
+# the classifier-side norm of timm's ConvNeXt head, after global pooling: no feature map passes through it,
+# so pre-training never trains it and the reference's encoders do not have it; a classifier keeps its own
+CLASSIFIER_SIDE_NORM_PREFIXES = ("head.norm.",)
 
 
 def _split_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Tuple[Dict[str, torch.Tensor], list]:

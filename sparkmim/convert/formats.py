@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .encoder_weights import CLASSIFIER_PREFIXES, load_encoder_state_dict
+from .encoder_weights import CLASSIFIER_PREFIXES, CLASSIFIER_SIDE_NORM_PREFIXES, load_encoder_state_dict
 from .loading import check_keys, shapes_of
 from .reference import spark_state_from_reference
 from .key_rules import KeyTable, Rename, to_vector
@@ -39,9 +39,8 @@ DESCRIPTIONS = {
 
 WEIGHTS_FORMAT = SPARKMIM_WEIGHTS
 
-# keys a pre-trained encoder file may lack: the classifier and a classifier-side norm (ConvNeXt's
-# head.norm, absent from the reference's encoders: the feature forward never runs it)
-OPTIONAL_PREFIXES = tuple(CLASSIFIER_PREFIXES) + ("head.norm.",)
+# keys a pre-trained encoder file may lack: the classifier and a classifier-side norm
+OPTIONAL_PREFIXES = tuple(CLASSIFIER_PREFIXES) + CLASSIFIER_SIDE_NORM_PREFIXES
 
 # the layouts of the common ResNets ((blocks per stage), bottleneck) and ConvNeXts ((blocks), stem width)
 RESNET_BLOCKS = {
@@ -130,11 +129,12 @@ def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dic
 # --- model identification -------------------------------------------------------------------------
 
 def _model_shapes(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Tuple[int, ...]]:
-    """Key -> shape of a timm model, built on the meta device (no memory, no init cost)."""
-    import timm
+    """Key -> shape of a timm model, built on the meta device (no memory, no init cost). An unknown name or
+    keyword argument is an :class:`~sparkmim.sparse.encoder.EncoderSpecError` (a user error naming it)."""
+    from sparkmim.sparse.encoder import create_model
 
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **dict(model_kwargs or {}))
+        model = create_model(name, **dict(model_kwargs or {}))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -174,16 +174,19 @@ def guess_model(encoder: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def identify_model(encoder: Mapping[str, torch.Tensor], candidates: Sequence[str] = CANDIDATE_MODELS) -> Optional[str]:
-    """The timm model whose keys and shapes the weights fill exactly: first the name the layout
-    suggests, then each candidate in turn (models are built on the meta device, no memory used)."""
+def identify_model(encoder: Mapping[str, torch.Tensor], candidates: Sequence[str] = CANDIDATE_MODELS,
+                   model_kwargs: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """The timm model (built with ``model_kwargs``) whose keys and shapes the weights fill exactly: first the
+    name the layout suggests, then each candidate in turn (models are built on the meta device, no memory used)."""
+    from sparkmim.sparse.encoder import EncoderSpecError
+
     guess = guess_model(encoder)
     ordered = ([guess] if guess else []) + [c for c in candidates if c != guess]
     keys = set(encoder)
     for name in ordered:
         try:
-            shapes = _model_shapes(name)
-        except RuntimeError:  # a name this timm version does not know
+            shapes = _model_shapes(name, model_kwargs)
+        except (EncoderSpecError, RuntimeError):  # a name this timm version does not know
             continue
         wanted = {k for k in shapes if not k.startswith(OPTIONAL_PREFIXES) and not k.endswith("num_batches_tracked")}
         if not wanted <= keys or not keys <= set(shapes):
@@ -249,6 +252,7 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
         encoder, report = load_encoder_state_dict({"model": obj["model"]})
         info = SourceInfo(obj["format"], encoder, report, spark_state=dict(obj["model"]), spark_config=config)
         info.model, info.model_from = _spark_model_name(config), "the checkpoint's config"
+        info.model_kwargs = dict(config.get("encoder_kwargs") or {})  # spark-convert --to sparkmim's
     elif isinstance(obj, Mapping) and "arch" in obj and "classes" in obj and isinstance(obj.get("model"), Mapping):
         encoder, report = load_encoder_state_dict({"model": obj["model"]})
         info = SourceInfo(SPARKMIM_FINETUNED, encoder, report)
@@ -280,6 +284,13 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
     if model:
         info.model, info.model_from = model, "--model"
     elif info.model is None:
-        info.model = identify_model(info.encoder)
-        info.model_from = "matching the weights against timm models" if info.model else ""
+        # a file without a config may still come from another channel count: its stem tells (a grayscale or
+        # multispectral encoder copied away from its run folder)
+        channels = stem_in_chans(info.encoder)
+        kwargs = dict(info.model_kwargs)
+        if "in_chans" not in kwargs and channels not in (None, 3):
+            kwargs["in_chans"] = channels
+        info.model = identify_model(info.encoder, model_kwargs=kwargs)
+        if info.model:
+            info.model_kwargs, info.model_from = kwargs, "matching the weights against timm models"
     return info

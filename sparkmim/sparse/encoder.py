@@ -8,6 +8,7 @@ names: ``encoder.model.state_dict()`` is a plain timm state dict.
 import difflib
 import importlib
 import logging
+import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
@@ -69,7 +70,15 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     if is_factory_path(name):  # import_factory raises the same errors check_model_name would
         return import_factory(name)(**kwargs)
     check_model_name(name)
-    return timm.create_model(name, **{"pretrained": False, **kwargs})
+    try:
+        return timm.create_model(name, **{"pretrained": False, **kwargs})
+    except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        # the head options are the caller's, not the user's: create_timm_encoder retries without them
+        if unexpected is None or unexpected.group(1) in ("global_pool", "num_classes"):
+            raise
+        raise EncoderSpecError(f"{name} takes no argument '{unexpected.group(1)}' ({error}); check the model's "
+                               "keyword arguments (--model-kwargs)") from error
 
 
 def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:

@@ -2,7 +2,9 @@
 import contextlib
 import logging
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Collection, Dict, Mapping, Optional, Union
 
@@ -19,8 +21,21 @@ PathLike = Union[str, os.PathLike]
 WRAPPER_KEYS = ("model", "module", "state_dict")
 
 
+# the pickled magic number that opens a file torch.save wrote in its format before PyTorch 1.6 (newer files are
+# zip archives); after the pickle protocol's header, which depends on the protocol
+LEGACY_TORCH_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
 class UnsafeCheckpointError(UserError, RuntimeError):
     """Raised when a file can only be read with full (code-executing) unpickling."""
+
+
+class CheckpointReadError(UserError, RuntimeError):
+    """The file is not a readable PyTorch checkpoint: another kind of file, or a damaged one."""
+
+
+class NoStateDictError(UserError, ValueError):
+    """A checkpoint holds no mapping of tensors where a state dict was expected."""
 
 
 def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] = torch.save) -> Path:
@@ -81,14 +96,40 @@ def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "c
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on version
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others depending on version and file
+        if not written_by_torch_save(path):  # full unpickling would not help: say what the file is not
+            raise CheckpointReadError(f"{path} is not a PyTorch checkpoint (torch.save file): truncated, or another "
+                                      f"kind of file ({_reason(error)})") from error
         if not allow_unsafe:
             raise UnsafeCheckpointError(
-                f"{path} cannot be loaded with safe (weights_only) unpickling ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}); if you trust the file, pass the "
-                f"allow-unsafe option to load it with full unpickling") from error
-        logger.warning("loading %s with full unpickling (allow_unsafe)", path)
+                f"{path} cannot be loaded with safe (weights_only) unpickling ({_reason(error)}); if you trust the "
+                "file, pass the allow-unsafe option to load it with full unpickling") from error
+    logger.warning("loading %s with full unpickling (allow_unsafe)", path)
+    try:
         return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - a damaged file, or one pickling objects this environment lacks
+        raise CheckpointReadError(f"{path} cannot be read even with full unpickling ({_reason(error)}): a damaged "
+                                  "file, or one that needs code this environment does not have") from error
+
+
+def written_by_torch_save(path: PathLike) -> bool:
+    """Whether ``path`` has the layout torch.save writes: a zip archive (PyTorch 1.6 and later) or the older
+    pickle stream, which starts with its magic number."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    return head.startswith(b"\x80") and LEGACY_TORCH_MAGIC in head
+
+
+def _reason(error: BaseException) -> str:
+    """torch's loading error as one plain line: the unpickler's own reason when the message has one (the rest
+    is advice about torch.load's arguments), without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    line = found.group(1) if found else next((line for line in text.splitlines() if line.strip()), "")
+    line = line.strip().split(". ")[0]  # the first sentence: the rest is torch's advice
+    return f"{type(error).__name__}: {line[:200]}{'...' if len(line) > 200 else ''}"
 
 
 def recorded_config(path: PathLike, formats: Optional[Collection[str]] = None, allow_unsafe: bool = False
@@ -119,8 +160,8 @@ def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
         if nested is None:
             break
         current = nested
-    raise ValueError("no state dict found: expected a mapping of tensors, possibly under "
-                     f"one of {WRAPPER_KEYS}")
+    raise NoStateDictError("no state dict found: expected a mapping of tensors, possibly under "
+                           f"one of {WRAPPER_KEYS}")
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

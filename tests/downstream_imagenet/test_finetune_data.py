@@ -39,6 +39,57 @@ def test_empty_class_folder_and_class_mismatch_are_errors(tmp_path):
         ImageFolderDataset(tmp_path / "train")
 
 
+def test_eval_only_reads_the_data_it_is_given_and_needs_only_val(tmp_path, capsys):
+    """A run trained with --train-dir/--val-dir, evaluated on new data: the new --data replaces the saved folders
+    (it was silently ignored), a folder with only val/ is enough, and other classes are named."""
+    from sparkmim.downstream_imagenet.main import main
+
+    make_folder(tmp_path / "train", ["a", "b"], per_class=4)
+    make_folder(tmp_path / "val", ["a", "b"], per_class=3)
+    out = tmp_path / "run"
+    assert main(["--model", "test_resnet", "--train-dir", str(tmp_path / "train"), "--val-dir", str(tmp_path / "val"),
+                 "--input-size", "32", "--batch-size", "4", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
+                 "--device", "cpu", "--no-progress", "--mixup", "0", "--cutmix", "0", "--ema", "0",
+                 "--repeated-aug", "0", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    make_folder(tmp_path / "new" / "val", ["a", "b"], per_class=1)
+    evaluate = ["--eval-only", "--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0", "--device", "cpu"]
+    assert main([*evaluate, "--data", str(tmp_path / "new")]) == 0
+    assert "(2 images, 0 unreadable skipped)" in capsys.readouterr().out
+    assert main(evaluate) == 0  # nothing given: the folders it was trained with
+    assert "(6 images, 0 unreadable skipped)" in capsys.readouterr().out
+    make_folder(tmp_path / "other" / "val", ["a", "c"], per_class=1)
+    assert main([*evaluate, "--data", str(tmp_path / "other")]) == 2
+    assert ("the validation classes differ from the 2 classes the checkpoint was trained on: only in the checkpoint "
+            "['b'], only in the validation folder ['c']") in capsys.readouterr().err
+    assert main([*evaluate, "--data", str(tmp_path / "nothing")]) == 2
+    assert "must contain a val/ class folder (missing val/); or give --val-dir" in capsys.readouterr().err
+
+
+def test_options_that_build_another_network_are_named_not_a_tensor_list(tmp_path, capsys):
+    """Resuming or evaluating with another --in-chans, --model-kwargs or --linear-probe than the checkpoint was
+    trained with failed inside load_state_dict with a multi-kilobyte list of mis-shaped tensors."""
+    from sparkmim.downstream_imagenet.main import main
+
+    make_folder(tmp_path / "data" / "train", ["a", "b"], per_class=4)
+    make_folder(tmp_path / "data" / "val", ["a", "b"], per_class=1)
+    out = tmp_path / "run"
+    train = ["--model", "test_resnet", "--data", str(tmp_path / "data"), "--input-size", "32", "--batch-size", "4",
+             "--warmup-epochs", "0", "--workers", "0", "--device", "cpu", "--no-progress", "--mixup", "0",
+             "--cutmix", "0", "--ema", "0", "--repeated-aug", "0", "--output-dir", str(out)]
+    assert main([*train, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*train, "--epochs", "2", "--resume", "auto", "--model-kwargs", '{"stem_width": 8}']) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spark-finetune: error: {out / 'checkpoint_last.pth'} was trained with no --model-kwargs, this run has "
+        """--model-kwargs '{"stem_width": 8}'; give the options it was trained with""")
+    evaluate = ["--eval-only", "--checkpoint", str(out / "checkpoint_last.pth"), "--workers", "0", "--device", "cpu"]
+    assert main([*evaluate, "--linear-probe"]) == 2
+    assert "was trained with no --linear-probe, this run has --linear-probe;" in capsys.readouterr().err
+    assert main([*evaluate, "--in-chans", "1", "--mean", "0.5", "--std", "0.2"]) == 2
+    assert "was trained with --in-chans 3, this run has --in-chans 1;" in capsys.readouterr().err
+
+
 def test_shards_cover_every_image_once():
     shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(11))

@@ -103,6 +103,7 @@ def test_linear_probe_trains_only_the_head(workspace):
     assert record["config"]["opt"] == "lars" and record["config"]["mixup"] == 0.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_top1"] > 25.0
+    assert summary["linear_probe"] is True and summary["classes"] == 4  # spark-report keeps it off the paper rows
 
 
 @pytest.mark.slow

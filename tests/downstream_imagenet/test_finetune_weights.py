@@ -1,6 +1,6 @@
 """Initial weights for fine-tuning: every supported source format loads with every key accounted
 for (only the classifier left to train); anything else missing or left over is an error naming it."""
-import pickle
+import argparse
 
 import pytest
 import timm
@@ -75,6 +75,21 @@ def test_reference_official_style_convnext(tmp_path, wrapper):
     assert_loaded(model, timm_state)
 
 
+def test_reference_convnext_encoder_without_the_classifier_side_norm(tmp_path):
+    # the reference pre-trains ConvNeXt without its final norm, so its released encoders lack it (timm head.norm,
+    # facebookresearch norm): the classifier's own norm starts from its initialisation, like its fc
+    timm_state = encoder_state("convnext_atto", CONVNEXT_KWARGS)
+    fb_state = convnext_timm_to_fb(timm_state)
+    fb_state = fb_state[0] if isinstance(fb_state, tuple) else fb_state
+    fb_state = {k: v for k, v in fb_state.items() if not k.startswith("norm.")}
+    torch.save(fb_state, tmp_path / "convnextS_1kpretrained_official_style.pth")
+    model = create_classifier("convnext_atto", 4, 0.0, CONVNEXT_KWARGS)
+    report = load_pretrained(model, tmp_path / "convnextS_1kpretrained_official_style.pth")
+    assert report.classifier_missing == ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]
+    assert_loaded(model, {k: v for k, v in timm_state.items() if not k.startswith("head.norm.")})
+    assert torch.equal(model.head.norm.weight, torch.ones(64)) and torch.equal(model.head.norm.bias, torch.zeros(64))
+
+
 def test_reference_spark_style_with_decoder(tmp_path):
     # *_withdecoder_1kpretrained_spark_style.pth: the whole reference model plus a config entry
     encoder = encoder_state("resnet18", RESNET_KWARGS)
@@ -123,12 +138,18 @@ def test_wrong_architecture_is_a_shape_error(tmp_path):
         load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "wide.pth")
 
 
-class _Payload:
-    """Anything that is not a tensor container: loading it needs full unpickling."""
-
-
 def test_code_carrying_file_is_refused(tmp_path):
-    with open(tmp_path / "unsafe.pth", "wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
+    # a torch.save file holding an object that is not a tensor container: loading it needs full unpickling
+    torch.save({"model": encoder_state("resnet18", RESNET_KWARGS), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "unsafe.pth")
     with pytest.raises(UnsafeCheckpointError):
         load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "unsafe.pth")
+    report = load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "unsafe.pth",
+                             allow_unsafe=True)
+    assert report.classifier_missing == ["fc.bias", "fc.weight"]
+
+
+def test_a_file_without_tensors_is_a_weight_error_naming_it(tmp_path):
+    torch.save({"model": {}, "epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(WeightLoadingError, match=r"empty\.pth: no state dict found"):
+        load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "empty.pth")

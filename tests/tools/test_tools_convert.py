@@ -122,6 +122,33 @@ def test_to_sparkmim_imports_the_reference_whole_model(files, tmp_path, capsys):
     assert inspect(target, capsys)["format"] == "sparkmim-weights"
 
 
+def test_to_sparkmim_keeps_the_architecture_arguments_it_was_given(tmp_path, capsys):
+    # a reference whole model of a custom-width ResNet: the written file must rebuild it (its own --check, spark-viz)
+    kwargs = {"channels": [8, 16, 32, 64]}
+    torch.manual_seed(0)
+    spark = build_spark("resnet18", input_size=64, decoder_width=32, encoder_kwargs=kwargs)
+    torch.save(reference_release(spark, "resnet18", 64), tmp_path / "custom_withdecoder.pth")
+    target = tmp_path / "whole.pth"
+    assert main([str(tmp_path / "custom_withdecoder.pth"), str(target), "--to", "sparkmim", "--model", "resnet18",
+                 "--model-kwargs", json.dumps(kwargs), "--check"]) == 0
+    assert "check      ok: loaded into a sparkmim SparK(resnet18)" in capsys.readouterr().out
+    assert torch.load(target, weights_only=True)["config"]["encoder_kwargs"] == kwargs
+    facts = inspect(target, capsys)
+    assert (facts["model"], facts["fits_model"]) == ("resnet18", True)
+
+
+def test_a_misspelt_model_or_argument_is_one_line_with_a_suggestion(files, tmp_path, capsys):
+    source = str(files / "resnet18_1kpretrained_timm_style.pth")
+    assert main([source, str(tmp_path / "out.pth"), "--to", "timm", "--model", "resnet_18"]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "spark-convert: error: unknown timm model 'resnet_18'; did you mean resnet18")
+    assert main([source, str(tmp_path / "out.pth"), "--to", "timm", "--model-kwargs", '{"chanels": [8]}']) == 2
+    assert capsys.readouterr().err.strip().startswith("spark-convert: error: resnet18 takes no argument 'chanels'")
+    facts = inspect(files / "res_withdecoder_1kpretrained_spark_style.pth", capsys, "--model", "my_resnet")
+    assert facts["fits_model"] is False and facts["problems"][0].startswith("unknown timm model 'my_resnet'")
+    assert not (tmp_path / "out.pth").exists()
+
+
 def test_unknown_key_is_an_error_naming_it(files, tmp_path, capsys):
     state = torch.load(files / "resnet18_1kpretrained_timm_style.pth", weights_only=True)
     state["layer9.0.conv1.weight"] = torch.zeros(1)

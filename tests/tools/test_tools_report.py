@@ -11,11 +11,11 @@ from sparkmim.tools.report import load_paper, main
 from sparkmim.tools.results import collect
 
 
-def write_finetune(folder: Path, model: str, top1: float, ema: float, input_size: int = 224) -> None:
+def write_finetune(folder: Path, model: str, top1: float, ema: float, input_size: int = 224, **summary) -> None:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": model, "input_size": input_size, "epochs": 300}))
     (folder / "summary.json").write_text(json.dumps({"best_top1": top1, "best_ema_top1": ema, "epochs_done": 300,
-                                                     "epochs": 300, "output_dir": str(folder)}))
+                                                     "epochs": 300, "output_dir": str(folder), **summary}))
     (folder / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 1, "train_loss": 3.0}) + "\n")
 
 
@@ -80,12 +80,24 @@ def test_markdown_places_ours_beside_the_paper_with_the_difference(runs, capsys)
     assert spark_1x[2:8] == ["41.6", "37.7", "41.0", "37.5", "-0.6", "-0.2"]
     assert row_of(out, "SparK", "3x")[4:8] == ["51.5", "45.2", "+0.3", "+0.1"]
     assert row_of(out, "detectron2", "resnet101", "2x")[3:5] == ["44.0", "39.9"]  # no paper row for R101
-    assert row_of(out, "test_resnet", "64")[2:4] == ["40.00", "41.00"]
+    assert row_of(out, "test_resnet", "64")[2:6] == ["fine-tuning", "?", "40.00", "41.00"]
     assert row_of(out, "resnet50", "2/2")[2] == "0.7000"
     # the paper's own rows are all there even without results
     paper = load_paper()
     for row in paper["imagenet"]["rows"]:
         assert re.search(rf"\| {re.escape(row['label'])} \| {row['input_size']} \| {row['supervised']:.1f} \|", out)
+
+
+def test_only_1000_class_fine_tunings_fill_the_paper_rows(runs, capsys):
+    # a linear probe and a fine-tuning on 3 classes of a ResNet-50 at 224 px: better numbers, other protocols
+    write_finetune(runs / "c" / "probe", "resnet50", 88.0, 88.0, linear_probe=True, classes=1000)
+    write_finetune(runs / "c" / "flowers", "resnet50", 95.0, 95.5, linear_probe=False, classes=3)
+    write_finetune(runs / "c" / "in1k", "resnet50", 80.5, 80.3, linear_probe=False, classes=1000)
+    assert main([str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert row_of(out, "ResNet-50")[4:6] == ["80.50", "-0.1"]
+    assert row_of(out, "resnet50", "linear probe")[3:5] == ["1000", "88.00"]
+    assert row_of(out, "resnet50", "fine-tuning", "3")[4:6] == ["95.00", "95.50"]
 
 
 def test_plot_writes_a_png(runs, tmp_path, capsys):

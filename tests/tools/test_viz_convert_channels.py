@@ -39,6 +39,13 @@ def test_convert_keeps_the_channels_and_refuses_the_rgb_detection_transfers(mult
                          "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["in_chans"] == 5 and facts["fits_model"] and facts["convertible_to"] == ["timm", "sparkmim"]
+    # without --model too: the models are matched with the stem's channel count (they were built with 3)
+    assert convert_main(["--inspect", str(run / "test_resnet_encoder_timm.pth"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert (facts["model"], facts["in_chans"], facts["fits_model"]) == ("test_resnet", 5, True)
+    assert convert_main([str(run / "test_resnet_encoder_timm.pth"), str(tmp_path / "enc3.pth"), "--to", "timm",
+                         "--check"]) == 0
+    assert "check      ok: loaded into timm test_resnet" in capsys.readouterr().out
     for target, suffix in (("d2", "pkl"), ("mmdet", "pth")):
         assert convert_main([str(run / "checkpoint_last.pth"), str(tmp_path / f"out.{suffix}"), "--to", target]) == 2
         assert capsys.readouterr().err.strip().endswith(

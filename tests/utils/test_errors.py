@@ -6,14 +6,15 @@ from sparkmim.pretrain.checkpointing import CheckpointError as PretrainCheckpoin
 from sparkmim.pretrain.data import DataError as PretrainDataError
 from sparkmim.tools.convert import UsageError
 from sparkmim.tools.viz import VizError
-from sparkmim.utils.checkpoint import UnsafeCheckpointError
+from sparkmim.utils.checkpoint import CheckpointReadError, NoStateDictError, UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError
 from sparkmim.utils.disk import WriteFailedError
 from sparkmim.utils.errors import UserError, run_command
 
 
 @pytest.mark.parametrize("kind", [ConfigError, PretrainDataError, PretrainCheckpointError, UnsafeCheckpointError,
-                                  VizError, UsageError, BenchmarkDataError, WriteFailedError])
+                                  VizError, UsageError, BenchmarkDataError, WriteFailedError,
+                                  CheckpointReadError, NoStateDictError])
 def test_the_project_errors_are_user_errors(kind):
     assert issubclass(kind, UserError)
 
