@@ -352,7 +352,8 @@ def validate(config: FinetuneConfig) -> None:
         if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config.warmup_epochs < 0 or config.warmup_epochs > config.epochs:
-        raise ConfigError(f"warmup_epochs must be within [0, epochs], got {config.warmup_epochs}")
+        raise ConfigError(f"--warmup-epochs {config.warmup_epochs} is not within [0, --epochs {config.epochs}]; give "
+                          "--warmup-epochs with a short run (the recipe's warm-up does not shrink with --epochs)")
     check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
     if not 0 < config.layer_decay:
         raise ConfigError(f"layer_decay must be positive, got {config.layer_decay}")

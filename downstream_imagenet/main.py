@@ -222,7 +222,8 @@ def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = claim_run_folder(out, "spark-finetune", checkpoints.LAST, config.resume, config.overwrite,
-                            is_main=dist_info.is_main)
+                            is_main=dist_info.is_main,
+                            other_outputs=(checkpoints.BEST, checkpoints.BEST_EMA, "summary.json", "eval.jsonl"))
     last = out / checkpoints.LAST
     try:
         with stop_at_once(), keeping_last_good(last):

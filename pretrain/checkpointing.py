@@ -182,6 +182,7 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
             logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
         return ResumeState()
     payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
+    check_same_schedule(path, payload, steps_per_epoch)
     try:
         spark.load_state_dict(payload["model"])
         optimizer.load_state_dict(without_frozen_parameters(payload["optimizer"], spark))
@@ -197,6 +198,21 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
     logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
     return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload),
                        sampler=dict(payload.get("sampler") or {}))
+
+
+def check_same_schedule(path: Path, payload: Mapping[str, Any], steps_per_epoch: int) -> None:
+    """A checkpoint's step counts steps of its own epochs: with another number of steps per epoch (the data's
+    image count or --batch-size changed) it would name another place in the schedule, or one past its end."""
+    sampler = payload.get("sampler") or {}
+    saved = sampler.get("steps_per_epoch")
+    if saved is None or int(saved) == steps_per_epoch:
+        return
+    raise CheckpointError(
+        f"{path} was written at {saved} steps per epoch ({sampler.get('num_images', '?')} images, global batch "
+        f"{sampler.get('global_batch', '?')}), this run has {steps_per_epoch}: the data's image count or "
+        f"--batch-size changed, so its step {payload.get('step')} would be another point of the schedule; resume "
+        f"with the same data and --batch-size, or start a new schedule from its weights with --init-weight {path} "
+        "and another --output-dir")
 
 
 @dataclass

@@ -4,6 +4,8 @@ Family-dependent values (LAMB betas, drop path) are left as ``None`` in the defa
 by :func:`resolve` from the model name, so a recipe or the CLI can still override them.
 """
 import argparse
+import logging
+import sys
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -13,8 +15,11 @@ from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
 from sparkmim.utils.values import NORM_STATS, check_channel_options
 
+logger = logging.getLogger(__name__)
+
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 DEMO_RECIPE = "demo"
+
 
 @dataclass(frozen=True)
 class PretrainConfig(TypedConfig):
@@ -122,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timm model name (e.g. resnet50, convnext_base) or package.module:factory of a custom "
                              "CNN with timm's feature API (e.g. sparkmim.models:small_resnet)")
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
-                        help="one size (square) or HEIGHT WIDTH; multiples of 32")
+                        help="one size (square) or HEIGHT WIDTH; multiples of the encoder's total stride (32 for "
+                             "timm CNNs)")
     parser.add_argument("--mask-ratio", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup-epochs", type=float, default=None,
@@ -221,8 +227,16 @@ def validate(config: PretrainConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config.shuffle_buffer < 0:
         raise ConfigError(f"shuffle_buffer must be 0 or more, got {config.shuffle_buffer}")
+    if config.workers is not None and config.workers < 0:
+        raise ConfigError(f"--workers must be 0 (load in the training process) or more, got {config.workers}")
+    if config.decoder_width <= 0:
+        raise ConfigError(f"--decoder-width must be positive, got {config.decoder_width}")
+    if config.betas is not None and not (len(config.betas) == 2 and all(0 <= b < 1 for b in config.betas)):
+        raise ConfigError(f"--betas must be two numbers in [0, 1), got {config.betas}")
+    if config.drop_path is not None and not 0 <= config.drop_path < 1:
+        raise ConfigError(f"--drop-path must be in [0, 1), got {config.drop_path}")
     if not 0 <= config.warmup_epochs <= config.epochs:
-        raise ConfigError(f"warmup_epochs must be within [0, epochs={config.epochs}], got {config.warmup_epochs}")
+        raise ConfigError(f"--warmup-epochs must be within [0, --epochs {config.epochs}], got {config.warmup_epochs}")
     validate_channels(config)
 
 
@@ -250,6 +264,8 @@ def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     """defaults -> recipe (or the demo recipe when no data is given) -> CLI; family values filled in;
     types checked once, then the rules that need no model."""
     args = build_parser().parse_args(argv)
+    if "--allow-unsafe-load" in (sys.argv[1:] if argv is None else argv):
+        logger.warning("--allow-unsafe-load is deprecated and will be removed in the next release; use --allow-unsafe")
     cli = _cli_layer(args)
     recipe_name = args.recipe
     if recipe_name is None and cli.get("data") is None:
@@ -265,7 +281,7 @@ def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     if config["drop_path"] is None:
         config["drop_path"] = DROP_PATH.get(model, 0.0)
     if config["output_dir"] is None:
-        config["output_dir"] = str(Path("runs") / f"spark_{model}")
+        config["output_dir"] = str(Path("runs") / f"spark_{model.replace(':', '_')}")  # package.module:factory too
     config["amp"] = canonical_amp(config["amp"])
     typed = PretrainConfig.from_mapping(config)
     validate(typed)

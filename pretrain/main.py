@@ -304,15 +304,20 @@ def start(argv: Optional[Sequence[str]]
     # before the process group exists: the main process is told by torchrun's RANK
     lock = claim_run_folder(run_dir, "spark-pretrain", ckpt.LAST_NAME, config.resume, config.overwrite,
                             is_main=is_main_process())
-    dist_info = init_distributed(config.device)
-    setup_logging(run_dir, rank=dist_info.rank)
-    logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
-                dist_info.device, run_dir.resolve())
-    data, source = resolve_data(config, dist_info)
-    described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
-    logger.info("data: %s%s", described,
-                f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
-    return fill_norm_stats(config, data, run_dir), run_dir, dist_info, data, lock
+    try:
+        dist_info = init_distributed(config.device)
+        setup_logging(run_dir, rank=dist_info.rank)
+        logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
+                    dist_info.device, run_dir.resolve())
+        data, source = resolve_data(config, dist_info)
+        described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
+        logger.info("data: %s%s", described,
+                    f" ({config.in_chans} channel(s), read with their own values)" if reads_values(config) else "")
+        return fill_norm_stats(config, data, run_dir), run_dir, dist_info, data, lock
+    except BaseException:  # bad data found after the claim: the folder is free again (run() releases it later)
+        if lock is not None:
+            lock.release()
+        raise
 
 
 def train(loop_kwargs: Dict[str, Any], run_dir: Path, config: PretrainConfig, dist_info: DistInfo,

@@ -45,10 +45,12 @@ def run_cli(args: Sequence[str], timeout: float = 300, env: Optional[Dict[str, s
                           timeout=timeout)
 
 
-def start_cli(args: Sequence[str], log_path: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+def start_cli(args: Sequence[str], log_path: Path, env: Optional[Dict[str, str]] = None,
+              own_group: bool = False) -> subprocess.Popen:
+    """Start the command; ``own_group``: in a process group of its own, which a scheduler signals as a whole."""
     handle = open(log_path, "w")
     return subprocess.Popen(command(args), cwd=REPO_ROOT, env=environment(env), stdout=handle,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=own_group)
 
 
 def read_rows(metrics_path: Path, kind: str) -> List[dict]:

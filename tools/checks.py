@@ -84,8 +84,8 @@ def check_d2(pkl_path: Path, model: str) -> CheckResult:
                              "tensors come from the file")
 
 
-MMPRETRAIN_ARCH = {"convnext_tiny": "tiny", "convnext_small": "small", "convnext_base": "base",
-                   "convnext_large": "large", "convnext_xlarge": "xlarge"}
+# timm ConvNeXt (V2) names -> mmpretrain's ConvNeXt arch: the same sizes under the same names, V2 with GRN
+MMPRETRAIN_ARCH = re.compile(r"convnext(v2)?_(atto|femto|pico|nano|tiny|small|base|large|xlarge|huge)$")
 
 
 def check_mmdet(converted: Dict[str, torch.Tensor], model: str) -> CheckResult:
@@ -93,12 +93,15 @@ def check_mmdet(converted: Dict[str, torch.Tensor], model: str) -> CheckResult:
     if not installed("mmpretrain"):
         return CheckResult("skipped", "mmpretrain/mmdet are not installed (they live in the pinned detection "
                                       "environment, see the MMDetection guide); the converted file was not loaded")
-    arch = MMPRETRAIN_ARCH.get(model)
-    if arch is None:
+    found = MMPRETRAIN_ARCH.match(model)
+    if found is None:
         return CheckResult("skipped", f"no mmpretrain ConvNeXt arch for {model}")
     from mmpretrain.models import ConvNeXt
 
-    backbone = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    arch, v2 = found.group(2), bool(found.group(1))
+    # V2: global response norm instead of layer scale (mmpretrain's ConvNeXt-V2 settings)
+    backbone = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), gap_before_final_norm=False, use_grn=v2,
+                        **({"layer_scale_init_value": 0.0} if v2 else {}))
     state = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in converted.items()}
     result = backbone.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)

@@ -62,9 +62,12 @@ def build_parser(prog: str = "spark-convert", fixed_to: Optional[str] = None) ->
         parser.add_argument("--to", choices=TARGETS, help="target format: timm (encoder state dict), d2 "
                             "(Detectron2 .pkl, ResNet), mmdet (MMDetection ConvNeXt backbone), sparkmim "
                             "(whole SparK model when the source has a decoder, else the encoder)")
-    parser.add_argument("--final-norm", choices=FINAL_NORM_CHOICES, default="norm3",
-                        help="--to mmdet: where the classifier-side final norm goes (default: norm3, the last "
-                             "per-stage output norm, as in mmpretrain's checkpoints)")
+    if fixed_to in (None, "mmdet"):
+        parser.add_argument("--final-norm", choices=FINAL_NORM_CHOICES, default="norm3",
+                            help="--to mmdet: where the classifier-side final norm goes (default: norm3, the last "
+                                 "per-stage output norm, as in mmpretrain's checkpoints)")
+    else:
+        parser.set_defaults(final_norm="norm3")
     parser.add_argument("--model", default=None, help="timm model name of the weights (default: from the "
                         "file's config, else found by matching the weights against common timm models)")
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
@@ -284,7 +287,7 @@ def convert(args: argparse.Namespace) -> int:
         status = {"failed": 1, "skipped": NOT_CHECKED}.get(result.status, 0)
     print_report(report, args.json)
     if status == NOT_CHECKED:
-        print(f"spark-convert: {args.target} was written but not checked: {result.message}", file=sys.stderr)
+        print(f"{args.prog}: {args.target} was written but not checked: {result.message}", file=sys.stderr)
     return status
 
 
@@ -326,6 +329,7 @@ def inspect(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "spark-convert", fixed_to: Optional[str] = None) -> int:
     parser = build_parser(prog, fixed_to)
     args = parser.parse_args(argv)
+    args.prog = prog
     setup_command_logging(logging.WARNING)
     if args.inspect is None and (args.source is None or args.target is None or args.to is None):
         parser.error("give SRC DST --to FORMAT, or --inspect FILE" if not fixed_to else "give SRC DST, or --inspect FILE")

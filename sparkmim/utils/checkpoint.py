@@ -3,7 +3,7 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Collection, Dict, Mapping, Optional, Union
@@ -48,7 +48,10 @@ def save_atomic(obj: Any, path: PathLike, dump: Callable[[Any, IO[bytes]], Any] 
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # permissions as for any file the user creates (umask), where mkstemp's are owner-only: a checkpoint
+        # on a shared cluster file system is read by the group's other jobs and people
+        tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as handle:
                 dump(obj, handle)

@@ -11,7 +11,13 @@ from typing import Any, Callable, List, TypeVar
 import torch
 import torch.distributed as dist
 
+from sparkmim.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
+
+
+class DeviceError(UserError, RuntimeError):
+    """The asked-for device is not one the jobs know, or is not there."""
 
 T = TypeVar("T")
 
@@ -35,15 +41,24 @@ class DistInfo:
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Initialise the default process group when launched by torchrun; pick the device.
 
-    ``device`` is 'auto' (cuda when available), 'cuda' or 'cpu'."""
+    ``device`` is 'auto' (cuda when available), 'cuda', 'cuda:N' or 'cpu'. Under torchrun each process
+    takes the GPU of its local rank (see :func:`cuda_index`); 'cuda:N' chooses the GPU of a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    kind, _, index = str(device).partition(":")
+    if kind not in ("auto", "cuda", "cpu") or (index and not (kind == "cuda" and index.isdigit())):
+        raise DeviceError(f"--device must be auto, cuda, cuda:N or cpu, got {device!r}")
+    use_cuda = torch.cuda.is_available() if kind == "auto" else kind == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
+        raise DeviceError(f"--device {device} was asked for but no CUDA device is visible to torch "
+                          f"{torch.__version__}; use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
     if use_cuda:
-        chosen = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+        visible = torch.cuda.device_count()
+        gpu = int(index) if index and world_size == 1 else cuda_index(local_rank, visible)
+        if gpu >= visible:
+            raise DeviceError(f"--device {device}: GPU {gpu} asked for, {visible} visible")
+        chosen = torch.device("cuda", gpu)
         torch.cuda.set_device(chosen)
     else:
         chosen = torch.device("cpu")

@@ -5,6 +5,7 @@ One vocabulary for ``--amp``: ``off``, ``bf16``, ``fp16``. spark-finetune's earl
 is still accepted for one release, with a deprecation warning. One vocabulary for the batch: the
 global ``--batch-size``, split over processes, then either ``--micro-batch`` (images per forward pass)
 or ``--accum-steps`` (forward passes per optimizer step): both trainers take both."""
+import inspect
 import logging
 import random
 from dataclasses import dataclass
@@ -52,7 +53,12 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> t
     """DistributedDataParallel on the process's own GPU (or CPU/gloo); buffers are not broadcast, since the
     trainers keep BatchNorm statistics synchronised themselves (SyncBatchNorm) or per process."""
     device_ids = [local_rank if device.index is None else device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # newer torch deprecates broadcast_buffers for forward_sync_buffers, which still copies rank 0's buffers once
+    # at construction (equal on every rank then: same seed, or the same checkpoint) but not at each forward
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=device_ids, **no_sync)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from .errors import UserError
 
@@ -128,10 +128,12 @@ def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str],
 
 
 def claim_run_folder(folder: Path, command: str, checkpoint_name: str, resume: Optional[str], overwrite: bool,
-                     is_main: bool, metrics_file: str = "metrics.jsonl") -> Optional[RunFolderLock]:
+                     is_main: bool, metrics_file: str = "metrics.jsonl",
+                     other_outputs: Sequence[str] = ()) -> Optional[RunFolderLock]:
     """What both trainers do before writing to their folder: refuse a fresh start over an earlier run,
     take the lock (main process only), clear an interrupted save's temporary files and, with
-    ``overwrite``, delete the earlier run's checkpoint and metrics so they cannot mix with the new run's.
+    ``overwrite``, delete the earlier run's checkpoint, metrics and ``other_outputs`` (files the new run may
+    never write, such as a best checkpoint) so they cannot mix with the new run's.
     Returns the lock (None on other processes); release it when the run ends."""
     check_fresh_start(folder, checkpoint_name, resume, overwrite)
     if not is_main:
@@ -139,6 +141,6 @@ def claim_run_folder(folder: Path, command: str, checkpoint_name: str, resume: O
     lock = RunFolderLock(folder, command).acquire()
     remove_orphan_temporaries(folder)
     if overwrite and resume is None:
-        for name in (checkpoint_name, metrics_file):
+        for name in (checkpoint_name, metrics_file, *other_outputs):
             (Path(folder) / name).unlink(missing_ok=True)
     return lock

@@ -11,9 +11,10 @@ Where no save can be made mid-epoch (``spark-finetune`` checkpoints whole epochs
 turns SIGTERM into the same interrupt as Ctrl-C and ignores further signals once it has stopped, so
 either ends the command with one line.
 
-DataLoader workers ignore SIGINT (:func:`ignore_interrupt_in_worker`): a Ctrl-C in a terminal reaches
-the whole process group, and a worker that died of it would leave the main process unable to finish
-the step it is asked to finish.
+DataLoader workers ignore SIGINT and SIGTERM (:func:`ignore_interrupt_in_worker`): a Ctrl-C in a terminal
+reaches the whole process group, as does the SIGTERM of SLURM, Kubernetes or ``timeout``, and a worker that
+died of it would leave the main process unable to finish the step it is asked to finish. Workers still end
+with the main process: the DataLoader stops them when it is done, and they exit when their parent is gone.
 """
 import contextlib
 import logging
@@ -36,8 +37,9 @@ class ForcedExit(KeyboardInterrupt):
 
 
 def ignore_interrupt_in_worker(_worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: the main process alone decides how to stop on Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """``worker_init_fn`` for DataLoaders: the main process alone decides how to stop on Ctrl-C or SIGTERM."""
+    for signum in DEFAULT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class GracefulStop:

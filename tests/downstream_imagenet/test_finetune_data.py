@@ -88,6 +88,10 @@ def test_options_that_build_another_network_are_named_not_a_tensor_list(tmp_path
     assert "was trained with no --linear-probe, this run has --linear-probe;" in capsys.readouterr().err
     assert main([*evaluate, "--in-chans", "1", "--mean", "0.5", "--std", "0.2"]) == 2
     assert "was trained with --in-chans 3, this run has --in-chans 1;" in capsys.readouterr().err
+    # --overwrite starts afresh: an earlier run's best EMA checkpoint (this run keeps no EMA) must not stay beside it
+    (out / "checkpoint_best_ema.pth").write_bytes((out / "checkpoint_best.pth").read_bytes())
+    assert main([*train, "--epochs", "1", "--overwrite"]) == 0
+    assert not (out / "checkpoint_best_ema.pth").exists() and (out / "checkpoint_best.pth").exists()
 
 
 def test_shards_cover_every_image_once():

@@ -75,6 +75,20 @@ def test_reference_official_style_convnext(tmp_path, wrapper):
     assert_loaded(model, timm_state)
 
 
+def test_torchvision_convnext_weights(tmp_path):
+    # spark-convert recognised them; spark-finetune refused them with a list of 180 unknown keys
+    import torchvision
+
+    torch.manual_seed(0)
+    source = torchvision.models.convnext_tiny().state_dict()
+    torch.save(source, tmp_path / "torchvision_convnext_tiny.pth")
+    model = create_classifier("convnext_tiny", 4, 0.0, {})
+    report = load_pretrained(model, tmp_path / "torchvision_convnext_tiny.pth")
+    assert report.classifier_missing == ["head.fc.bias", "head.fc.weight"]
+    assert torch.equal(model.stem[0].weight, source["features.0.0.weight"])
+    assert torch.equal(model.head.norm.weight, source["classifier.0.weight"])
+
+
 def test_reference_convnext_encoder_without_the_classifier_side_norm(tmp_path):
     # the reference pre-trains ConvNeXt without its final norm, so its released encoders lack it (timm head.norm,
     # facebookresearch norm): the classifier's own norm starts from its initialisation, like its fc

@@ -66,3 +66,15 @@ def test_init_weights_loads_the_converted_file(tmp_path):
     for index in range(3):  # the output norms detection adds start fresh
         assert torch.equal(loaded[f"norm{index}.weight"], torch.ones(TINY_DIMS[index]))
         assert torch.equal(loaded[f"norm{index}.bias"], torch.zeros(TINY_DIMS[index]))
+
+
+@pytest.mark.parametrize("model", ["convnext_atto", "convnextv2_atto"])
+def test_check_loads_every_mmpretrain_size_and_convnext_v2(model, tmp_path, capsys):
+    # --check knew only tiny to xlarge: atto-to-nano and V2 (GRN) files were written but reported unchecked
+    import timm
+
+    from sparkmim.tools.convert import main
+
+    torch.save(timm.create_model(model).state_dict(), tmp_path / "encoder.pth")
+    assert main([str(tmp_path / "encoder.pth"), str(tmp_path / "backbone.pth"), "--to", "mmdet", "--check"]) == 0
+    assert "check      ok: loaded into mmpretrain ConvNeXt-atto" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from PIL import Image
 from sparkmim.pretrain.main import main
 from tests.pretrain_fixtures import TINY_ARGS, make_images, read_rows, run_cli
 from sparkmim.utils.checkpoint import load_file
+from sparkmim.utils.run_folder import LOCK_NAME
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,7 @@ def test_no_readable_image_fails_before_building_the_model(tmp_path, capsys):
     line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run")])
     assert "none of the 2 listed files is a readable image" in line
     assert not (tmp_path / "run" / "checkpoint_last.pth").exists()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # found after the folder was claimed: the claim is given back
 
 
 def test_checkpoint_of_another_model_is_refused(finished_run, tmp_path, capsys):
@@ -164,11 +166,48 @@ def test_checkpoint_of_another_model_is_refused(finished_run, tmp_path, capsys):
     assert "does not fit 'test_convnext'" in line
 
 
+def test_resuming_with_other_steps_per_epoch_is_refused(finished_run, tmp_path, capsys):
+    # 16 files at batch 8 = 2 steps per epoch, stopped at step 4; at batch 4 step 4 would be the end of the
+    # first of 4-step epochs (it used to resume there, or end with "nothing to do" when that was past the end)
+    out, _ = finished_run
+    checkpoint = out / "checkpoint_last.pth"
+    args = [str(out.parent / "data"), *TINY_ARGS, "--epochs", "3", "--output-dir", str(tmp_path / "run"),
+            "--resume", str(checkpoint)]
+    line = _error_line(capsys, [*args, "--batch-size", "4"])
+    assert line == (f"spark-pretrain: error: {checkpoint} was written at 2 steps per epoch (16 images, global batch "
+                    "8), this run has 4: the data's image count or --batch-size changed, so its step 4 would be "
+                    "another point of the schedule; resume with the same data and --batch-size, or start a new "
+                    f"schedule from its weights with --init-weight {checkpoint} and another --output-dir")
+
+
 def test_unknown_recipe_and_missing_data(tmp_path, capsys):
     line = _error_line(capsys, [str(tmp_path / "nowhere"), *TINY_ARGS, "--output-dir", str(tmp_path / "run")])
     assert "does not exist" in line
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
     line = _error_line(capsys, ["data", "--recipe", "resnet5000"])
     assert "unknown recipe 'resnet5000'" in line
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--workers", "-1"], "--workers must be 0 (load in the training process) or more, got -1"),
+    (["--decoder-width", "0"], "--decoder-width must be positive, got 0"),
+    (["--betas", "0.9", "1.5"], "--betas must be two numbers in [0, 1), got [0.9, 1.5]"),
+    (["--drop-path", "2"], "--drop-path must be in [0, 1), got 2.0"),
+    (["--device", "gpu"], "--device must be auto, cuda, cuda:N or cpu, got 'gpu'"),
+])
+def test_values_the_libraries_would_refuse_with_a_traceback_are_one_line(tmp_path, capsys, option, message):
+    # they ended in torch's own errors (or, for --device, ran silently on the CPU)
+    data = make_images(tmp_path / "data", 2)
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run"), *option])
+    assert line == f"spark-pretrain: error: {message}"
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    data = make_images(tmp_path / "data", 2)
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run"), "--device", "cuda"])
+    assert line.startswith("spark-pretrain: error: --device cuda was asked for but no CUDA device is visible")
 
 
 def test_demo_runs_without_a_data_argument(tmp_path, monkeypatch, capsys):
@@ -196,9 +235,10 @@ def test_mixed_precision_runs(tmp_path, precision):
 
 
 @pytest.mark.parametrize("flag", ["--allow-unsafe", "--allow-unsafe-load"])
-def test_allow_unsafe_has_the_vocabulary_of_the_other_commands(tmp_path, flag):
+def test_allow_unsafe_has_the_vocabulary_of_the_other_commands(tmp_path, flag, caplog):
     from sparkmim.pretrain.config import resolve
     assert resolve([str(tmp_path), flag])["allow_unsafe_load"] is True
+    assert ("--allow-unsafe-load is deprecated" in caplog.text) == (flag == "--allow-unsafe-load")
     assert resolve([str(tmp_path)])["allow_unsafe_load"] is False
 
 

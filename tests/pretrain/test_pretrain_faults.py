@@ -1,6 +1,7 @@
 """Fault tolerance of spark-pretrain with real processes and real signals: graceful stop, exact
 resume after SIGKILL, atomic checkpoints, and a non-finite loss."""
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -66,14 +67,20 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(data, tmp_path)
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
 
 
-def test_sigterm_finishes_the_step_saves_and_resume_continues(data, tmp_path):
+# "group": SLURM, Kubernetes and timeout(1) signal every process of the job, loader workers included (a worker
+# that died of it made the main process's loader fail instead of finishing the step)
+@pytest.mark.parametrize("signalled, workers", [("process", "0"), ("group", "1")])
+def test_sigterm_finishes_the_step_saves_and_resume_continues(data, tmp_path, signalled, workers):
     run_dir = tmp_path / "run"
-    args = [str(data), *TINY_ARGS, "--epochs", "40", "--output-dir", str(run_dir)]
-    process = start_cli(args, tmp_path / "first.log")
+    args = [str(data), *TINY_ARGS, "--epochs", "40", "--output-dir", str(run_dir), "--workers", workers]
+    process = start_cli(args, tmp_path / "first.log", own_group=signalled == "group")
     metrics = run_dir / "metrics.jsonl"
     _wait_for(lambda: any(r["step"] >= 4 for r in read_rows(metrics, "step")), process, what="step 4")
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0
+    if signalled == "group":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
     output = (tmp_path / "first.log").read_text()
     assert "stopped after step" in output and "--resume auto" in output
     saved = load_file(run_dir / "checkpoint_last.pth")

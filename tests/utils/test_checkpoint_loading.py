@@ -65,3 +65,18 @@ def test_a_mapping_without_tensors_is_a_user_error():
     with pytest.raises(NoStateDictError, match="no state dict found"):
         unwrap_state_dict({"model": {}, "epoch": 1})
     assert issubclass(NoStateDictError, (UserError, ValueError))
+
+
+def test_a_saved_checkpoint_has_the_permissions_of_any_new_file(tmp_path):
+    # the temporary file used to come from mkstemp (owner-only, 0600), and kept its mode when renamed
+    import os
+
+    from sparkmim.utils.checkpoint import save_atomic
+
+    previous = os.umask(0o022)
+    try:
+        path = save_atomic({"weight": torch.ones(2)}, tmp_path / "checkpoint.pth")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
