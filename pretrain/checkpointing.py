@@ -183,6 +183,10 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
         return ResumeState()
     payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
     check_same_schedule(path, payload, steps_per_epoch)
+    changed = _changed_options(payload.get("config") or {}, config, option_keys)
+    check_model_state(spark, payload["model"], f"{path} does not fit this model",
+                      "resume with the options of the original run" + (f" (changed: {', '.join(changed)})"
+                                                                        if changed else ""))
     try:
         spark.load_state_dict(payload["model"])
         optimizer.load_state_dict(without_frozen_parameters(payload["optimizer"], spark))
@@ -192,12 +196,21 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
     if scaler is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])
     start_step = int(payload["step"])
-    changed = _changed_options(payload.get("config") or {}, config, option_keys)
     if changed:
         logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
     logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
     return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload),
                        sampler=dict(payload.get("sampler") or {}))
+
+
+def check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, advice: str) -> None:
+    """Refuse a state dict that does not fit ``model`` with the keys that differ by name (torch's own error
+    spans many lines and its first says only that loading failed)."""
+    from sparkmim.convert.loading import check_keys, shapes_of
+
+    problems = check_keys(shapes_of(model.state_dict()), shapes_of(state)).problems(limit=4)
+    if problems:
+        raise CheckpointError(f"{what} ({'; '.join(problems)}); {advice}")
 
 
 def check_same_schedule(path: Path, payload: Mapping[str, Any], steps_per_epoch: int) -> None:

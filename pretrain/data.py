@@ -272,14 +272,10 @@ class SkipReporter:
                 else:
                     logger.warning("skipping %s", entry)
 
-    def epoch_count(self) -> int:
-        """Distinct unreadable files met by this process since the last :meth:`pop_epoch_count`."""
-        return len(self.epoch_failed)
-
-    def pop_epoch_count(self) -> int:
-        """Distinct unreadable files met by this process since the last call."""
-        count, self.epoch_failed = len(self.epoch_failed), set()
-        return count
+    def pop_epoch_failed(self) -> Set[Union[int, str]]:
+        """The distinct unreadable files met by this process since the last call (file indices or lines)."""
+        failed, self.epoch_failed = self.epoch_failed, set()
+        return failed
 
 
 def unreadable_reason(path: Path, in_chans: Optional[int] = None) -> str:

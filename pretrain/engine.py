@@ -9,12 +9,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
 
-from sparkmim.utils.distributed import DistInfo, all_reduce_mean
+from sparkmim.utils.distributed import DistInfo, all_reduce_mean, gather_objects
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
@@ -146,10 +146,10 @@ class Loop:
                             "grad_norm": grad_norm, "img_per_s": images_per_s})
         return records
 
-    def global_count(self, count: int) -> int:
-        """Sum of a per-process count over all processes (collective)."""
-        mean = all_reduce_mean(torch.tensor(float(count), device=self.dist_info.device))
-        return int(mean.item() * self.dist_info.world_size + 0.5)
+    def distinct_over_processes(self, failed: Set[Union[int, str]]) -> int:
+        """How many distinct unreadable files all processes met (collective): the last step of an epoch
+        wraps around the epoch's order, so two processes may meet the same file, which counts once."""
+        return len(set().union(*gather_objects(sorted(failed, key=str))))
 
     def progress_record(self, epoch_losses: List[float], skipped: int) -> RunProgress:
         return RunProgress(metrics_rows=self.metrics.rows, epoch_losses=list(epoch_losses), epoch_skipped=skipped)
@@ -207,7 +207,7 @@ class Loop:
                 if bar is not None:
                     bar.close()
                     bar = None
-                skipped = self.global_count(self.skips.pop_epoch_count()) + skipped_before
+                skipped = self.distinct_over_processes(self.skips.pop_epoch_failed()) + skipped_before
                 skipped_before = 0
                 mean_loss = sum(epoch_losses) / max(len(epoch_losses), 1)
                 result.epoch_losses.append(mean_loss)
@@ -226,7 +226,7 @@ class Loop:
                 if bar is not None:
                     bar.close()
                 path = None if saved else self.save(step, self.progress_record(
-                    epoch_losses, self.global_count(self.skips.epoch_count()) + skipped_before))
+                    epoch_losses, self.distinct_over_processes(self.skips.epoch_failed) + skipped_before))
                 logger.warning("stopped by %s after step %d; checkpoint %s; continue with --resume auto",
                                self.stop.signal_name or "a signal on another process", step, path or "saved above")
                 result.step, result.stopped_by_signal = step, True

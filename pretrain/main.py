@@ -153,6 +153,9 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
             if saved != model_name:
                 raise UserError(f"--init-weight {path} is a checkpoint of '{saved}', this run builds "
                                 f"'{model_name}'; pass --model {saved} or another file")
+            ckpt.check_model_state(spark, obj["model"], f"--init-weight {path} does not fit this SparK model",
+                                   "give the --decoder-width, --densify-norm and --in-chans it was trained with, or "
+                                   "its encoder file to initialise the encoder alone")
             spark.load_state_dict(obj["model"])
             logger.info("initialised the whole SparK model from %s", path)
             return
@@ -367,6 +370,9 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     spark, model = place_model(spark, config, dist_info)
     sampler = StepBatchSampler(sample_count(data), layout.global_batch, layout.micro_batch, dist_info.rank,
                                dist_info.world_size, seed)
+    if sampler.num_images < layout.global_batch:
+        logger.warning("the data has %d image(s), fewer than one global batch of %d: every step repeats images "
+                       "(lower --batch-size, or add data)", sampler.num_images, layout.global_batch)
     schedule = build_schedule(config, sampler.steps_per_epoch)
     optimizer = build_optimizer(spark, schedule.peak_lr, config.betas, float(config.clip_grad))
     scaler = grad_scaler(config.amp, dist_info.device)

@@ -104,6 +104,16 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def gather_objects(obj: Any) -> List[Any]:
+    """Every process's picklable ``obj``, in rank order (collective; ``[obj]`` without a process group). For
+    small values only: each is pickled and sent to every process."""
+    if not is_dist():
+        return [obj]
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def computed_on_main(compute: Callable[[], T], what: str) -> T:
     """``compute()`` run by the main process alone and its result handed to every process: work whose result
     every process needs but which costs reading data (statistics over a sample of remote shards, say) is done

@@ -180,6 +180,20 @@ def test_resuming_with_other_steps_per_epoch_is_refused(finished_run, tmp_path, 
                     f"schedule from its weights with --init-weight {checkpoint} and another --output-dir")
 
 
+def test_a_checkpoint_of_other_settings_names_the_keys_and_options(finished_run, tmp_path, capsys):
+    # the error used to keep only torch's first line: "Error(s) in loading state_dict for SparK:"
+    out, _ = finished_run
+    checkpoint = out / "checkpoint_last.pth"
+    args = [str(out.parent / "data"), *TINY_ARGS, "--epochs", "3", "--micro-batch", "4", "--decoder-width", "64",
+            "--output-dir", str(tmp_path / "run")]
+    line = _error_line(capsys, [*args, "--resume", str(checkpoint)])
+    assert f"{checkpoint} does not fit this model (shape mismatch (weights vs model): decoder." in line
+    assert line.endswith("resume with the options of the original run (changed: decoder_width)")
+    line = _error_line(capsys, [*args, "--init-weight", str(checkpoint)])
+    assert f"--init-weight {checkpoint} does not fit this SparK model (shape mismatch" in line
+    assert "give the --decoder-width, --densify-norm and --in-chans it was trained with" in line
+
+
 def test_unknown_recipe_and_missing_data(tmp_path, capsys):
     line = _error_line(capsys, [str(tmp_path / "nowhere"), *TINY_ARGS, "--output-dir", str(tmp_path / "run")])
     assert "does not exist" in line

@@ -54,7 +54,7 @@ def test_modes_are_converted_and_unreadable_files_are_skipped(tmp_path, caplog):
                 image, failed = dataset[(epoch, index)]
                 assert image.shape == (3, 32, 32) and torch.isfinite(image).all()
                 reporter.report(failed)
-            assert reporter.pop_epoch_count() == 2
+            assert len(reporter.pop_epoch_failed()) == 2
     warnings = [r for r in caplog.records if "skipping unreadable" in r.getMessage()]
     assert len(warnings) == 2  # once per file, not once per epoch
 

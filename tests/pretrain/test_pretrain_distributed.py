@@ -46,3 +46,20 @@ def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path
     checkpoint = load_file(out / "checkpoint_last.pth")
     assert checkpoint["step"] == 2 and len(checkpoint["rng"]) == 2  # every rank's RNG state
     assert not any(k.startswith("module.") for k in checkpoint["model"])
+
+
+def test_a_file_both_processes_meet_is_counted_once(tmp_path):
+    # 3 images and 1 unreadable file at a global batch of 8 over 2 processes: each process's half of the one
+    # step wraps around the whole epoch order, so both meet the unreadable file (it was counted twice)
+    data = make_images(tmp_path / "data", 3)
+    (data / "class_a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "sparkmim.pretrain", str(data), *TINY_ARGS, "--epochs", "1", "--device", "cpu", "--num-vis", "0",
+               "--output-dir", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [r["skipped_images"] for r in read_rows(out / "metrics.jsonl", "epoch")] == [1]
+    log = (out / "log_rank0.txt").read_text()
+    assert "1 unreadable image(s) skipped" in log
+    assert "the data has 4 image(s), fewer than one global batch of 8: every step repeats images" in log
