@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
-                                   load_rgb)
+                                   load_rgb, no_images_hint)
 from sparkmim.utils.config import ConfigError
 from sparkmim.utils.distributed import computed_on_main
 from sparkmim.utils.values import estimate_norm_stats, load_values, saved_norm_stats
@@ -55,7 +55,7 @@ class ImageFolderDataset(Dataset):
             files = [str(p) for p in find_image_files(self.root / name, extensions)]
             if not files:
                 raise DataError(f"class folder {self.root / name} contains no image files"
-                                + _arrays_hint(self.root / name, extensions))
+                                + no_images_hint(self.root / name, extensions))
             self.samples.extend((path, index) for path in files)
         self.transform = transform
 
@@ -70,13 +70,6 @@ class ImageFolderDataset(Dataset):
             logger.warning("skipping unreadable image %s", error)
             return None
         return (self.transform(image) if self.transform is not None else image), target
-
-
-def _arrays_hint(folder: Path, extensions: Tuple[str, ...]) -> str:
-    """Why a folder of ``.npy`` arrays has no images for an RGB run: arrays are only read with their own values."""
-    if set(ARRAY_EXTENSIONS) <= set(extensions) or not find_image_files(folder, ARRAY_EXTENSIONS):
-        return ""
-    return " (it holds .npy arrays, which are read with --in-chans N and --mean/--std or --norm-stats auto)"
 
 
 @dataclass

@@ -112,7 +112,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
     t = trainer
     t.model.train()
     losses = _LossReader(t.device)
-    skipped, grad_norm, lr = 0, torch.tensor(float("nan")), 0.0
+    skipped, grad_norm, lr = 0, torch.zeros(()), 0.0
     micro_batches = steps_per_epoch * t.accum_steps
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (is_main and t.progress),
                dynamic_ncols=True, leave=False)
@@ -162,8 +162,10 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             loss_value = losses.read(epoch)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if t.metrics is not None:
-                t.metrics.log({"kind": "train_step", "epoch": epoch, "loss": loss_value, "lr": lr,
-                               "grad_norm": float(grad_norm)}, step=step, prefix="train/")
+                row = {"kind": "train_step", "epoch": epoch, "loss": loss_value, "lr": lr}
+                if t.clip_grad > 0:  # the norm is only computed to clip (it was written as "nan" otherwise)
+                    row["grad_norm"] = float(grad_norm)
+                t.metrics.log(row, step=step, prefix="train/")
     bar.close()
     losses.read(epoch)  # the steps since the last log step (and any non-finite loss among them)
     total_loss, total_count, total_skipped = _sum_across([float(losses.total), losses.count, skipped], t.device)

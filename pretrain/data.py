@@ -21,7 +21,7 @@ from torchvision.transforms import functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, UnreadableImageError, find_image_files,
-                                   is_image_file, load_rgb)
+                                   is_image_file, load_rgb, no_images_hint)
 from sparkmim.utils.errors import UserError
 from sparkmim.utils.values import decode_values, load_values
 
@@ -56,10 +56,12 @@ def list_images(source: str, arrays: bool = False) -> List[Path]:
     ``.npy`` files (data read with its own values)."""
     path = Path(source).expanduser()
     if path.is_dir():
-        files = find_image_files(path, IMAGE_EXTENSIONS + (ARRAY_EXTENSIONS if arrays else ()))
+        extensions = IMAGE_EXTENSIONS + (ARRAY_EXTENSIONS if arrays else ())
+        files = find_image_files(path, extensions)
         if not files:
-            raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}; "
-                            "point DATA at a folder of images or a text file listing image paths")
+            raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}"
+                            f"{no_images_hint(path, extensions)}; point DATA at a folder of images or a text file "
+                            "listing image paths")
         return files
     if path.is_file():
         if is_image_file(path):

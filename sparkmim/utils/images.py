@@ -59,6 +59,18 @@ def is_image_file(path: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EX
     return str(path).lower().endswith(extensions)
 
 
+def no_images_hint(folder: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
+    """What a folder without any file of ``extensions`` holds instead, when it is data read another way: ``.npy``
+    arrays (read only with their own values) or tar shards (read through their index); "" otherwise."""
+    folder = Path(folder)
+    if not set(ARRAY_EXTENSIONS) <= set(extensions) and any(folder.rglob("*.npy")):
+        return " (it holds .npy arrays, which are read with --in-chans N and --mean/--std or --norm-stats auto)"
+    if any(folder.rglob("*.tar")):
+        return (" (it holds .tar shards: give their shards.json folder, a brace pattern such as "
+                "'DIR/train-{000000..000099}.tar', or pack images with spark-data pack, which writes shards.json)")
+    return ""
+
+
 def find_image_files(folder: Union[str, Path], extensions: Tuple[str, ...] = IMAGE_EXTENSIONS) -> List[Path]:
     """The image files under ``folder`` (recursively, sorted). Entries with an image name that are not
     readable files (dangling or looping links, folders named like images) are left out and reported

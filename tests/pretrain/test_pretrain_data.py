@@ -32,6 +32,16 @@ def test_folder_is_searched_recursively_and_list_files_work(tmp_path):
     assert list_images(str(listing)) == [tmp_path / "train/class_a/img0.png", files[-1]]
     with pytest.raises(DataError, match="does not exist"):
         list_images(str(tmp_path / "missing"))
+    # a folder of data read another way says so: arrays need their own values, shards their index
+    (tmp_path / "arrays").mkdir()
+    np.save(tmp_path / "arrays" / "0.npy", np.zeros((8, 8, 4), np.float32))
+    with pytest.raises(DataError, match=r"\(it holds \.npy arrays, which are read with --in-chans N"):
+        list_images(str(tmp_path / "arrays"))
+    assert list_images(str(tmp_path / "arrays"), arrays=True) == [tmp_path / "arrays" / "0.npy"]
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(DataError, match=r"\(it holds \.tar shards: give their shards.json folder"):
+        list_images(str(tmp_path / "shards"))
 
 
 def test_modes_are_converted_and_unreadable_files_are_skipped(tmp_path, caplog):
