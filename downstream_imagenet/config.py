@@ -16,7 +16,7 @@ from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
-from sparkmim.utils.values import NORM_STATS, check_channel_options
+from sparkmim.utils.values import NORM_STATS, check_channel_options, check_one_normalisation
 
 from .layer_decay import GROUPINGS
 
@@ -234,6 +234,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> UserLayers:
 
 def resolve(user: UserLayers) -> FinetuneConfig:
     """Training configuration: defaults <- model recipe (<- linear-probe recipe) <- --recipe <- CLI."""
+    check_one_normalisation(user.cli)
     probe = merge(DEFAULTS, user.recipe, user.cli)
     layers, model_recipe = [], None
     if probe["model"]:

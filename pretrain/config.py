@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from sparkmim.model import settings as spark_settings
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
-from sparkmim.utils.values import NORM_STATS, check_channel_options
+from sparkmim.utils.values import NORM_STATS, check_channel_options, check_one_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     if "--allow-unsafe-load" in (sys.argv[1:] if argv is None else argv):
         logger.warning("--allow-unsafe-load is deprecated and will be removed in the next release; use --allow-unsafe")
     cli = _cli_layer(args)
+    check_one_normalisation(cli)
     recipe_name = args.recipe
     if recipe_name is None and cli.get("data") is None:
         recipe_name = DEMO_RECIPE

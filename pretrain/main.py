@@ -42,6 +42,7 @@ from .shard_stream import (StreamLayout, check_stream_count, decoded_samples, fi
 from .optim import build_optimizer
 
 logger = logging.getLogger("sparkmim.pretrain")
+CPU_MICRO_BATCH_WARNING = 256  # images per forward pass above which a CPU run is told to accumulate
 
 TrainingData = Union[List[Path], ShardSet]  # image files, or tar shards with their sample counts
 
@@ -361,6 +362,11 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     """Build, resume, train and write the outputs of a claimed run folder."""
     size = normalise_size(config.input_size)
     layout = batch_layout(int(config.batch_size), dist_info.world_size, config.micro_batch, config.accum_steps)
+    if dist_info.device.type == "cpu" and layout.micro_batch > CPU_MICRO_BATCH_WARNING:
+        # a GPU that runs out of memory says so; a CPU process is killed by the system without a word
+        logger.warning("%d images per forward pass on the CPU: the memory may run out, and the system would then "
+                       "stop the run without a message; give --micro-batch (e.g. 64) to accumulate the batch of %d",
+                       layout.micro_batch, layout.global_batch)
 
     seed = int(config.seed)
     seed_everything(seed)  # identical initial weights on every rank

@@ -244,9 +244,10 @@ def shard_loader(shards: ShardSet, layout: StreamLayout, size: Tuple[int, int], 
     dataset = ShardStreams(shards, layout, size, seed, values, shuffle_buffer, encoded=decode_on_device)
     epoch = layout.start_step // layout.steps_per_epoch
     twice, left_out = epoch_balance(shards, layout, seed, epoch)
-    logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d; epoch "
-                "%d reads %d sample(s) twice and leaves %d for later (uneven shards per stream)", len(shards.urls),
-                layout.streams, layout.world_size, layout.workers, shuffle_buffer, epoch, twice, left_out)
+    uneven = (f"; epoch {epoch} reads {twice} sample(s) twice and leaves {left_out} for later (uneven shards per "
+              "stream)") if twice or left_out else ""
+    logger.info("data: %d shard(s) read as %d stream(s) (%d process(es) x %d worker(s)), shuffle buffer %d%s",
+                len(shards.urls), layout.streams, layout.world_size, layout.workers, shuffle_buffer, uneven)
     if decode_on_device:
         logger.info("data: JPEGs decoded on %s (workers read bytes and draw crops; other formats decoded in the "
                     "workers)", device)

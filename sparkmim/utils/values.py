@@ -13,7 +13,7 @@ whichever is shorter.
 """
 import io
 from pathlib import Path
-from typing import BinaryIO, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,6 +109,17 @@ def check_channel_options(in_chans: int, mean: Optional[Sequence[float]], std: O
     elif in_chans != 3 and norm_stats != "auto":
         raise ConfigError(f"--in-chans {in_chans} needs its normalisation: --mean and --std ({in_chans} "
                           "values each, in the data's own units) or --norm-stats auto")
+
+
+def check_one_normalisation(given: Mapping[str, Any]) -> None:
+    """The command line asks for one normalisation: ``--norm-stats auto`` (computed from the data) or
+    ``--mean/--std``. Both would silently use the given values. (Only the command line: a run's config.yaml,
+    reused as a recipe, records the computed values beside ``norm_stats: auto``.)"""
+    from .config import ConfigError
+
+    if given.get("norm_stats") == "auto" and given.get("mean") is not None:
+        raise ConfigError("--norm-stats auto computes the mean and std from the data: give it or --mean/--std, "
+                          "not both")
 
 
 def decode_values(data: bytes, name: str, in_chans: int) -> torch.Tensor:

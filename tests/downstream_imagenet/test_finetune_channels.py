@@ -71,6 +71,10 @@ def test_a_contradicting_in_chans_is_one_line(bands_pretrained, tmp_path, capsys
         "config.yaml); drop --in-chans or give other weights")
     assert main([*TINY, "--data", str(data), "--in-chans", "5", "--output-dir", str(tmp_path / "run2")]) == 2
     assert "--in-chans 5 needs its normalisation: --mean and --std" in capsys.readouterr().err
+    assert main([*TINY, "--data", str(data), "--weights", str(encoder), "--norm-stats", "auto", "--mean", *["1"] * 5,
+                 "--std", *["1"] * 5, "--output-dir", str(tmp_path / "run3")]) == 2
+    assert "--norm-stats auto computes the mean and std from the data: give it or --mean/--std, not both" in \
+        capsys.readouterr().err
 
 
 def test_a_full_checkpoint_carries_its_channels_wherever_it_is_copied(bands_pretrained, tmp_path, capsys):

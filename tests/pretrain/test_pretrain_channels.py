@@ -96,6 +96,9 @@ def test_multispectral_arrays_skip_a_file_with_other_bands(tmp_path):
     (["--in-chans", "2", "--mean", "1", "--std", "1"], "--mean and --std need 2 values each"),
     (["--in-chans", "1", "--norm-stats", "auto", "--decode-on-device"], "--decode-on-device decodes 8-bit RGB"),
     (["--mean", "1", "2", "3"], "give --mean and --std together"),
+    # the given values were used without a word, and config.yaml said norm_stats: auto beside them
+    (["--in-chans", "1", "--norm-stats", "auto", "--mean", "1", "--std", "1"],
+     "--norm-stats auto computes the mean and std from the data: give it or --mean/--std, not both"),
 ])
 def test_channel_options_are_checked_in_one_line(tmp_path, extra, message):
     done = run_cli([str(tmp_path), *TINY, *extra, "--output-dir", str(tmp_path / "run")])

@@ -224,6 +224,20 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert line.startswith("spark-pretrain: error: --device cuda was asked for but no CUDA device is visible")
 
 
+def test_a_cpu_run_with_a_large_forward_pass_is_told_to_accumulate(tmp_path, monkeypatch):
+    # the paper's batch of 4096 in one forward pass got a CPU run killed by the system, without a message
+    from sparkmim.pretrain import main as pretrain_main
+
+    monkeypatch.setattr(pretrain_main, "CPU_MICRO_BATCH_WARNING", 4)  # the threshold, at this test's scale
+    data = make_images(tmp_path / "data", 8)
+    for micro, warned in (("8", True), ("4", False)):
+        out = tmp_path / f"run{micro}"
+        assert main([str(data), *TINY_ARGS, "--epochs", "1", "--num-vis", "0", "--micro-batch", micro,
+                     "--output-dir", str(out)]) == 0
+        log = (out / "log_rank0.txt").read_text()
+        assert ("8 images per forward pass on the CPU: the memory may run out" in log) == warned
+
+
 def test_demo_runs_without_a_data_argument(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPARKMIM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo_run"
