@@ -78,7 +78,6 @@ def load_record(path: Path, kind: Optional[str] = None) -> Dict[str, Any]:
     return record
 
 
-
 def network_options(model: str, config: Mapping[str, Any]) -> Dict[str, str]:
     """The options that decide which tensors the network has, as the flags that set them (defaults filled in:
     a checkpoint from before an option existed used its default)."""

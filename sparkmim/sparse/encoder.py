@@ -74,11 +74,13 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         return timm.create_model(name, **{"pretrained": False, **kwargs})
     except TypeError as error:
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        # the head options are the caller's, not the user's: create_timm_encoder retries without them
-        if unexpected is None or unexpected.group(1) in ("global_pool", "num_classes"):
+        argument = unexpected.group(1) if unexpected else None
+        # only arguments given here are the user's to fix; the head options are the caller's (create_timm_encoder
+        # retries without them), and an argument timm adds itself is timm's matter
+        if argument not in kwargs or argument in ("global_pool", "num_classes"):
             raise
-        raise EncoderSpecError(f"{name} takes no argument '{unexpected.group(1)}' ({error}); check the model's "
-                               "keyword arguments (--model-kwargs)") from error
+        raise EncoderSpecError(f"{name} takes no argument '{argument}' ({error}); check the model's keyword "
+                               "arguments (--model-kwargs)") from error
 
 
 def create_timm_encoder(name: str, **kwargs: Any) -> nn.Module:

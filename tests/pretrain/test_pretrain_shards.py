@@ -47,7 +47,8 @@ def test_shards_train_with_the_folders_schedule_and_write_every_output(folder_an
     assert _schedule(tmp_path / "shards") == _schedule(tmp_path / "folder")  # 2 epochs x 3 steps, global batch 8
     log = (tmp_path / "shards" / "log_rank0.txt").read_text()
     assert "data: 24 samples in 4 tar shard(s)" in log and "4 shard(s) read as 2 stream(s)" in log
-    assert "sample(s) twice" not in log  # 6 samples per shard, 12 per stream: nothing uneven to report
+    # 3 micro-batches per epoch over 2 workers: one stream supplies 16 samples from its 12, the other 8
+    assert "epoch 0 reads 4 sample(s) twice and leaves 4 for later (uneven shards per stream)" in log
     assert [r["step"] for r in read_rows(tmp_path / "shards" / "metrics.jsonl", "step")] == list(range(6))
     checkpoint = load_file(tmp_path / "shards" / "checkpoint_last.pth")
     assert checkpoint["sampler"]["num_images"] == 24 and checkpoint["sampler"]["data_streams"] == [1, 2]
