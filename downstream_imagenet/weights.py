@@ -3,9 +3,9 @@
 The source file may be any format the core converter knows (our encoder-only or full pre-training
 checkpoint, the reference release files); after conversion to timm names, the only keys the
 classifier may lack are its own classifier's and the classifier-side norm of a ConvNeXt head (the
-reference's encoders do not have it; it then starts from its initialisation). Anything else missing, any key left over and any shape
-mismatch is an error that names the keys: a silently half-loaded backbone would fine-tune
-"successfully" and just report a worse accuracy.
+reference's encoders do not have it; it then starts from its initialisation). Anything else missing,
+any key left over and any shape mismatch is an error that names the keys: a silently half-loaded
+backbone would fine-tune "successfully" and just report a worse accuracy.
 """
 import logging
 from dataclasses import dataclass, field
@@ -86,13 +86,14 @@ def check_stem_channels(model: nn.Module, encoder_state: Dict[str, torch.Tensor]
 def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool = False) -> LoadReport:
     """Read ``path`` (safe unpickling), convert it with the core converter and load it."""
     from sparkmim.convert import KeyAccountingError, load_encoder_state_dict
-    from sparkmim.convert.formats import is_torchvision_convnext, torchvision_convnext_to_timm
+    from sparkmim.convert.formats import is_torchvision_convnext, torchvision_convnext_encoder
 
     obj = load_file(path, allow_unsafe=allow_unsafe)
     try:
-        if is_torchvision_convnext(strip_prefix(unwrap_state_dict(obj), "module.")):  # spark-convert reads it too
-            obj = torchvision_convnext_to_timm(strip_prefix(unwrap_state_dict(obj), "module."))[0]
-        encoder_state, conversion = load_encoder_state_dict(obj)
+        state = strip_prefix(unwrap_state_dict(obj), "module.")
+        # torchvision's ConvNeXt names, which spark-convert reads the same way; every other layout by the core
+        encoder_state, conversion = (torchvision_convnext_encoder(state) if is_torchvision_convnext(state)
+                                     else load_encoder_state_dict(obj))
     except (KeyAccountingError, NoStateDictError) as error:
         raise WeightLoadingError(f"{path}: {error}") from error
     check_stem_channels(model, encoder_state, path)

@@ -126,6 +126,16 @@ def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dic
     return TORCHVISION_CONVNEXT_TO_TIMM.convert(state)
 
 
+def torchvision_convnext_encoder(state: Mapping[str, torch.Tensor]
+                                 ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+    """:func:`load_encoder_state_dict` for a torchvision ConvNeXt state dict: timm names, classifier dropped."""
+    renamed, report = torchvision_convnext_to_timm(state)
+    encoder, inner = load_encoder_state_dict(renamed)
+    report.dropped.extend(inner.dropped)
+    report.notes.append("torchvision ConvNeXt names")
+    return encoder, report
+
+
 # --- model identification -------------------------------------------------------------------------
 
 def _model_shapes(name: str, model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Tuple[int, ...]]:
@@ -271,11 +281,7 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(FB_CONVNEXT, encoder, report)
         elif is_torchvision_convnext(state):
-            renamed, report = torchvision_convnext_to_timm(state)
-            encoder, inner = load_encoder_state_dict(renamed)
-            report.dropped.extend(inner.dropped)
-            report.notes.append("torchvision ConvNeXt names")
-            info = SourceInfo(TORCHVISION_CONVNEXT, encoder, report)
+            info = SourceInfo(TORCHVISION_CONVNEXT, *torchvision_convnext_encoder(state))
         else:
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(TIMM, encoder, report)

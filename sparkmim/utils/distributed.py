@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 class DeviceError(UserError, RuntimeError):
     """The asked-for device is not one the jobs know, or is not there."""
 
+
 T = TypeVar("T")
 
 
