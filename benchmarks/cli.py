@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--fixtures", type=Path, default=None,
                      help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
     gpu.add_argument("--value-data", default=None, help="data for part 6 (default: the installed Fashion-MNIST)")
+    gpu.add_argument("--keep-scratch", action="store_true",
+                     help="keep OUT/scratch (generated images, run folders, checkpoints: gigabytes on a GPU), "
+                          "deleted after each part by default")
 
     coverage = sub.add_parser("coverage", help="every timm family: works, or refused and why (docs/coverage.md)")
     coverage.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
@@ -270,7 +273,8 @@ def _run_gpu_check(args: argparse.Namespace) -> int:
         raise RuntimeError("--device cuda but no CUDA device is visible; use --device cpu --quick for the CPU code path")
     fixtures = args.fixtures or default_fixtures()
     options = CheckOptions(out=str(args.out), device=args.device, quick=args.quick,
-                           fixtures=str(fixtures) if fixtures else None, value_data=args.value_data)
+                           fixtures=str(fixtures) if fixtures else None, value_data=args.value_data,
+                           keep_scratch=args.keep_scratch)
     budget = args.budget_s if args.budget_s is not None else (None if args.quick else 480.0)
     results = run_gpu_check(options, args.parts, budget)
     print((args.out / "summary.md").read_text())

@@ -52,6 +52,7 @@ def main() -> int:
     h = size // spark.downsample_ratio
     active = spark.mask(batch, h, h, device, generator=torch.Generator(device=device).manual_seed(2))
     losses = [_step(model, optimizer, images, active, device) for _ in range(3)]
+    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "ddp_checkpoint.pth"
     torch.save({"model": spark.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
     continued = _step(model, optimizer, images, active, device)

@@ -20,7 +20,7 @@ def _torchrun(*args: str) -> list:
 
 
 def ddp_resume(options: CheckOptions, result: PartResult) -> None:
-    command = _torchrun("-m", "sparkmim.benchmarks.gpu_check.ddp_worker", options.device, str(options.out_dir),
+    command = _torchrun("-m", "sparkmim.benchmarks.gpu_check.ddp_worker", options.device, str(options.scratch_dir),
                         "quick" if options.quick else "full")
     done = run_child(command, timeout=options.seconds_left())
     line = next((l for l in done.stdout.splitlines() if l.startswith(DDP_MARK)), None)
@@ -44,9 +44,9 @@ def pretrain_under_torchrun(options: CheckOptions, result: PartResult) -> None:
     from sparkmim.tools.smoke_data import write_images
     from sparkmim.utils.checkpoint import load_file
 
-    data = write_images(options.out_dir / "torchrun_images", 16 if options.quick else 512,
+    data = write_images(options.scratch_dir / "torchrun_images", 16 if options.quick else 512,
                         72 if options.quick else 256, seed=0)
-    run_dir = options.out_dir / "torchrun_pretrain"
+    run_dir = options.scratch_dir / "torchrun_pretrain"
     model = ["--model", "test_resnet", "--input-size", "64", "--batch-size", "8", "--decoder-width", "32"] \
         if options.quick else ["--model", "resnet50", "--input-size", "224", "--batch-size", "128", "--amp", "bf16"]
     common = [*model, "--device", options.device, "--workers", "2", "--no-progress", "--num-vis", "2",

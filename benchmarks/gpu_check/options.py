@@ -17,6 +17,7 @@ class CheckOptions:
     value_data: Optional[str] = None    # Fashion-MNIST (or a folder data set) for the value benchmark part
     seconds: float = 0.0                # this part's time limit (the part may plan with it); 0: none
     deadline: float = 0.0               # time.time() by which the part must end, set by its process; 0: none
+    keep_scratch: bool = False          # keep the generated images, run folders and checkpoints
 
     @property
     def cuda(self) -> bool:
@@ -29,6 +30,12 @@ class CheckOptions:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where parts write bulky files (images, run folders, checkpoints): deleted after each part
+        unless ``keep_scratch``, so ``out`` stays small enough to be copied back whole."""
+        return self.out_dir / "scratch"
 
     def seconds_left(self, margin: float = 2.0, floor: float = 10.0) -> Optional[float]:
         """A sub-process's timeout: what is left of the part's limit less ``margin``, at least ``floor``

@@ -64,7 +64,7 @@ def pretrain_loop_step(options: CheckOptions, result: PartResult) -> None:
                                   weight_decay_end=0.2),
                 batches=batches(), accumulation=2, steps_per_epoch=100, total_steps=100, global_batch=2 * batch,
                 dist_info=DistInfo(rank=0, world_size=1, local_rank=0, device=device),
-                metrics=MetricsLogger(options.out_dir / "sync_loop", enabled=False), skips=SkipReporter([]),
+                metrics=MetricsLogger(options.scratch_dir / "sync_loop", enabled=False), skips=SkipReporter([]),
                 stop=GracefulStop(), save=lambda step: None, amp_dtype=torch.bfloat16, progress=False)
     loop.train_step(0)  # the optimizer state exists from here on
     ops = record_host_syncs(lambda: loop.train_step(1), optimizer_host_scalars(optimizer))

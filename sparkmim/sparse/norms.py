@@ -12,13 +12,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.precision import reduction_dtype
 from .context import MaskContext
 from .masked_batchnorm import MaskedBatchNormFunction
-
-
-def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision inputs (autocast), the input's own dtype otherwise (e.g. float64)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _centered_for_variance(x: torch.Tensor, mean: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,7 +102,7 @@ class SparseBatchNorm2d(nn.Module):
         return self.context.mask_like(x, dtype=dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _statistics_dtype(x)
+        dtype = reduction_dtype(x)
         x32 = x.to(dtype)
         mask = self._mask(x, dtype)
         if self.training or not self.track_running_stats:
@@ -182,7 +178,7 @@ class SparseGroupNorm(nn.Module):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         groups = self.num_groups
-        dtype = _statistics_dtype(x)
+        dtype = reduction_dtype(x)
         mask = self.context.mask_like(x, dtype=dtype)  # (B, 1, H, W)
         x32 = x.to(dtype).reshape(batch, groups, channels // groups, height, width)
         mask5 = mask.unsqueeze(1)  # (B, 1, 1, H, W)

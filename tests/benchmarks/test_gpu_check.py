@@ -34,6 +34,8 @@ def test_every_part_runs_its_code_path_on_cpu(quick_run):
     assert cuda_only and all(c["passed"] is None and "skipped: no CUDA" in c["detail"] for c in cuda_only)
     assert sum(c["passed"] is True for c in checks) >= 15  # the checks that do run on CPU, and pass
     assert results["environment"]["device"] == "cpu" and results["environment"]["mode"] == "quick"
+    # the generated images, run folders and checkpoints are gone: the folder can be copied back whole
+    assert not (out / "scratch").exists() and not list(out.glob("*/checkpoint_last.pth"))
 
 
 @pytest.mark.slow
@@ -53,6 +55,14 @@ def test_a_part_past_its_limit_is_reported_and_the_budget_stops_the_rest(tmp_pat
     assert "limit" in results[0].message and "budget" in results[1].message
     written = json.loads((tmp_path / "results.json").read_text())
     assert [p["status"] for p in written["parts"]] == ["timed out", "skipped"]  # rewritten after each part
+
+
+@pytest.mark.slow
+def test_keep_scratch_keeps_the_generated_files(tmp_path):
+    options = CheckOptions(out=str(tmp_path), device="cpu", quick=True, keep_scratch=True)
+    [result] = run_gpu_check(options, ["data"], budget_s=None)
+    assert result.status == "ok", result.message
+    assert list((tmp_path / "scratch" / "e2e" / "images").iterdir())
 
 
 def test_bad_requests_are_one_line_errors(tmp_path, capsys):
