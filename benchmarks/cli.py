@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
     norm.add_argument("--batch", type=int, default=8)
+    norm.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                      help="bf16: bf16 input and gradient under autocast, as in a bf16 training step")
     norm.add_argument("--device", default="cpu")
     norm.add_argument("--threads", type=int, default=None)
     norm.add_argument("--repeats", type=int, default=10)
@@ -258,9 +260,9 @@ def _run_norm(args: argparse.Namespace) -> int:
     from .perf.norm import RESNET50_SHAPES, format_norms, time_norms
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device)
-    print(format_norms(rows, args.batch))
-    _write_json(args.json, {"batch": args.batch, "device": args.device, "rows": rows})
+    rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device, precision=args.precision)
+    print(format_norms(rows, args.batch, args.precision))
+    _write_json(args.json, {"batch": args.batch, "device": args.device, "precision": args.precision, "rows": rows})
     return 0
 
 

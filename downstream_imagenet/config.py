@@ -89,7 +89,7 @@ class FinetuneConfig(TypedConfig):
     norm_stats: str = "given"           # given | auto (computed once from the training files)
     # runtime
     amp: str = "off"
-    channels_last: bool = False
+    channels_last: Optional[bool] = None  # None = on for CUDA devices, off on CPU (measured: docs/benchmarks.md)
     sync_bn: bool = True
     device: str = "auto"
     workers: int = 8
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--std", type=float, nargs="+", help="per-channel std, in the data's units")
     add("--norm-stats", choices=NORM_STATS, help="auto: the per-channel mean and std of up to 256 training files")
     add("--amp", choices=CHOICES["amp"], help="autocast precision")
-    add("--channels-last", **flag)
+    add("--channels-last", help="network and batches in channels_last (default: on for CUDA devices, off on CPU)",
+        **flag)
     add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
     add("--device", choices=CHOICES["device"])
     add("--workers", type=int, help="data-loading processes per training process")

@@ -6,7 +6,7 @@ Setup lives here; the loop bodies are in :mod:`.engine`.
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +17,7 @@ from sparkmim.utils.checkpoint import UnsafeCheckpointError
 from sparkmim.utils.config import ConfigError, save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from sparkmim.utils.memory_format import channels_last_default
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.metrics import MetricsLogger
@@ -340,11 +341,12 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     model = build_model(config, len(record["classes"]))
     checkpoints.load_network_state(model, state, record, config.as_dict(), Path(path))
     model.to(dist_info.device)
-    if config.channels_last:
+    channels_last = channels_last_default(config.channels_last, dist_info.device)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     batch = config.eval_batch_size or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
-    result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), config.channels_last)
+    result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), channels_last)
     result["checkpoint"] = str(path)
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
@@ -363,6 +365,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 0
     config = resolve(user)
     dist_info = init_distributed(config.device)
+    config = replace(config, channels_last=channels_last_default(config.channels_last, dist_info.device))
     summary = train(config, dist_info)
     if dist_info.is_main:
         ema_part = (f", best EMA top-1 {summary['best_ema_top1']:.2f}"

@@ -47,7 +47,7 @@ class PretrainConfig(TypedConfig):
     decoder_width: int = 768
     densify_norm: str = "auto"
     amp: str = "off"                        # off | bf16 | fp16
-    channels_last: bool = False
+    channels_last: Optional[bool] = None    # None = on for CUDA devices, off on CPU (measured: docs/benchmarks.md)
     compile: bool = False
     device: str = "auto"
     workers: Optional[int] = None           # data-loading processes; None = min(8, cpu count)
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-width", type=int, default=None)
     parser.add_argument("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
     parser.add_argument("--amp", default=None, choices=AMP_CHOICES)
-    parser.add_argument("--channels-last", action="store_const", const=True, default=None)
+    parser.add_argument("--channels-last", action="store_const", const=True, default=None,
+                        help="keep the network and batches in channels_last (default: on for CUDA devices, off on CPU)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
     parser.add_argument("--compile", action="store_const", const=True, default=None)
     parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
     parser.add_argument("--workers", type=int, default=None)

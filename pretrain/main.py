@@ -18,6 +18,7 @@ from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, computed_on_main, init_distributed
+from sparkmim.utils.memory_format import channels_last_default
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
@@ -310,6 +311,7 @@ def start(argv: Optional[Sequence[str]]
                             is_main=is_main_process())
     try:
         dist_info = init_distributed(config.device)
+        config = dataclasses.replace(config, channels_last=channels_last_default(config.channels_last, dist_info.device))
         setup_logging(run_dir, rank=dist_info.rank)
         logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
                     dist_info.device, run_dir.resolve())

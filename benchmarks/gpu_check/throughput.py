@@ -3,8 +3,10 @@
 ResNet-50 (batch 128) and ConvNeXt-B (batch 64) at 224 px, fp32 and bf16, channels_last off and on,
 all variants interleaved in this process (CUDA peak memory is per variant: the counter is reset
 before each), so the ratios a/b and c/a come from one run under the same conditions. When bf16 a/b
-exceeds 1.10 a torch.profiler table of (a) against (b) is written next to the results. With
-``--quick`` on a CPU the figures are only a sign that the code path runs (one step, no warm-up)."""
+exceeds 1.10 a torch.profiler table of (a) against (b) is written next to the results. First, in
+seconds, the masked BatchNorm alone against the native one on ResNet-50's shapes in bf16 (the
+largest share of (a)'s extra cost by the code's count). With ``--quick`` on a CPU the figures are
+only a sign that the code path runs (one step, no warm-up)."""
 import itertools
 import json
 import subprocess
@@ -34,9 +36,11 @@ def run(options: CheckOptions, result: PartResult) -> None:
     from sparkmim.benchmarks.perf.step import StepConfig
 
     models, size, warmup, steps, rounds = _settings(options)
+    deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
+    _norm_alone(options, result)
     rows = ["| model | batch | precision | channels_last | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
             "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
+    table = len(result.tables)
     result.tables.append("\n".join(rows))
     # bf16 first: the precision pre-training runs in, so a part cut short loses fp32 rows, not those
     for precision, (model, batch), channels_last in itertools.product(("bf16", "fp32"), models, (False, True)):
@@ -56,7 +60,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
                     + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
                     + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
                     + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
-        result.tables[0] = "\n".join(rows)
+        result.tables[table] = "\n".join(rows)
         result.record()  # a row survives the part being stopped later
         if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda:
             _profile(options, config, result, key)
@@ -67,6 +71,17 @@ def run(options: CheckOptions, result: PartResult) -> None:
         else:
             result.add("torch.compile, ResNet-50 bf16", None,
                        f"not run: {left:.0f} s of the part's {options.seconds:.0f} s left (compiling needs more)")
+
+
+def _norm_alone(options: CheckOptions, result: PartResult) -> None:
+    """``spark-bench norm --precision bf16`` at the throughput rows' ResNet-50 batch."""
+    from sparkmim.benchmarks.perf.norm import RESNET50_SHAPES, format_norms, time_norms
+
+    batch, shapes, repeats = (2, RESNET50_SHAPES[:2], 1) if options.quick else (128, RESNET50_SHAPES, 10)
+    rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16")
+    result.figures["masked batchnorm alone, bf16"] = rows
+    result.tables.append(format_norms(rows, batch, "bf16"))
+    result.record()
 
 
 def _profile(options: CheckOptions, config, result: PartResult, key: str) -> None:

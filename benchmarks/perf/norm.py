@@ -4,6 +4,7 @@ Why: the profile of a full step shows the masked BatchNorm as the largest cost o
 dense network; timing it alone, on the feature-map shapes of a real encoder, gives a quick loop for
 optimising it (seconds instead of minutes) with the same interleaved, median-of-many method.
 """
+import contextlib
 import statistics
 import time
 from typing import Any, Dict, List, Sequence, Tuple
@@ -29,30 +30,42 @@ def _time(run, device: torch.device) -> float:
     return time.perf_counter() - tick
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7, repeats: int = 10,
-               device: str = "cpu", mask_ratio: float = 0.6, seed: int = 0) -> List[Dict[str, Any]]:
+               device: str = "cpu", mask_ratio: float = 0.6, seed: int = 0, precision: str = "fp32"
+               ) -> List[Dict[str, Any]]:
     """For each (channels, side): median forward+backward time of the masked and the native BatchNorm,
-    interleaved ``repeats`` times (after one warm-up each)."""
+    interleaved ``repeats`` times (after one warm-up each). ``bf16``: a bf16 input and gradient, as a
+    convolution under bf16 autocast hands the norm, and both norms run under autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for channels, side in shapes:
         context = MaskContext()
         sparse = SparseBatchNorm2d(channels, context).to(dev).train()
         dense = nn.BatchNorm2d(channels).to(dev).train()
-        x = torch.randn(batch, channels, side, side, generator=generator).to(dev).requires_grad_(True)
-        grad = torch.randn(batch, channels, side, side, generator=generator).to(dev)
+        x = torch.randn(batch, channels, side, side, generator=generator).to(dev, dtype).requires_grad_(True)
+        grad = torch.randn(batch, channels, side, side, generator=generator).to(dev, dtype)
         visible = round(mask_grid * mask_grid * (1 - mask_ratio))
         keep = torch.rand(batch, mask_grid * mask_grid, generator=generator).argsort(1)[:, :visible]
         active = torch.zeros(batch, mask_grid * mask_grid, dtype=torch.bool).scatter_(1, keep, True)
         active = active.view(batch, 1, mask_grid, mask_grid).to(dev)
 
+        def precision_scope():
+            return torch.autocast(dev.type, dtype=dtype) if precision == "bf16" else contextlib.nullcontext()
+
         def run_sparse() -> None:
-            with context.use(active):
+            with context.use(active), precision_scope():
                 sparse(x).backward(grad)
 
         def run_dense() -> None:
-            dense(x).backward(grad)
+            with precision_scope():
+                dense(x).backward(grad)
 
         times: Dict[str, List[float]] = {"masked": [], "native": []}
         for index in range(repeats + 1):
@@ -66,8 +79,8 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
     return rows
 
 
-def format_norms(rows: List[Dict[str, Any]], batch: int) -> str:
-    lines = [f"BatchNorm forward+backward, batch {batch}, median of interleaved runs", "",
+def format_norms(rows: List[Dict[str, Any]], batch: int, precision: str = "fp32") -> str:
+    lines = [f"BatchNorm forward+backward, batch {batch}, {precision}, median of interleaved runs", "",
              "| channels x side | masked (ms) | native (ms) | masked/native |", "|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['channels']} x {row['side']} | {row['masked_ms']:.2f} | {row['native_ms']:.2f} | "

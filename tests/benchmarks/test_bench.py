@@ -155,12 +155,15 @@ def test_loader_only_compares_both_loading_paths(tmp_path, capsys):
     assert "loader only" in capsys.readouterr().out
 
 
-def test_norm_microbenchmark_runs():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_norm_microbenchmark_runs(precision):
     from sparkmim.benchmarks.perf import norm as bench_norm
-    rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2)
+    rows = bench_norm.time_norms(batch=2, shapes=[(8, 14), (16, 7)], repeats=2, precision=precision)
     assert [(r["channels"], r["side"]) for r in rows] == [(8, 14), (16, 7)]
     assert all(r["masked_ms"] > 0 and r["native_ms"] > 0 for r in rows)
-    assert "masked/native" in bench_norm.format_norms(rows, 2)
+    assert f"batch 2, {precision}," in bench_norm.format_norms(rows, 2, precision)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        bench_norm.time_norms(batch=2, shapes=[(8, 14)], repeats=1, precision="fp16")
 
 
 def test_loader_only_compares_a_folder_with_the_same_images_in_shards_both_ways(tmp_path, capsys):

@@ -45,6 +45,7 @@ def test_the_summary_names_each_part_and_its_figures(quick_run):
     for part in results["parts"]:
         assert f"## {part['title']}: ok" in summary
     assert "| test_resnet | 2 | bf16 | True |" in summary  # a throughput row: model, batch, precision, layout
+    assert "BatchNorm forward+backward, batch 2, bf16" in summary and "| 64 x 56 |" in summary  # the norm alone
     assert "a/b" in summary and "spark-pretrain end to end" in summary and "--resume auto" in summary
 
 

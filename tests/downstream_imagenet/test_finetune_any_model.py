@@ -42,3 +42,4 @@ def test_pretrained_efficient_cnn_finetunes_with_the_default_recipe(encoder_file
     assert len(rows) == 1 and rows[0]["train_loss"] == rows[0]["train_loss"]  # finite, not NaN
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert (config["model_recipe"], config["layer_decay"], config["opt"]) == ("default", 0.7, "lamb")
+    assert config["channels_last"] is False  # the default resolved for the device (off on CPU) is recorded

@@ -59,6 +59,7 @@ def test_run_writes_checkpoints_logs_and_pictures(finished_run):
 
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"] == "test_resnet" and config["batch_size"] == 8 and config["betas"] == [0.9, 0.95]
+    assert config["channels_last"] is False  # the default resolved for the device (off on CPU) is recorded
     log = (out / "log_rank0.txt").read_text()
     assert log.count("skipping unreadable image") == 2  # once per file, over both epochs
     assert "1 process(es) x 4 micro-batch x 2 accumulation" in log
@@ -268,6 +269,13 @@ def test_allow_unsafe_has_the_vocabulary_of_the_other_commands(tmp_path, flag, c
     assert resolve([str(tmp_path), flag])["allow_unsafe_load"] is True
     assert ("--allow-unsafe-load is deprecated" in caplog.text) == (flag == "--allow-unsafe-load")
     assert resolve([str(tmp_path)])["allow_unsafe_load"] is False
+
+
+def test_channels_last_defaults_to_the_device_and_can_be_turned_off(tmp_path):
+    from sparkmim.pretrain.config import resolve
+    assert resolve([str(tmp_path)])["channels_last"] is None  # decided once the device is known
+    assert resolve([str(tmp_path), "--no-channels-last"])["channels_last"] is False
+    assert resolve([str(tmp_path), "--channels-last"])["channels_last"] is True
 
 
 def test_amp_none_is_accepted_as_the_old_spelling_of_off(tmp_path):
