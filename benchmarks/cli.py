@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--device", default="cpu")
     e2e.add_argument("--threads", type=int, default=None)
     e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
+    e2e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="of the training step (bf16: spark-pretrain --amp bf16)")
+    e2e.add_argument("--channels-last", action="store_true", help="the step and spark-pretrain in channels_last")
     e2e.add_argument("--decode-on-device", action="store_true",
                      help="also time the loader with JPEG decoding on --device, and run spark-pretrain with it")
     e2e.add_argument("--loader-only", action="store_true", help="time the loader(s) only: no model, no run")
@@ -246,7 +249,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
     config = E2EConfig(data=args.data, work_dir=args.work_dir, num_images=args.num_images,
                        image_size=args.image_size, model=args.model, size=args.size, batch=args.batch,
                        workers=args.workers, device=args.device, threads=args.threads, warmup=args.warmup,
-                       decode_on_device=args.decode_on_device, loader_only=args.loader_only, shards=args.shards,
+                       decode_on_device=args.decode_on_device, precision=args.precision,
+                       channels_last=args.channels_last, loader_only=args.loader_only, shards=args.shards,
                        shard_size=args.shard_size, repeats=args.repeats, cold_cache=args.cold_cache)
     report = run_e2e(config)
     print(format_e2e(report))

@@ -11,7 +11,9 @@ def run(options: CheckOptions, result: PartResult) -> None:
     if options.quick:
         sizes = dict(num_images=12, image_size=80, model="test_resnet", size=64, batch=4, workers=1, warmup=1)
     else:
-        sizes = dict(num_images=1024, image_size=320, model="resnet50", size=224, batch=128, workers=12, warmup=2)
+        # how one trains on a GPU: bf16, channels_last (spark-pretrain's default on CUDA)
+        sizes = dict(num_images=1024, image_size=320, model="resnet50", size=224, batch=128, workers=12, warmup=2,
+                     precision="bf16", channels_last=True)
     for on_device in (True, False):  # nvJPEG first: the path no CPU run covers, kept if the part is cut short
         report = run_e2e(E2EConfig(work_dir=options.scratch_dir / "e2e", device=options.device,
                                    decode_on_device=on_device, **sizes))

@@ -50,6 +50,8 @@ class E2EConfig:
     warmup: int = 2
     seed: int = 0
     decode_on_device: bool = False
+    precision: str = "fp32"     # fp32 | bf16 (spark-pretrain --amp bf16), the step alone the same
+    channels_last: bool = False  # given to spark-pretrain either way, so both measure one layout
     loader_only: bool = False   # measure 1. only (no model: cheap, and enough to compare loading paths)
     shards: bool = False        # also pack the images into tar shards and time the shard loader alone
     shard_size: int = 1000
@@ -198,7 +200,8 @@ def time_step(config: E2EConfig, steps: int) -> Dict[str, Any]:
     from .step import StepConfig
     result = run_isolated("spark", StepConfig(model=config.model, batch=config.batch, size=config.size,
                                          device=config.device, threads=config.threads, warmup=config.warmup,
-                                         steps=steps, seed=config.seed))
+                                         steps=steps, seed=config.seed, precision=config.precision,
+                                         channels_last=config.channels_last))
     return {"images_per_s": result["images_per_s"], "median_s": result["median_s"], "steps": steps}
 
 
@@ -212,7 +215,9 @@ def run_pretrain(data: Path, config: E2EConfig, epochs: int = 1) -> Dict[str, An
                "--warmup-epochs", "0", "--workers", str(config.workers), "--device", config.device,
                "--output-dir", str(run_dir), "--no-progress", "--no-tensorboard", "--seed", str(config.seed),
                # rates are per log interval: the first interval is exactly the warm-up steps left out below
-               "--log-interval", str(max(1, config.warmup))]
+               "--log-interval", str(max(1, config.warmup)),
+               "--amp", "bf16" if config.precision == "bf16" else "off",
+               "--channels-last" if config.channels_last else "--no-channels-last"]
     if config.decode_on_device:
         command.append("--decode-on-device")
     env = dict(os.environ)
@@ -303,7 +308,8 @@ def format_e2e(report: Dict[str, Any]) -> str:
     if report.get("pack"):
         rows.append(f"| spark-data pack into {report['pack']['shards']} shard(s) (once; bytes copied) | "
                     f"{report['pack']['images_per_s']:.2f} |")
-    head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, device {config['device']}, "
+    head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, "
+            f"{config.get('precision', 'fp32')}, channels_last {config.get('channels_last', False)}, device {config['device']}, "
             f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs"
             + (", page cache dropped before each loader timing" if config.get("cold_cache") else ""),
             "", "| measurement | images/s |", "|---|---|", *rows]

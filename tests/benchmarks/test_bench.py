@@ -124,6 +124,7 @@ def test_end_to_end_runs_spark_pretrain_on_jpegs(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert len(list((tmp_path / "work" / "images").glob("*.jpg"))) == 12
     assert report["end_to_end"]["steps"] == 3
+    assert "--amp off --no-channels-last" in report["end_to_end"]["command"]  # not the device's default layout
     for part in ("loader", "step", "end_to_end"):
         assert report[part]["images_per_s"] > 0
     assert report["verdict"].split()[0] in {"loading-bound", "compute-bound", "contention:"}
@@ -134,9 +135,13 @@ def test_end_to_end_with_device_decoding_reports_both_loader_rates(tmp_path, cap
     out = tmp_path / "e2e.json"
     code = bench.main(["e2e", "--work-dir", str(tmp_path / "work"), "--num-images", "8", "--image-size", "72",
                        "--model", "resnet18", "--size", "64", "--batch", "4", "--workers", "1", "--threads", "1",
-                       "--warmup", "0", "--decode-on-device", "--json", str(out)])
+                       "--warmup", "0", "--decode-on-device", "--precision", "bf16", "--channels-last",
+                       "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
+    # the training step alone and spark-pretrain measure one precision and one layout
+    assert "--amp bf16 --channels-last" in report["end_to_end"]["command"]
+    assert (report["config"]["precision"], report["config"]["channels_last"]) == ("bf16", True)
     assert report["loader"]["decode_on_device"] is False and report["loader_device"]["decode_on_device"] is True
     assert report["loader"]["images_per_s"] > 0 and report["loader_device"]["images_per_s"] > 0
     assert "--decode-on-device" in report["end_to_end"]["command"] and report["end_to_end"]["steps"] == 2
