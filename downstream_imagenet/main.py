@@ -185,7 +185,8 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    logger.info("model %s: %s", config.model, count_parameters(model))
+    logger.info("model %s: %s (channels_last %s)", config.model, count_parameters(model),
+                "on" if config.channels_last else "off")
     ema, optimizer, scaler = optimisation(config, model, record, dist_info)
     ddp_model = wrap_distributed(model, config, dist_info)
     mixup = create_mixup(config, len(classes))

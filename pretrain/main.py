@@ -313,8 +313,8 @@ def start(argv: Optional[Sequence[str]]
         dist_info = init_distributed(config.device)
         config = dataclasses.replace(config, channels_last=channels_last_default(config.channels_last, dist_info.device))
         setup_logging(run_dir, rank=dist_info.rank)
-        logger.info("spark-pretrain: %d process(es), device %s, run folder %s", dist_info.world_size,
-                    dist_info.device, run_dir.resolve())
+        logger.info("spark-pretrain: %d process(es), device %s (channels_last %s), run folder %s",
+                    dist_info.world_size, dist_info.device, "on" if config.channels_last else "off", run_dir.resolve())
         data, source = resolve_data(config, dist_info)
         described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
         logger.info("data: %s%s", described,

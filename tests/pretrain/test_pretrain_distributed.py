@@ -14,14 +14,16 @@ CHECKSUM = re.compile(r"rank (\d) state after step (\d+): parameter checksum (\S
 
 
 # test_convnext keeps a classifier-head norm that the feature forward never uses (as every ConvNeXt does):
-# DistributedDataParallel stopped at the second step while that norm was trainable
-@pytest.mark.parametrize("model", ["test_resnet", "test_convnext"])
-def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path, model):
+# DistributedDataParallel stopped at the second step while that norm was trainable; channels_last, the
+# default layout on CUDA devices, under DDP with the cross-process norms
+@pytest.mark.parametrize("model, layout", [("test_resnet", []), ("test_convnext", []),
+                                           ("test_resnet", ["--channels-last"])])
+def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path, model, layout):
     data = make_images(tmp_path / "data", 16)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "sparkmim.pretrain", str(data), *TINY_ARGS, "--model", model, "--epochs", "1",
-               "--device", "cpu", "--output-dir", str(out)]
+               "--device", "cpu", "--output-dir", str(out), *layout]
     result = subprocess.run(command, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -41,6 +43,7 @@ def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path
 
     log = (out / "log_rank0.txt").read_text()
     assert "2 process(es)" in log and "2 process(es) x 4 micro-batch" in log
+    assert f"(channels_last {'on' if layout else 'off'})" in log
     assert [r["step"] for r in read_rows(out / "metrics.jsonl", "step")] == [0, 1]
     assert not (out / "metrics.jsonl").with_name("metrics_rank1.jsonl").exists()
     checkpoint = load_file(out / "checkpoint_last.pth")
