@@ -311,7 +311,8 @@ def start(argv: Optional[Sequence[str]]
                             is_main=is_main_process())
     try:
         dist_info = init_distributed(config.device)
-        config = dataclasses.replace(config, channels_last=channels_last_default(config.channels_last, dist_info.device))
+        config = dataclasses.replace(config,
+                                     channels_last=channels_last_default(config.channels_last, dist_info.device))
         setup_logging(run_dir, rank=dist_info.rank)
         logger.info("spark-pretrain: %d process(es), device %s (channels_last %s), run folder %s",
                     dist_info.world_size, dist_info.device, "on" if config.channels_last else "off", run_dir.resolve())

@@ -65,7 +65,8 @@ def run(options: CheckOptions, result: PartResult) -> None:
                     + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
         result.tables[table] = "\n".join(rows)
         result.record()  # a row survives the part being stopped later
-        if precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE and options.cuda and model not in profiled:
+        over = precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE
+        if over and options.cuda and model not in profiled:
             profiled.add(model)
             _profile(options, config, result, key)
     if options.cuda and not options.quick:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from sparkmim.model.decoder import LightDecoder, densify_projection
 from sparkmim.model.patches import patchify
 from sparkmim.sparse.encoder import NUM_LEVELS, create_timm_encoder
-from sparkmim.utils.precision import reduction_dtype
+from sparkmim.utils.precision import widened
 
 
 class DenseEncoder(nn.Module):
@@ -69,9 +69,8 @@ class DenseFloor(nn.Module):
             images, indices=NUM_LEVELS, intermediates_only=True))
         dense = [proj(norm(feature)) for feature, norm, proj in
                  zip(reversed(features), self.densify_norms, self.densify_projs)]
-        decoded = self.decoder(dense)
-        prediction = patchify(decoded.to(reduction_dtype(decoded)), self.downsample_ratio)
-        target = patchify(images.to(reduction_dtype(images)), self.downsample_ratio)
+        prediction = patchify(widened(self.decoder(dense)), self.downsample_ratio)
+        target = patchify(widened(images), self.downsample_ratio)
         mean = target.mean(dim=-1, keepdim=True)
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return (prediction - (target - mean) / std).square().mean()

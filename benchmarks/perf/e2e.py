@@ -309,7 +309,8 @@ def format_e2e(report: Dict[str, Any]) -> str:
         rows.append(f"| spark-data pack into {report['pack']['shards']} shard(s) (once; bytes copied) | "
                     f"{report['pack']['images_per_s']:.2f} |")
     head = [f"model {config['model']}, {config['size']} px, batch {config['batch']}, "
-            f"{config.get('precision', 'fp32')}, channels_last {config.get('channels_last', False)}, device {config['device']}, "
+            f"{config.get('precision', 'fp32')}, channels_last {config.get('channels_last', False)}, "
+            f"device {config['device']}, "
             f"{config['workers']} loader workers, threads {config['threads'] or 'default'}, {report['images']} JPEGs"
             + (", page cache dropped before each loader timing" if config.get("cold_cache") else ""),
             "", "| measurement | images/s |", "|---|---|", *rows]

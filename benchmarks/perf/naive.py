@@ -21,7 +21,7 @@ import torch.nn as nn
 from sparkmim.model.decoder import LightDecoder, densify_projection
 from sparkmim.model.patches import patchify
 from sparkmim.sparse.encoder import NUM_LEVELS, create_timm_encoder
-from sparkmim.utils.precision import reduction_dtype
+from sparkmim.utils.precision import widened
 
 
 class NaiveMask:
@@ -242,13 +242,13 @@ class NaiveSparK(nn.Module):
                 current = current.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
         finally:
             self.mask_state.active = None
-        decoded = self.decoder(dense)
-        prediction = patchify(decoded.to(reduction_dtype(decoded)), ratio)
-        target = patchify(images.to(reduction_dtype(images)), ratio)
+        prediction = patchify(widened(self.decoder(dense)), ratio)
+        target = patchify(widened(images), ratio)
         mean = target.mean(dim=-1, keepdim=True)
         std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
         per_patch = ((prediction - (target - mean) / std) ** 2).mean(dim=2)
-        # in the loss's dtype: the reference's int count makes ``+ 1e-8`` a float32 sum, which a float64 run must not have
+        # in the loss's dtype: the reference's int count makes ``+ 1e-8`` a float32 sum, which a float64
+        # run must not have
         masked = active.logical_not().to(per_patch.dtype).view(active.shape[0], -1)
         return (per_patch * masked).sum() / (masked.sum() + 1e-8)
 

@@ -10,7 +10,7 @@ from timm.layers import trunc_normal_
 from ..sparse.context import upsample_mask
 from ..sparse.encoder import SparseEncoder, make_sparse_encoder
 from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLayerNorm2d
-from ..utils.precision import reduction_dtype
+from ..utils.precision import widened
 from .decoder import LightDecoder, densify_projection
 from .patches import patchify, unpatchify
 from .settings import check_input_size, check_mask_ratio
@@ -47,7 +47,7 @@ class SparKOutput:
     def reconstruction(self) -> torch.Tensor:
         with torch.no_grad():
             h, w = self.active.shape[-2:]
-            prediction_bln = patchify(self.prediction.detach().to(reduction_dtype(self.prediction)), self.patch_size)
+            prediction_bln = patchify(widened(self.prediction.detach()), self.patch_size)
             predicted = unpatchify(prediction_bln * self.patch_std + self.patch_mean, self.patch_size, h, w)
             return torch.where(self._visible_pixels(), self.images, predicted.to(self.images.dtype))
 
@@ -159,7 +159,7 @@ class SparK(nn.Module):
     # --- 5. loss -------------------------------------------------------------------------------
     def patch_targets(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-patch normalised targets with each patch's mean and std (unbiased variance + 1e-6, as the reference)."""
-        patches = patchify(images.to(reduction_dtype(images)), self.downsample_ratio)
+        patches = patchify(widened(images), self.downsample_ratio)
         mean = patches.mean(dim=-1, keepdim=True)
         std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return (patches - mean) / std, mean, std
@@ -184,7 +184,7 @@ class SparK(nn.Module):
             dense = self.densify(self.encode(images, active))
         prediction = self.decode(dense)
         target, mean, std = self.patch_targets(images)
-        loss = self.loss(patchify(prediction.to(reduction_dtype(prediction)), self.downsample_ratio), target, active)
+        loss = self.loss(patchify(widened(prediction), self.downsample_ratio), target, active)
         return SparKOutput(loss=loss, active=active, prediction=prediction, images=images.detach(),
                            patch_mean=mean, patch_std=std, patch_size=self.downsample_ratio)
 

@@ -48,7 +48,8 @@ def test_a_float64_model_computes_its_loss_in_float64():
     loss = spark(images, active).loss
     assert loss.dtype == torch.float64
     parameters = [p for p in spark.parameters() if p.requires_grad]
-    pairs = [(p, g) for p, g in zip(parameters, torch.autograd.grad(loss, parameters, allow_unused=True)) if g is not None]
+    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(parameters, gradients) if g is not None]
     norm = torch.sqrt(sum(g.square().sum() for _, g in pairs))
 
     def loss_moved_along_gradient(step: float) -> torch.Tensor:
