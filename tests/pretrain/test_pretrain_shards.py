@@ -53,9 +53,13 @@ def test_shards_train_with_the_folders_schedule_and_write_every_output(folder_an
     checkpoint = load_file(tmp_path / "shards" / "checkpoint_last.pth")
     assert checkpoint["sampler"]["num_images"] == 24 and checkpoint["sampler"]["data_streams"] == [1, 2]
     assert (tmp_path / "shards" / "reconstruction.png").stat().st_size > 0
-    # the folder with its shards.json names the same data
-    again = run_cli(["--data", str(shards), *args, "--epochs", "1", "--output-dir", str(tmp_path / "by_folder")])
+    # the folder with its shards.json names the same data; read as one stream (no workers), an epoch's 6
+    # micro-batches of 4 take each of the 24 samples once, and the log says nothing of uneven streams
+    again = run_cli(["--data", str(shards), *args, "--epochs", "1", "--workers", "0",
+                     "--output-dir", str(tmp_path / "by_folder")])
     assert again.returncode == 0, again.stderr[-3000:]
+    even_log = (tmp_path / "by_folder" / "log_rank0.txt").read_text()
+    assert "4 shard(s) read as 1 stream(s)" in even_log and "uneven" not in even_log
 
 
 def _damage(shard, member_index: int) -> str:
