@@ -17,7 +17,7 @@ from torch import nn
 
 from sparkmim.convert.encoder_weights import CLASSIFIER_SIDE_NORM_PREFIXES
 from sparkmim.convert.loading import check_keys, shapes_of, shown
-from sparkmim.utils.checkpoint import NoStateDictError, load_file, strip_prefix, unwrap_state_dict
+from sparkmim.utils.checkpoint import NoStateDictError, load_file
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -86,14 +86,10 @@ def check_stem_channels(model: nn.Module, encoder_state: Dict[str, torch.Tensor]
 def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool = False) -> LoadReport:
     """Read ``path`` (safe unpickling), convert it with the core converter and load it."""
     from sparkmim.convert import KeyAccountingError, load_encoder_state_dict
-    from sparkmim.convert.formats import is_torchvision_convnext, torchvision_convnext_encoder
 
     obj = load_file(path, allow_unsafe=allow_unsafe)
     try:
-        state = strip_prefix(unwrap_state_dict(obj), "module.")
-        # torchvision's ConvNeXt names, which spark-convert reads the same way; every other layout by the core
-        encoder_state, conversion = (torchvision_convnext_encoder(state) if is_torchvision_convnext(state)
-                                     else load_encoder_state_dict(obj))
+        encoder_state, conversion = load_encoder_state_dict(obj)
     except (KeyAccountingError, NoStateDictError) as error:
         raise WeightLoadingError(f"{path}: {error}") from error
     check_stem_channels(model, encoder_state, path)

@@ -1,11 +1,13 @@
-"""ConvNeXt key names: facebookresearch/ConvNeXt (and the SparK reference) <-> timm, as key tables.
+"""ConvNeXt key names: facebookresearch/ConvNeXt (and the SparK reference) <-> timm, and torchvision -> timm,
+as key tables.
 
 Every key must match one rule; anything else is reported, never guessed."""
-from typing import Dict, Mapping, Tuple
+import re
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .key_rules import KeyTable, keep, name_rule, to_vector
+from .key_rules import KeyTable, Rename, keep, name_rule, to_vector
 from .report import ConversionReport
 
 
@@ -48,3 +50,42 @@ def convnext_timm_to_fb(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[st
 
 def is_fb_convnext(keys) -> bool:
     return any(k.startswith("downsample_layers.") for k in keys)
+
+
+# --- torchvision ConvNeXt ---------------------------------------------------------------------
+
+def _tv_block(module: str, field_group: bool = True):
+    """torchvision numbers ``features.<i>``: odd i = the blocks of stage (i-1)/2."""
+    def target(match) -> Optional[str]:
+        index = int(match[1])
+        suffix = f".{match[3]}" if field_group else ""
+        return f"stages.{(index - 1) // 2}.blocks.{match[2]}.{module}{suffix}" if index % 2 else None
+    return target
+
+
+def _tv_downsample(match) -> Optional[str]:
+    """even i > 0 = the downsampling (LayerNorm, conv) in front of stage i/2."""
+    index = int(match[1])
+    return None if index % 2 or index == 0 else f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
+
+
+TORCHVISION_CONVNEXT_TO_TIMM = KeyTable("torchvision ConvNeXt -> timm", renames=(
+    Rename(r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", _tv_block("conv_dw")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", _tv_block("norm")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", _tv_block("mlp.fc1")),
+    Rename(r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", _tv_block("mlp.fc2")),
+    Rename(r"features\.(\d+)\.(\d+)\.layer_scale", _tv_block("gamma", field_group=False), to_vector),
+    Rename(r"features\.(\d+)\.([01])\.(weight|bias)", _tv_downsample),
+    Rename(r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
+    Rename(r"classifier\.2\.(weight|bias)", r"head.fc.\1"),
+))
+
+
+def is_torchvision_convnext(keys) -> bool:
+    return any(re.fullmatch(r"features\.\d+\.\d+\.block\.0\.weight", k) for k in keys)
+
+
+def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+    """torchvision's ConvNeXt state dict in timm names."""
+    return TORCHVISION_CONVNEXT_TO_TIMM.convert(state)

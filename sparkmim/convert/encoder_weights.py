@@ -10,7 +10,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from ..utils.checkpoint import strip_prefix, unwrap_state_dict
-from .convnext_keys import convnext_fb_to_timm, is_fb_convnext
+from .convnext_keys import convnext_fb_to_timm, is_fb_convnext, is_torchvision_convnext, torchvision_convnext_to_timm
 from .reference import (REFERENCE_ENCODER_PREFIX, SPARKMIM_ENCODER_PREFIX, is_reference_spark,
                         reference_encoder_to_timm)
 from .report import ConversionReport
@@ -43,6 +43,9 @@ def load_encoder_state_dict(obj: Any) -> Tuple[Dict[str, torch.Tensor], Conversi
     elif is_fb_convnext(state):
         state, _ = convnext_fb_to_timm(state)
         report.notes.append("facebookresearch ConvNeXt names (reference official_style)")
+    elif is_torchvision_convnext(state):
+        state, _ = torchvision_convnext_to_timm(state)
+        report.notes.append("torchvision ConvNeXt names")
     else:
         report.notes.append("timm names")
     encoder = {}

@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .convnext_keys import is_fb_convnext, is_torchvision_convnext
 from .encoder_weights import CLASSIFIER_PREFIXES, CLASSIFIER_SIDE_NORM_PREFIXES, load_encoder_state_dict
 from .loading import check_keys, shapes_of
 from .reference import spark_state_from_reference
-from .key_rules import KeyTable, Rename, to_vector
 from .report import ConversionReport
 from sparkmim.utils.checkpoint import strip_prefix, unwrap_state_dict
 
@@ -85,55 +85,6 @@ class SourceInfo:
     def in_chans(self) -> int:
         """The encoder's input channels (3 unless it was pre-trained on other data)."""
         return int(self.model_kwargs.get("in_chans", 3))
-
-
-# --- torchvision ConvNeXt -------------------------------------------------------------------------
-
-def _tv_block(module: str, field_group: bool = True):
-    """torchvision numbers ``features.<i>``: odd i = the blocks of stage (i-1)/2."""
-    def target(match) -> Optional[str]:
-        index = int(match[1])
-        suffix = f".{match[3]}" if field_group else ""
-        return f"stages.{(index - 1) // 2}.blocks.{match[2]}.{module}{suffix}" if index % 2 else None
-    return target
-
-
-def _tv_downsample(match) -> Optional[str]:
-    """even i > 0 = the downsampling (LayerNorm, conv) in front of stage i/2."""
-    index = int(match[1])
-    return None if index % 2 or index == 0 else f"stages.{index // 2}.downsample.{match[2]}.{match[3]}"
-
-
-TORCHVISION_CONVNEXT_TO_TIMM = KeyTable("torchvision ConvNeXt -> timm", renames=(
-    Rename(r"features\.0\.([01])\.(weight|bias)", r"stem.\1.\2"),
-    Rename(r"features\.(\d+)\.(\d+)\.block\.0\.(weight|bias)", _tv_block("conv_dw")),
-    Rename(r"features\.(\d+)\.(\d+)\.block\.2\.(weight|bias)", _tv_block("norm")),
-    Rename(r"features\.(\d+)\.(\d+)\.block\.3\.(weight|bias)", _tv_block("mlp.fc1")),
-    Rename(r"features\.(\d+)\.(\d+)\.block\.5\.(weight|bias)", _tv_block("mlp.fc2")),
-    Rename(r"features\.(\d+)\.(\d+)\.layer_scale", _tv_block("gamma", field_group=False), to_vector),
-    Rename(r"features\.(\d+)\.([01])\.(weight|bias)", _tv_downsample),
-    Rename(r"classifier\.0\.(weight|bias)", r"head.norm.\1"),
-    Rename(r"classifier\.2\.(weight|bias)", r"head.fc.\1"),
-))
-
-
-def is_torchvision_convnext(keys) -> bool:
-    return any(re.fullmatch(r"features\.\d+\.\d+\.block\.0\.weight", k) for k in keys)
-
-
-def torchvision_convnext_to_timm(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """torchvision's ConvNeXt state dict in timm names."""
-    return TORCHVISION_CONVNEXT_TO_TIMM.convert(state)
-
-
-def torchvision_convnext_encoder(state: Mapping[str, torch.Tensor]
-                                 ) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
-    """:func:`load_encoder_state_dict` for a torchvision ConvNeXt state dict: timm names, classifier dropped."""
-    renamed, report = torchvision_convnext_to_timm(state)
-    encoder, inner = load_encoder_state_dict(renamed)
-    report.dropped.extend(inner.dropped)
-    report.notes.append("torchvision ConvNeXt names")
-    return encoder, report
 
 
 # --- model identification -------------------------------------------------------------------------
@@ -277,11 +228,12 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
                               spark_config={"reference": config}, spark_dropped=list(ref_report.dropped))
             if isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
                 info.model, info.model_from = obj["arch"], "the release's 'arch' entry"
-        elif any(k.startswith("downsample_layers.") for k in state):
+        elif is_fb_convnext(state):
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(FB_CONVNEXT, encoder, report)
         elif is_torchvision_convnext(state):
-            info = SourceInfo(TORCHVISION_CONVNEXT, *torchvision_convnext_encoder(state))
+            encoder, report = load_encoder_state_dict(obj)
+            info = SourceInfo(TORCHVISION_CONVNEXT, encoder, report)
         else:
             encoder, report = load_encoder_state_dict(obj)
             info = SourceInfo(TIMM, encoder, report)
