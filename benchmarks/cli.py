@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--device", default="cpu")
     e2e.add_argument("--threads", type=int, default=None)
     e2e.add_argument("--warmup", type=int, default=2, help="steps left out of the end-to-end rate")
-    e2e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    e2e.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                      help="of the training step (bf16: spark-pretrain --amp bf16)")
     e2e.add_argument("--channels-last", action="store_true", help="the step and spark-pretrain in channels_last")
     e2e.add_argument("--decode-on-device", action="store_true",
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
     norm.add_argument("--batch", type=int, default=8)
-    norm.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    norm.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
                       help="bf16: bf16 input and gradient under autocast, as in a bf16 training step")
     norm.add_argument("--device", default="cpu")
     norm.add_argument("--threads", type=int, default=None)

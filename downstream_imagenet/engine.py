@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sparkmim.utils.distributed import is_dist
 from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.run import autocast
 from sparkmim.utils.schedule import Schedule
 
 from .data import Batch
@@ -56,12 +57,6 @@ def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return Batch(images, batch.targets.to(device, non_blocking=True), batch.skipped)
-
-
-def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def _sum_across(values: List[float], device: torch.device) -> List[float]:
@@ -136,7 +131,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             lr, _ = t.schedule.apply(t.optimizer, step)
         sync = contextlib.nullcontext() if last_micro or not hasattr(t.model, "no_sync") else t.model.no_sync()
         with sync:
-            with _autocast(t.device, t.amp_dtype):
+            with autocast(t.device, t.amp_dtype):
                 logits = t.model(images)
                 loss = t.criterion(logits.float(), targets)
             scaled = loss / t.accum_steps
@@ -187,7 +182,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: Optional
         skipped += batch.skipped
         if batch.images.shape[0] == 0:
             continue
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(batch.images)
         k = min(5, logits.shape[1])
         top = logits.float().topk(k, dim=1).indices

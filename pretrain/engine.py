@@ -16,6 +16,7 @@ from torch import nn
 
 from sparkmim.utils.distributed import DistInfo, all_reduce_mean, gather_objects
 from sparkmim.utils.metrics import MetricsLogger
+from sparkmim.utils.run import autocast
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
@@ -79,11 +80,6 @@ class Loop:
     # the unfinished epoch's losses and skipped-file count saved by a mid-epoch stop (resume continues them)
     resumed: RunProgress = field(default_factory=RunProgress)
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.dist_info.device.type, dtype=self.amp_dtype)
-
     def _no_sync(self, last: bool):
         if last or not hasattr(self.model, "no_sync"):
             return contextlib.nullcontext()
@@ -106,7 +102,7 @@ class Loop:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with self._no_sync(micro == self.accumulation - 1):
-                with self._autocast():
+                with autocast(self.dist_info.device, self.amp_dtype):
                     output = self.model(images)
                 loss = output.loss.float() / self.accumulation
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

@@ -4,7 +4,6 @@ Why: the profile of a full step shows the masked BatchNorm as the largest cost o
 dense network; timing it alone, on the feature-map shapes of a real encoder, gives a quick loop for
 optimising it (seconds instead of minutes) with the same interleaved, median-of-many method.
 """
-import contextlib
 import statistics
 import time
 from typing import Any, Dict, List, Sequence, Tuple
@@ -14,6 +13,9 @@ import torch.nn as nn
 
 from sparkmim.sparse.context import MaskContext
 from sparkmim.sparse.norms import SparseBatchNorm2d
+from sparkmim.utils.run import autocast
+
+from .step import PRECISIONS
 
 # (channels, side) of ResNet-50's BatchNorm inputs at 224 px: stem, then one per stage width
 RESNET50_SHAPES: Tuple[Tuple[int, int], ...] = ((64, 112), (64, 56), (256, 56), (128, 28), (512, 28),
@@ -30,9 +32,6 @@ def _time(run, device: torch.device) -> float:
     return time.perf_counter() - tick
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7, repeats: int = 10,
                device: str = "cpu", mask_ratio: float = 0.6, seed: int = 0, precision: str = "fp32"
                ) -> List[Dict[str, Any]]:
@@ -42,7 +41,8 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    amp_dtype = PRECISIONS[precision]
+    dtype = amp_dtype or torch.float32
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for channels, side in shapes:
@@ -56,15 +56,12 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
         active = torch.zeros(batch, mask_grid * mask_grid, dtype=torch.bool).scatter_(1, keep, True)
         active = active.view(batch, 1, mask_grid, mask_grid).to(dev)
 
-        def precision_scope():
-            return torch.autocast(dev.type, dtype=dtype) if precision == "bf16" else contextlib.nullcontext()
-
         def run_sparse() -> None:
-            with context.use(active), precision_scope():
+            with context.use(active), autocast(dev, amp_dtype):
                 sparse(x).backward(grad)
 
         def run_dense() -> None:
-            with precision_scope():
+            with autocast(dev, amp_dtype):
                 dense(x).backward(grad)
 
         times: Dict[str, List[float]] = {"masked": [], "native": []}

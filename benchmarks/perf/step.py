@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from sparkmim.utils.run import autocast
+
 logger = logging.getLogger(__name__)
 
 VARIANTS = {"spark": "a", "dense": "b", "naive": "c"}
@@ -115,9 +117,7 @@ def step_function(model: nn.Module, optimizer: torch.optim.Optimizer, images: to
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        autocast = (torch.autocast(device_type=images.device.type, dtype=amp_dtype)
-                    if amp_dtype is not None else contextlib.nullcontext())
-        with phase("forward"), autocast:
+        with phase("forward"), autocast(images.device, amp_dtype):
             loss = _loss_of(forward(images)).float()
         with phase("backward"):
             loss.backward()

@@ -5,11 +5,12 @@ One vocabulary for ``--amp``: ``off``, ``bf16``, ``fp16``. spark-finetune's earl
 is still accepted for one release, with a deprecation warning. One vocabulary for the batch: the
 global ``--batch-size``, split over processes, then either ``--micro-batch`` (images per forward pass)
 or ``--accum-steps`` (forward passes per optimizer step): both trainers take both."""
+import contextlib
 import inspect
 import logging
 import random
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ContextManager, Dict, Optional
 
 import numpy as np
 import torch
@@ -35,6 +36,13 @@ def canonical_amp(value: str) -> str:
 def amp_dtype(value: str) -> Optional[torch.dtype]:
     """The autocast dtype of an ``--amp`` value (None = full precision)."""
     return AMP_DTYPES[canonical_amp(value)]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; nothing for ``dtype`` None (full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScaler"]:
