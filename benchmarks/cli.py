@@ -34,6 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.logging_setup import setup_command_logging
 
@@ -52,6 +53,8 @@ def _add_step_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--norm-kernel", choices=NORM_KERNELS, default=defaults.norm_kernel,
+                        help="SparK's masked BatchNorm kernel in training (triton: fused, CUDA only)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed steps per run")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="timed steps per run")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -64,7 +67,7 @@ def _step_config(args: argparse.Namespace) -> StepConfig:
     return StepConfig(model=args.model, batch=args.batch, size=args.size, precision=args.precision,
                       device=args.device, channels_last=args.channels_last, compile=args.compile,
                       warmup=args.warmup, steps=args.steps, threads=args.threads, seed=args.seed,
-                      decoder_width=args.decoder_width, drop_path=args.drop_path)
+                      decoder_width=args.decoder_width, drop_path=args.drop_path, norm_kernel=args.norm_kernel)
 
 
 def _variants(text: str) -> List[str]:
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     norm.add_argument("--device", default="cpu")
     norm.add_argument("--threads", type=int, default=None)
     norm.add_argument("--repeats", type=int, default=10)
+    norm.add_argument("--kernels", nargs="+", choices=NORM_KERNELS, default=["torch"],
+                      help="masked BatchNorm kernels to time, each against native (triton: CUDA only)")
     norm.add_argument("--json", type=Path, default=None)
 
     gpu = sub.add_parser("gpu-check", help="the GPU validation run (parts 1-6, results after each part)")
@@ -264,9 +269,11 @@ def _run_norm(args: argparse.Namespace) -> int:
     from .perf.norm import RESNET50_SHAPES, format_norms, time_norms
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device, precision=args.precision)
-    print(format_norms(rows, args.batch, args.precision))
-    _write_json(args.json, {"batch": args.batch, "device": args.device, "precision": args.precision, "rows": rows})
+    rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device, precision=args.precision,
+                      kernels=args.kernels)
+    print(format_norms(rows, args.batch, args.precision, first_kernel=args.kernels[0]))
+    _write_json(args.json, {"batch": args.batch, "device": args.device, "precision": args.precision,
+                            "kernels": args.kernels, "rows": rows})
     return 0
 
 

@@ -167,7 +167,8 @@ def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[s
 
 
 def _changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> List[str]:
-    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe"}
+    # options that change neither the model nor the run's mathematics (norm_kernel: the same computation)
+    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe", "norm_kernel"}
     # an option missing from the saved config did not exist when it was written (e.g. in_chans): not a change
     return [k for k in keys if k not in ignore and k in saved and saved[k] != current.get(k)]
 

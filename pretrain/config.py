@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from sparkmim.model import settings as spark_settings
+from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
 from sparkmim.utils.values import NORM_STATS, check_channel_options, check_one_normalisation
@@ -49,6 +50,7 @@ class PretrainConfig(TypedConfig):
     amp: str = "off"                        # off | bf16 | fp16
     channels_last: Optional[bool] = None    # None = on for CUDA devices, off on CPU (measured: docs/benchmarks.md)
     compile: bool = False
+    norm_kernel: str = "torch"              # the sparse BatchNorms' training kernel: torch | triton (fused, CUDA)
     device: str = "auto"
     workers: Optional[int] = None           # data-loading processes; None = min(8, cpu count)
     decode_on_device: bool = False          # decode JPEGs (and crop/resize) on the training device (nvJPEG on a GPU)
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the network and batches in channels_last (default: on for CUDA devices, off on CPU)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
     parser.add_argument("--compile", action="store_const", const=True, default=None)
+    parser.add_argument("--norm-kernel", default=None, choices=NORM_KERNELS,
+                        help="the sparse BatchNorms' training kernel: torch (any device, the default) or triton "
+                             "(fused kernels, CUDA devices; see docs/benchmarks.md)")
     parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--decode-on-device", action="store_const", const=True, default=None,

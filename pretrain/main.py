@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader
 
+from sparkmim.sparse.norms import check_norm_kernel, select_norm_kernel
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.config import save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
@@ -251,6 +252,7 @@ def place_model(spark: torch.nn.Module, config: PretrainConfig, dist_info: DistI
     if dist_info.distributed:
         spark = sync_batchnorms(spark, device)
         model = wrap_ddp(spark, device, device.index if device.type == "cuda" else 0)
+    select_norm_kernel(spark, config.norm_kernel)  # after sync_batchnorms: the decoder's cross-process norms too
     if config.compile:
         model = torch.compile(model)
     return spark, model
@@ -313,9 +315,14 @@ def start(argv: Optional[Sequence[str]]
         dist_info = init_distributed(config.device)
         config = dataclasses.replace(config,
                                      channels_last=channels_last_default(config.channels_last, dist_info.device))
+        try:
+            check_norm_kernel(config.norm_kernel, dist_info.device)
+        except ValueError as error:
+            raise UserError(f"--norm-kernel {config.norm_kernel}: {error}") from None
         setup_logging(run_dir, rank=dist_info.rank)
-        logger.info("spark-pretrain: %d process(es), device %s (channels_last %s), run folder %s",
-                    dist_info.world_size, dist_info.device, "on" if config.channels_last else "off", run_dir.resolve())
+        logger.info("spark-pretrain: %d process(es), device %s (channels_last %s, norm kernel %s), run folder %s",
+                    dist_info.world_size, dist_info.device, "on" if config.channels_last else "off",
+                    config.norm_kernel, run_dir.resolve())
         data, source = resolve_data(config, dist_info)
         described = data.describe() if isinstance(data, ShardSet) else f"{len(data)} image files from {source}"
         logger.info("data: %s%s", described,

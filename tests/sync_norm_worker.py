@@ -1,6 +1,8 @@
 """Run under torchrun (2 processes, gloo): cross-process BatchNorm on half a batch per rank must equal
-one process on the whole batch. Rank 0 writes the comparison to the file given as argument."""
+one process on the whole batch. Rank 0 writes the comparison to the file given as argument.
+With TRITON_INTERPRET=1 in the environment the triton norm kernel is compared too (Triton's interpreter)."""
 import json
+import os
 import sys
 
 import torch
@@ -8,7 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from sparkmim.sparse.context import MaskContext
-from sparkmim.sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d
+from sparkmim.sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, select_norm_kernel
 from tests.core_utils import random_mask
 
 
@@ -29,7 +31,8 @@ def main() -> None:
     upstream = torch.randn(4, 6, 8, 8)
     half = slice(2 * rank, 2 * rank + 2)
     errors = {}
-    for kind in ("sparse", "dense"):
+    kernels = ("torch", "triton") if os.environ.get("TRITON_INTERPRET") == "1" else ("torch",)
+    for kind, kernel in [(kind, kernel) for kind in ("sparse", "dense") for kernel in kernels]:
         results = {}
         for sync in (False, True):
             context = MaskContext()
@@ -39,11 +42,12 @@ def main() -> None:
                 dense.weight.uniform_(0.5, 1.5), dense.bias.uniform_(-1, 1)
             norm = (SparseBatchNorm2d.from_dense(dense, context, sync=sync) if kind == "sparse"
                     else CrossProcessBatchNorm2d.from_dense(dense) if sync else dense)
+            select_norm_kernel(norm, kernel)
             part = slice(None) if not sync else half
             out, grad = run_norm(norm, context, x[part], active[part], upstream[part])
             results[sync] = (out, grad, norm.running_mean.clone(), norm.running_var.clone())
         single, synced = results[False], results[True]
-        errors[kind] = max((single[0][half] - synced[0]).abs().max().item(),
+        errors[kind if kernel == "torch" else f"{kind}_{kernel}"] = max((single[0][half] - synced[0]).abs().max().item(),
                            (single[1][half] - synced[1]).abs().max().item(),
                            (single[2] - synced[2]).abs().max().item(),
                            (single[3] - synced[3]).abs().max().item())

@@ -5,7 +5,9 @@
 - Under bf16 and fp16 autocast: masked positions of every feature map are exactly zero, and changing
   the masked pixels leaves the visible features bit for bit unchanged.
 - One fp16 step with a grad scaler and one bf16 step: finite, and the loss within a stated tolerance
-  of the fp32 loss on the same batch, mask and weights."""
+  of the fp32 loss on the same batch, mask and weights.
+Each with the torch norm kernel and, on CUDA with triton installed, again with the fused triton kernel."""
+import itertools
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -29,10 +31,13 @@ def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (actual.double() - expected.double()).abs().max().item() / scale
 
 
-def _float64_run(case: dict, device: torch.device) -> Tuple[torch.Tensor, List[torch.Tensor], Dict[str, torch.Tensor]]:
+def _float64_run(case: dict, device: torch.device,
+                 kernel: str = "torch") -> Tuple[torch.Tensor, List[torch.Tensor], Dict[str, torch.Tensor]]:
     from sparkmim.convert.reference_fixture import spark_from_reference_case
+    from sparkmim.sparse.norms import select_norm_kernel
 
     spark = spark_from_reference_case(case).double().to(device).train()
+    select_norm_kernel(spark, kernel)
     captured = {}
     handle = spark.encoder.register_forward_hook(lambda _m, _i, out: captured.setdefault("features", out))
     out = spark(case["input"].double().to(device), case["active"].to(device))
@@ -56,11 +61,18 @@ def fixture_parity(options: CheckOptions, result: PartResult) -> None:
         if not options.cuda:
             result.add(f"{path.stem}: float64 on the device vs CPU", None, f"{NO_CUDA} (the float64 path ran on CPU)")
             continue
-        device = _float64_run(case, options.torch_device)
-        worst = max([_relative(device[0], cpu[0])] + [_relative(a, b) for a, b in zip(device[1], cpu[1])]
-                    + [_relative(device[2][n], g) for n, g in cpu[2].items()])
-        result.add(f"{path.stem}: float64 on the device vs CPU (loss, features, {len(cpu[2])} gradients)",
-                   worst < FLOAT64_RTOL, f"largest relative difference {worst:.1e} (limit {FLOAT64_RTOL:.0e})")
+        for kernel in options.norm_kernels:
+            device = _float64_run(case, options.torch_device, kernel)
+            worst = max([_relative(device[0], cpu[0])] + [_relative(a, b) for a, b in zip(device[1], cpu[1])]
+                        + [_relative(device[2][n], g) for n, g in cpu[2].items()])
+            result.add(f"{path.stem}: float64 on the device{_with(kernel)} vs CPU (loss, features, {len(cpu[2])} "
+                       f"gradients)", worst < FLOAT64_RTOL,
+                       f"largest relative difference {worst:.1e} (limit {FLOAT64_RTOL:.0e})")
+
+
+def _with(kernel: str) -> str:
+    """How a check names the norm kernel: nothing for the default (torch) kernel."""
+    return "" if kernel == "torch" else f" with the {kernel} norm kernel"
 
 
 def _model_and_batch(options: CheckOptions, batch: int = 4):
@@ -78,25 +90,29 @@ def _model_and_batch(options: CheckOptions, batch: int = 4):
 def masking_under_autocast(options: CheckOptions, result: PartResult) -> None:
     from sparkmim.sparse.context import upsample_mask
 
+    from sparkmim.sparse.norms import select_norm_kernel
+
     spark, name, images, active = _model_and_batch(options)
     device = options.torch_device
     visible = upsample_mask(active, *images.shape[-2:])
     changed = torch.where(visible, images, torch.randn_like(images) * 5)
-    for label, dtype in AUTOCAST.items():
+    for kernel, (label, dtype) in itertools.product(options.norm_kernels, AUTOCAST.items()):
+        select_norm_kernel(spark, kernel)
         try:
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
                 first = spark.encoder(images, active)
                 second = spark.encoder(changed, active)
         except RuntimeError as error:  # e.g. an op without a CPU kernel in this precision
-            result.add(f"{name} {label} autocast: masked positions zero", None, f"autocast failed here: {error}")
+            result.add(f"{name} {label} autocast{_with(kernel)}: masked positions zero", None,
+                       f"autocast failed here: {error}")
             continue
         leak = max((f[~upsample_mask(active, *f.shape[-2:]).expand_as(f)]).abs().max().item() for f in first)
         moved = max((a.float() - b.float()).abs().max().item() for a, b in zip(first, second))
         where = "" if options.cuda else " (on CPU: the code path; the CUDA kernels are the point)"
-        result.add(f"{name} {label} autocast: masked positions of all 4 feature maps are exactly zero", leak == 0.0,
-                   f"largest magnitude at a masked position {leak:.3g}{where}")
-        result.add(f"{name} {label} autocast: changing masked pixels leaves visible features unchanged", moved == 0.0,
-                   f"largest change {moved:.3g}{where}")
+        result.add(f"{name} {label} autocast{_with(kernel)}: masked positions of all 4 feature maps are exactly zero",
+                   leak == 0.0, f"largest magnitude at a masked position {leak:.3g}{where}")
+        result.add(f"{name} {label} autocast{_with(kernel)}: changing masked pixels leaves visible features "
+                   f"unchanged", moved == 0.0, f"largest change {moved:.3g}{where}")
 
 
 def _flat_gradients(model: torch.nn.Module) -> torch.Tensor:
@@ -107,6 +123,7 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
     """The loss alone hardly tells precisions apart at initialisation (it is about the targets' variance
     whatever the prediction), so the gradients are compared too: relative L2 distance to fp32's."""
     from sparkmim.pretrain.optim import build_optimizer
+    from sparkmim.sparse.norms import select_norm_kernel
 
     spark, name, images, active = _model_and_batch(options)
     device = options.torch_device
@@ -114,7 +131,8 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
     loss = spark(images, active).loss
     loss.backward()
     reference, reference_grads = loss.item(), _flat_gradients(spark)
-    for label, dtype in AUTOCAST.items():
+    for kernel, (label, dtype) in itertools.product(options.norm_kernels, AUTOCAST.items()):
+        select_norm_kernel(spark, kernel)  # the fp32 reference above: the torch kernel
         spark.load_state_dict(state)
         spark.zero_grad(set_to_none=True)
         optimizer = build_optimizer(spark, lr=1e-4, betas=(0.9, 0.95), clip_grad=5.0)
@@ -132,18 +150,20 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
             else:
                 optimizer.step()
         except RuntimeError as error:
-            result.add(f"{name} {label} step", None, f"{label} failed here: {str(error).splitlines()[0]}")
+            result.add(f"{name} {label} step{_with(kernel)}", None, f"{label} failed here: {str(error).splitlines()[0]}")
             continue
         value = loss.item()
         finite = torch.isfinite(loss).item() and all(torch.isfinite(p).all().item() for p in spark.parameters())
         relative = abs(value - reference) / max(abs(reference), 1e-12)
         gradient_distance = ((grads - reference_grads).norm() / reference_grads.norm().clamp(min=1e-30)).item()
-        result.add(f"{name} {label} step{' with a grad scaler' if scaler else ''}: loss and weights finite", finite,
-                   f"loss {value:.5f}")
-        result.add(f"{name} {label} loss within {LOSS_RTOL[label]:.0e} of fp32 (same batch, mask, weights)",
-                   relative < LOSS_RTOL[label], f"fp32 {reference:.5f}, {label} {value:.5f}, relative {relative:.1e}")
-        result.add(f"{name} {label} gradients within {GRAD_RTOL[label]:.0e} of fp32's (relative L2 distance)",
-                   gradient_distance < GRAD_RTOL[label], f"{gradient_distance:.1e}")
+        result.add(f"{name} {label} step{_with(kernel)}{' with a grad scaler' if scaler else ''}: loss and weights "
+                   f"finite", finite, f"loss {value:.5f}")
+        result.add(f"{name} {label} loss{_with(kernel)} within {LOSS_RTOL[label]:.0e} of fp32 (same batch, mask, "
+                   f"weights)", relative < LOSS_RTOL[label],
+                   f"fp32 {reference:.5f}, {label} {value:.5f}, relative {relative:.1e}")
+        result.add(f"{name} {label} gradients{_with(kernel)} within {GRAD_RTOL[label]:.0e} of fp32's (relative L2 "
+                   f"distance)", gradient_distance < GRAD_RTOL[label], f"{gradient_distance:.1e}")
+    select_norm_kernel(spark, "torch")
     spark.load_state_dict(state)
 
 

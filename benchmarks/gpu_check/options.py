@@ -1,9 +1,11 @@
 """The settings every part receives (through JSON: each part runs in its own process)."""
+import importlib.util
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -22,6 +24,14 @@ class CheckOptions:
     @property
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def norm_kernels(self) -> Tuple[str, ...]:
+        """The masked BatchNorm kernels to check and time here: the torch kernel everywhere, the fused
+        triton kernel on CUDA devices when triton is installed (torch's CUDA wheels bring it), and on a
+        CPU under Triton's interpreter (TRITON_INTERPRET=1: the code path runs, its figures mean nothing)."""
+        runs_triton = self.cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        return ("torch", "triton") if runs_triton and importlib.util.find_spec("triton") else ("torch",)
 
     @property
     def torch_device(self) -> torch.device:

@@ -3,7 +3,8 @@
 The model step alone (forward, backward, LAMB; ``spark-bench sync``'s step) and a full
 ``spark-pretrain`` loop step (schedule, accumulation, loss kept on the device, gradient norm, LAMB),
 each recorded at the dispatcher (any device) and, on CUDA, run under
-``torch.cuda.set_sync_debug_mode('error')``."""
+``torch.cuda.set_sync_debug_mode('error')``; the model step also with the fused triton norm kernel
+where it runs (CUDA, triton installed)."""
 import itertools
 from typing import Dict, Optional
 
@@ -27,12 +28,12 @@ def model_step(options: CheckOptions, result: PartResult) -> None:
     from sparkmim.benchmarks.perf.sync_check import step_sync_report
 
     model, size, batch = ("test_resnet", 64, 2) if options.quick else ("resnet50", 224, 32)
-    for precision in ("fp32", "bf16"):
+    for precision, kernel in itertools.product(("fp32", "bf16"), options.norm_kernels):
         config = StepConfig(model=model, size=size, batch=batch, precision=precision, device=options.device,
-                            decoder_width=32 if options.quick else 768)
+                            decoder_width=32 if options.quick else 768, norm_kernel=kernel)
         report = step_sync_report("spark", config)
-        _verdict(result, f"model step, {model} {precision}", report["syncing_ops"],
-                 report.get("cuda_sync_debug_error"), options.cuda)
+        _verdict(result, f"model step, {model} {precision}" + ("" if kernel == "torch" else f", {kernel} norm kernel"),
+                 report["syncing_ops"], report.get("cuda_sync_debug_error"), options.cuda)
 
 
 def pretrain_loop_step(options: CheckOptions, result: PartResult) -> None:

@@ -1,7 +1,8 @@
 """Part 3: throughput and peak memory of (a) SparK, (b) the dense floor and (c) the naive reference.
 
 ResNet-50 (batch 128) and ConvNeXt-B (batch 64) at 224 px, fp32 and bf16, channels_last off and on,
-all variants interleaved in this process (CUDA peak memory is per variant: the counter is reset
+ResNet-50's bf16 rows also with the fused triton norm kernel for (a) when triton is installed, all
+variants interleaved in this process (CUDA peak memory is per variant: the counter is reset
 before each), so the ratios a/b and c/a come from one run under the same conditions. When bf16 a/b
 exceeds 1.10 a torch.profiler table of (a) against (b) is written next to the results. First, in
 seconds, the masked BatchNorm alone against the native one on ResNet-50's shapes in bf16 (the
@@ -38,35 +39,40 @@ def run(options: CheckOptions, result: PartResult) -> None:
     models, size, warmup, steps, rounds = _settings(options)
     deadline = time.monotonic() + options.seconds * 0.8 if options.seconds else None
     _norm_alone(options, result)
-    rows = ["| model | batch | precision | channels_last | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
-            "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | batch | precision | channels_last | norm kernel | (a) img/s | (b) img/s | (c) img/s | a/b | c/a "
+            "| peak MiB (a) | (b) | (c) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     table = len(result.tables)
     result.tables.append("\n".join(rows))
     # bf16 first, channels_last first: the precision and layout pre-training runs in on a GPU, so a part cut
     # short loses fp32 and contiguous rows, not those. One profile per model: on the H200 each cost about
     # as much as a row, and the first (default-layout) row over the threshold is the one that matters
     profiled = set()
-    for precision, (model, batch), channels_last in itertools.product(("bf16", "fp32"), models, (True, False)):
+    for precision, channels_last, (model, batch), kernel in _row_order(models, options.norm_kernels):
         if deadline is not None and time.monotonic() > deadline:
             result.message = "stopped early to stay within the part's time limit; the rows above are complete"
             break
         config = StepConfig(model=model, batch=batch, size=size, precision=precision, device=options.device,
-                            channels_last=channels_last, warmup=warmup, steps=steps,
+                            channels_last=channels_last, warmup=warmup, steps=steps, norm_kernel=kernel,
                             decoder_width=32 if options.quick else 768)
-        summary = summarise(run_interleaved(["spark", "dense", "naive"], config, rounds, isolate=False))
+        # the triton rows measure (a) with the fused kernel against (b); (c) does not change with it
+        names = ["spark", "dense", "naive"] if kernel == "torch" else ["spark", "dense"]
+        summary = summarise(run_interleaved(names, config, rounds, isolate=False))
         variants, ratios = summary["variants"], summary["ratios"]
-        key = f"{model} b{batch} {precision} cl={channels_last}"
+        key = f"{model} b{batch} {precision} cl={channels_last}" + ("" if kernel == "torch" else f" {kernel}")
         result.figures[key] = summary
         # in one process only the CUDA counter is per variant (CPU RSS growth is not)
-        memory = [variants[v]["peak_memory_mib"] if options.cuda else None for v in ("spark", "dense", "naive")]
-        rows.append(f"| {model} | {batch} | {precision} | {channels_last} | "
-                    + " | ".join(f"{variants[v]['images_per_s']:.1f}" for v in ("spark", "dense", "naive"))
-                    + f" | {ratios['a/b']['median']:.3f} | {ratios['c/a']['median']:.3f} | "
+        memory = [variants[v]["peak_memory_mib"] if options.cuda and v in variants else None
+                  for v in ("spark", "dense", "naive")]
+        rows.append(f"| {model} | {batch} | {precision} | {channels_last} | {kernel} | "
+                    + " | ".join(f"{variants[v]['images_per_s']:.1f}" if v in variants else "n/a"
+                                 for v in ("spark", "dense", "naive"))
+                    + f" | {ratios['a/b']['median']:.3f} | "
+                    + (f"{ratios['c/a']['median']:.3f}" if "c/a" in ratios else "n/a") + " | "
                     + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
         result.tables[table] = "\n".join(rows)
         result.record()  # a row survives the part being stopped later
         over = precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE
-        if over and options.cuda and model not in profiled:
+        if over and options.cuda and kernel == "torch" and model not in profiled:
             profiled.add(model)
             _profile(options, config, result, key)
     if options.cuda and not options.quick:
@@ -78,12 +84,26 @@ def run(options: CheckOptions, result: PartResult) -> None:
                        f"not run: {left:.0f} s of the part's {options.seconds:.0f} s left (compiling needs more)")
 
 
+def _row_order(models: List[Tuple[str, int]], kernels: Tuple[str, ...]) -> List[Tuple[str, bool, Tuple[str, int], str]]:
+    """(precision, channels_last, (model, batch), norm kernel) of each row, most wanted first: bf16 before
+    fp32, channels_last before contiguous, and a bf16 row of a model with BatchNorm in its encoder followed by
+    the same row with each other norm kernel (ConvNeXt's LayerNorms have no such kernel)."""
+    order = []
+    for precision, channels_last, (model, batch) in itertools.product(("bf16", "fp32"), (True, False), models):
+        with_batchnorm = "resnet" in model
+        for kernel in kernels if precision == "bf16" and with_batchnorm else kernels[:1]:
+            order.append((precision, channels_last, (model, batch), kernel))
+    return order
+
+
 def _norm_alone(options: CheckOptions, result: PartResult) -> None:
-    """``spark-bench norm --precision bf16`` at the throughput rows' ResNet-50 batch."""
+    """``spark-bench norm --precision bf16`` at the throughput rows' ResNet-50 batch, with every norm kernel."""
     from sparkmim.benchmarks.perf.norm import RESNET50_SHAPES, format_norms, time_norms
 
-    batch, shapes, repeats = (2, RESNET50_SHAPES[:2], 1) if options.quick else (128, RESNET50_SHAPES, 10)
-    rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16")
+    # --quick: two small shapes (Triton's interpreter, which runs the triton kernel on a CPU, is slow)
+    batch, shapes, repeats = (2, ((64, 14), (256, 7)), 1) if options.quick else (128, RESNET50_SHAPES, 10)
+    rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16",
+                      kernels=options.norm_kernels)
     result.figures["masked batchnorm alone, bf16"] = rows
     result.tables.append(format_norms(rows, batch, "bf16"))
     result.record()

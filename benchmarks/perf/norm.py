@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from sparkmim.sparse.context import MaskContext
-from sparkmim.sparse.norms import SparseBatchNorm2d
+from sparkmim.sparse.norms import NORM_KERNELS, SparseBatchNorm2d, select_norm_kernel
 from sparkmim.utils.run import autocast
 
 from .step import PRECISIONS
@@ -33,13 +33,19 @@ def _time(run, device: torch.device) -> float:
 
 
 def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7, repeats: int = 10,
-               device: str = "cpu", mask_ratio: float = 0.6, seed: int = 0, precision: str = "fp32"
-               ) -> List[Dict[str, Any]]:
-    """For each (channels, side): median forward+backward time of the masked and the native BatchNorm,
-    interleaved ``repeats`` times (after one warm-up each). ``bf16``: a bf16 input and gradient, as a
-    convolution under bf16 autocast hands the norm, and both norms run under autocast."""
+               device: str = "cpu", mask_ratio: float = 0.6, seed: int = 0, precision: str = "fp32",
+               kernels: Sequence[str] = ("torch",)) -> List[Dict[str, Any]]:
+    """For each (channels, side): median forward+backward time of the masked BatchNorm with each of
+    ``kernels`` and of the native BatchNorm, interleaved ``repeats`` times (after one warm-up each).
+    ``bf16``: a bf16 input and gradient, as a convolution under bf16 autocast hands the norm, and all
+    norms run under autocast. Row keys: ``masked_ms`` (the first kernel), ``masked_<kernel>_ms`` for
+    the others, ``native_ms`` and their ratios to native."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    unknown = [kernel for kernel in kernels if kernel not in NORM_KERNELS]
+    if unknown or not kernels:
+        raise ValueError(f"kernels must be some of {', '.join(NORM_KERNELS)}, got {list(kernels)}")
+    names = ["masked" if index == 0 else f"masked_{kernel}" for index, kernel in enumerate(kernels)]
     dev = torch.device(device)
     amp_dtype = PRECISIONS[precision]
     dtype = amp_dtype or torch.float32
@@ -47,7 +53,9 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
     rows = []
     for channels, side in shapes:
         context = MaskContext()
-        sparse = SparseBatchNorm2d(channels, context).to(dev).train()
+        sparse = {name: SparseBatchNorm2d(channels, context).to(dev).train() for name in names}
+        for name, kernel in zip(names, kernels):
+            select_norm_kernel(sparse[name], kernel)
         dense = nn.BatchNorm2d(channels).to(dev).train()
         x = torch.randn(batch, channels, side, side, generator=generator).to(dev, dtype).requires_grad_(True)
         grad = torch.randn(batch, channels, side, side, generator=generator).to(dev, dtype)
@@ -56,32 +64,49 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
         active = torch.zeros(batch, mask_grid * mask_grid, dtype=torch.bool).scatter_(1, keep, True)
         active = active.view(batch, 1, mask_grid, mask_grid).to(dev)
 
-        def run_sparse() -> None:
+        def run_sparse(norm: nn.Module) -> None:
             with context.use(active), autocast(dev, amp_dtype):
-                sparse(x).backward(grad)
+                norm(x).backward(grad)
 
         def run_dense() -> None:
             with autocast(dev, amp_dtype):
                 dense(x).backward(grad)
 
-        times: Dict[str, List[float]] = {"masked": [], "native": []}
+        runs = [(name, lambda norm=sparse[name]: run_sparse(norm)) for name in names] + [("native", run_dense)]
+        times: Dict[str, List[float]] = {name: [] for name, _ in runs}
         for index in range(repeats + 1):
-            for name, run in (("masked", run_sparse), ("native", run_dense)):
+            for name, run in runs:
                 elapsed = _time(run, dev)
                 if index:
                     times[name].append(elapsed)
-        masked, native = statistics.median(times["masked"]), statistics.median(times["native"])
-        rows.append({"channels": channels, "side": side, "masked_ms": masked * 1e3, "native_ms": native * 1e3,
-                     "ratio": masked / native})
+        row: Dict[str, Any] = {"channels": channels, "side": side}
+        native = statistics.median(times["native"])
+        for name in names:
+            row[f"{name}_ms"] = statistics.median(times[name]) * 1e3
+            row["ratio" if name == "masked" else f"{name}_ratio"] = row[f"{name}_ms"] / (native * 1e3)
+        row["native_ms"] = native * 1e3
+        rows.append(row)
     return rows
 
 
-def format_norms(rows: List[Dict[str, Any]], batch: int, precision: str = "fp32") -> str:
+def _other_kernels(rows: List[Dict[str, Any]]) -> List[str]:
+    return [key[len("masked_"):-len("_ms")] for key in rows[0]
+            if key.startswith("masked_") and key.endswith("_ms") and key != "masked_ms"]
+
+
+def format_norms(rows: List[Dict[str, Any]], batch: int, precision: str = "fp32", first_kernel: str = "torch") -> str:
+    """The table of :func:`time_norms`; ``first_kernel`` names the kernel of the ``masked`` columns."""
+    others = _other_kernels(rows)
+    columns = ["masked"] + [f"masked_{kernel}" for kernel in others]
+    titles = [f"masked, {first_kernel}"] + [f"masked, {kernel}" for kernel in others]
     lines = [f"BatchNorm forward+backward, batch {batch}, {precision}, median of interleaved runs", "",
-             "| channels x side | masked (ms) | native (ms) | masked/native |", "|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['channels']} x {row['side']} | {row['masked_ms']:.2f} | {row['native_ms']:.2f} | "
-                     f"{row['ratio']:.2f} |")
-    total_masked, total_native = sum(r["masked_ms"] for r in rows), sum(r["native_ms"] for r in rows)
-    lines.append(f"| all shapes | {total_masked:.2f} | {total_native:.2f} | {total_masked / total_native:.2f} |")
+             "| channels x side | " + " | ".join(f"{t} (ms)" for t in titles) + " | native (ms) | "
+             + " | ".join(f"{t} / native" for t in titles) + " |",
+             "|---|" + "---|" * (2 * len(columns) + 1)]
+    totals = {"channels": "all shapes", "side": None, **{f"{c}_ms": sum(r[f"{c}_ms"] for r in rows) for c in columns + ["native"]}}
+    for row in rows + [totals]:
+        label = row["channels"] if row["side"] is None else f"{row['channels']} x {row['side']}"
+        lines.append(f"| {label} | " + " | ".join(f"{row[f'{c}_ms']:.2f}" for c in columns)
+                     + f" | {row['native_ms']:.2f} | "
+                     + " | ".join(f"{row[f'{c}_ms'] / row['native_ms']:.2f}" for c in columns) + " |")
     return "\n".join(lines)

@@ -39,6 +39,7 @@ class StepConfig:
     device: str = "cpu"
     channels_last: bool = False
     compile: bool = False
+    norm_kernel: str = "torch"  # SparK's BatchNorm training kernel: torch or triton (sparkmim.sparse.norms)
     warmup: int = 3
     steps: int = 10
     threads: Optional[int] = None
@@ -61,6 +62,7 @@ def describe_config(config: "StepConfig", threads: Any) -> str:
     """The first line of every benchmark table: what was measured, where."""
     return (f"model {config.model}, {config.size} px, batch {config.batch}, {config.precision}, "
             f"device {config.device}, channels_last {config.channels_last}, compile {config.compile}, "
+            f"norm kernel {config.norm_kernel}, "
             f"threads {threads}")
 
 
@@ -75,6 +77,8 @@ def build_variant(variant: str, config: StepConfig) -> nn.Module:
     spark = build_spark(config.model, input_size=config.size, mask_ratio=config.mask_ratio,
                         decoder_width=config.decoder_width, encoder_kwargs=config.encoder_kwargs())
     if variant == "spark":
+        from sparkmim.sparse.norms import select_norm_kernel
+        select_norm_kernel(spark, config.norm_kernel)
         model: nn.Module = spark
     elif variant == "naive":
         model = naive_like(spark, config.model, encoder_kwargs=config.encoder_kwargs())

@@ -49,10 +49,24 @@ def channel_sums_for_backward(grad: torch.Tensor, centered: torch.Tensor) -> Tup
     return sum_grad, sum_grad_centered
 
 
-def _reduce(value: torch.Tensor, process_group: Optional[Any]) -> torch.Tensor:
+def reduce_across(value: torch.Tensor, process_group: Optional[Any]) -> torch.Tensor:
+    """``value`` summed over the processes of ``process_group`` (in place); unchanged without one."""
     if process_group is not None:
         dist.all_reduce(value, group=process_group)
     return value
+
+
+def input_gradient_coefficients(sum_grad: torch.Tensor, sum_grad_normalized: torch.Tensor, invstd: torch.Tensor,
+                                weight: Optional[torch.Tensor], count: torch.Tensor,
+                                process_group: Optional[Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, grad_mean, centered_factor) of the input's gradient,
+    ``grad_x = mask * scale * (grad - grad_mean - (x - mean) * centered_factor)``, from this process's
+    sums of the visible gradient and of the gradient times the normalised input (reduced here across
+    ``process_group``, as SyncBatchNorm's backward does)."""
+    if process_group is not None:
+        sum_grad, sum_grad_normalized = reduce_across(torch.cat([sum_grad, sum_grad_normalized]), process_group).chunk(2)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    return scale, sum_grad / count, invstd * sum_grad_normalized / count
 
 
 def _per_channel(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -70,11 +84,11 @@ class MaskedBatchNormFunction(torch.autograd.Function):
         acc = accumulation_dtype(x)
         count = mask.sum(dtype=acc).reshape(1)
         masked = x * mask
-        sums = _reduce(torch.cat([per_image_channel_sum(masked, acc), count]), process_group)
+        sums = reduce_across(torch.cat([per_image_channel_sum(masked, acc), count]), process_group)
         count = sums[-1]
         mean = sums[:-1] / count
         centered = masked.addcmul_(mask, _per_channel(-mean, x.dtype))  # x - mean where visible, 0 where masked
-        var = _reduce(per_image_channel_sum_of_squares(centered, acc), process_group) / count
+        var = reduce_across(per_image_channel_sum_of_squares(centered, acc), process_group) / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(acc)
         if bias is None:
@@ -99,14 +113,12 @@ class MaskedBatchNormFunction(torch.autograd.Function):
         grad_bias = sum_grad.to(dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            if ctx.process_group is not None:
-                both = _reduce(torch.cat([sum_grad, sum_grad_normalized]), ctx.process_group)
-                sum_grad, sum_grad_normalized = both.chunk(2)
-            scale = invstd if weight is None else invstd * weight.to(acc)
+            scale, grad_mean, centered_factor = input_gradient_coefficients(
+                sum_grad, sum_grad_normalized, invstd, weight, count, ctx.process_group)
             # grad_x = mask * scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = centered * invstd
-            #        = scale * (g * mask) - scale * mean(g) * mask - scale * invstd * mean(g * xhat) * centered
+            #        = scale * (g * mask) - scale * mean(g) * mask - scale * centered_factor * centered
             # (centered is zero where masked), in place on g * mask
             grad_x = grad_masked.mul_(_per_channel(scale, dtype))
-            grad_x.addcmul_(mask, _per_channel(-scale * sum_grad / count, dtype))
-            grad_x.addcmul_(centered, _per_channel(-scale * invstd * sum_grad_normalized / count, dtype))
+            grad_x.addcmul_(mask, _per_channel(-scale * grad_mean, dtype))
+            grad_x.addcmul_(centered, _per_channel(-scale * centered_factor, dtype))
         return grad_x, None, grad_weight, grad_bias, None, None

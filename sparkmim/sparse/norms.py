@@ -4,8 +4,15 @@ Statistics are masked sums and counts (no ``nonzero`` or boolean indexing), so s
 nothing synchronises host and device, and ``torch.compile(fullgraph=True)`` can trace them. They are
 computed in float32 under autocast. Parameter and buffer names equal those of the dense layers they
 replace, so the encoder's state dict is still the timm model's.
+
+The BatchNorms' training-mode computation has two kernels (:data:`NORM_KERNELS`): ``"torch"``, built
+from PyTorch ops, any device; ``"triton"``, fused Triton kernels for CUDA devices that read the
+activation once per pass in its own dtype (:mod:`.masked_batchnorm_triton`). :func:`select_norm_kernel`
+chooses one for a whole model.
 """
-from typing import Optional
+import importlib.util
+import os
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -29,6 +36,45 @@ def _should_sync(sync: bool) -> bool:
     return sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+NORM_KERNELS = ("torch", "triton")
+
+
+def check_norm_kernel(kernel: str, device: torch.device) -> None:
+    """Raise a one-line ValueError when ``kernel`` cannot train on ``device`` (before a run starts)."""
+    if kernel not in NORM_KERNELS:
+        raise ValueError(f"unknown norm kernel {kernel!r}; choose one of {', '.join(NORM_KERNELS)}")
+    if kernel != "triton":
+        return
+    # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: how tests check them
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the triton norm kernel runs on CUDA devices, not on {device.type}; "
+                         "use the torch kernel there (--norm-kernel torch)")
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("the triton norm kernel needs the triton package (torch's CUDA wheels bring it); "
+                         "install it or use --norm-kernel torch")
+
+
+def _fused_function(x: torch.Tensor) -> Any:
+    """The Triton kernels' autograd Function (imported on first use: triton is optional)."""
+    try:
+        check_norm_kernel("triton", x.device)
+    except ValueError as error:
+        raise RuntimeError(str(error)) from None
+    from .masked_batchnorm_triton import FusedMaskedBatchNormFunction
+    return FusedMaskedBatchNormFunction
+
+
+def select_norm_kernel(model: nn.Module, kernel: str) -> int:
+    """Make every sparse or cross-process BatchNorm in ``model`` train with ``kernel`` (one of
+    :data:`NORM_KERNELS`); returns how many layers it set. Evaluation mode is the same for both."""
+    if kernel not in NORM_KERNELS:
+        check_norm_kernel(kernel, torch.device("cpu"))
+    layers = [module for module in model.modules() if isinstance(module, SparseBatchNorm2d)]
+    for layer in layers:
+        layer.norm_kernel = kernel
+    return len(layers)
+
+
 class SparseBatchNorm2d(nn.Module):
     """BatchNorm2d over the visible positions of a (B, C, H, W) feature map.
 
@@ -36,8 +82,11 @@ class SparseBatchNorm2d(nn.Module):
     the running statistics exactly as ``BatchNorm1d`` over the gathered visible positions would
     (unbiased variance for the running estimate). With ``sync=True`` and a process group of more than
     one rank, sums and counts are reduced across processes, as ``SyncBatchNorm`` does.
-    Masked positions of the output are exactly zero.
+    Masked positions of the output are exactly zero. ``norm_kernel`` picks the training-mode kernel
+    (see the module docstring and :func:`select_norm_kernel`).
     """
+
+    norm_kernel: str = "torch"
 
     def __init__(self, num_features: int, context: MaskContext, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, sync: bool = False,
@@ -101,16 +150,23 @@ class SparseBatchNorm2d(nn.Module):
             return torch.ones(x.shape[0], 1, 1, 1, dtype=dtype, device=x.device)
         return self.context.mask_like(x, dtype=dtype)
 
+    def _batch_statistics_normalize(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(output, mean, biased var, count) with this batch's visible statistics. The torch kernel works
+        on a copy of ``x`` widened to the reduction dtype; the triton kernel reads ``x`` as it is."""
+        group = (self.process_group or dist.group.WORLD) if _should_sync(self.sync) else None
+        if self.norm_kernel == "triton":
+            return _fused_function(x).apply(x, mask, self.weight, self.bias, self.eps, group)
+        return MaskedBatchNormFunction.apply(x.to(mask.dtype), mask, self.weight, self.bias, self.eps, group)
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         dtype = reduction_dtype(x)
-        x32 = x.to(dtype)
         mask = self._mask(x, dtype)
         if self.training or not self.track_running_stats:
-            group = (self.process_group or dist.group.WORLD) if _should_sync(self.sync) else None
-            out, mean, var, count = MaskedBatchNormFunction.apply(x32, mask, self.weight, self.bias, self.eps, group)
+            out, mean, var, count = self._batch_statistics_normalize(x, mask)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, count)
             return out.to(x.dtype)
+        x32 = x.to(dtype)
         # eval: fixed statistics, so plain autograd is exact
         scale = torch.rsqrt(self.running_var.to(dtype) + self.eps)
         if self.weight is not None:

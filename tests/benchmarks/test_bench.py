@@ -2,6 +2,7 @@
 
 Tiny timm models on CPU; no speed assertions (timings on a shared machine prove nothing)."""
 import json
+import os
 
 import pytest
 import torch
@@ -169,6 +170,30 @@ def test_norm_microbenchmark_runs(precision):
     assert f"batch 2, {precision}," in bench_norm.format_norms(rows, 2, precision)
     with pytest.raises(ValueError, match="precision must be one of"):
         bench_norm.time_norms(batch=2, shapes=[(8, 14)], repeats=1, precision="fp16")
+
+
+def test_norm_microbenchmark_times_both_kernels_side_by_side(tmp_path, capsys):
+    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("on a GPU machine the triton kernel runs compiled; gpu-check times it there")
+    from sparkmim.benchmarks.perf import norm as bench_norm
+    rows = bench_norm.time_norms(batch=2, shapes=[(8, 14)], repeats=1, precision="bf16", kernels=("torch", "triton"))
+    assert rows[0]["masked_ms"] > 0 and rows[0]["masked_triton_ms"] > 0 and rows[0]["masked_triton_ratio"] > 0
+    table = bench_norm.format_norms(rows, 2, "bf16")
+    assert "| masked, torch (ms) | masked, triton (ms) | native (ms) |" in table and "| all shapes |" in table
+    with pytest.raises(ValueError, match="kernels must be some of torch, triton"):
+        bench_norm.time_norms(batch=2, shapes=[(8, 14)], repeats=1, kernels=("cudnn",))
+
+
+def test_the_step_benchmark_runs_spark_with_the_triton_kernel(tmp_path, capsys):
+    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("on a GPU machine the triton kernel runs compiled; gpu-check times it there")
+    out = tmp_path / "paired.json"
+    assert bench.main(["paired", "--model", "test_resnet", "--size", "64", "--batch", "2", "--decoder-width", "32",
+                       "--rounds", "1", "--warmup", "0", "--norm-kernel", "triton", "--json", str(out)]) == 0
+    assert "norm kernel triton" in capsys.readouterr().out
+    assert json.loads(out.read_text())["summary"]["variants"]["spark"]["images_per_s"] > 0
 
 
 def test_loader_only_compares_a_folder_with_the_same_images_in_shards_both_ways(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """spark-bench gpu-check: its CPU mode (every part's code path on tiny sizes, what CI runs) and the
 runner's promises (a part's limit, the budget, reports after every part, one-line errors)."""
+import importlib.util
 import json
 import os
 import time
@@ -44,9 +45,34 @@ def test_the_summary_names_each_part_and_its_figures(quick_run):
     summary = (out / "summary.md").read_text()
     for part in results["parts"]:
         assert f"## {part['title']}: ok" in summary
-    assert "| test_resnet | 2 | bf16 | True |" in summary  # a throughput row: model, batch, precision, layout
-    assert "BatchNorm forward+backward, batch 2, bf16" in summary and "| 64 x 56 |" in summary  # the norm alone
+    # a throughput row: model, batch, precision, layout, norm kernel
+    assert "| test_resnet | 2 | bf16 | True | torch |" in summary
+    assert "BatchNorm forward+backward, batch 2, bf16" in summary and "| 64 x 14 |" in summary  # the norm alone
     assert "a/b" in summary and "spark-pretrain end to end" in summary and "--resume auto" in summary
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the triton kernel's code paths, through Triton's interpreter
+        assert "| test_resnet | 2 | bf16 | True | triton |" in summary and "| masked, triton (ms) |" in summary
+        checks = [c["name"] for part in results["parts"] for c in part["checks"]]
+        assert any("with the triton norm kernel" in name for name in checks)  # correctness
+        assert any("triton norm kernel: no syncing op" in name for name in checks)  # sync
+
+
+def test_rows_come_most_wanted_first_with_each_norm_kernel_for_batchnorm_models():
+    from sparkmim.benchmarks.gpu_check.throughput import FULL, _row_order
+
+    order = _row_order(FULL, ("torch", "triton"))
+    assert order[:4] == [("bf16", True, ("resnet50", 128), "torch"), ("bf16", True, ("resnet50", 128), "triton"),
+                         ("bf16", True, ("convnext_base", 64), "torch"), ("bf16", False, ("resnet50", 128), "torch")]
+    assert len(order) == 10 and all(kernel == "torch" for precision, *_, kernel in order if precision == "fp32")
+    assert len(_row_order(FULL, ("torch",))) == 8
+
+
+def test_the_triton_kernel_is_checked_where_it_can_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert CheckOptions(out="x", device="cpu").norm_kernels == ("torch",)
+    if importlib.util.find_spec("triton") is not None:
+        assert CheckOptions(out="x", device="cuda").norm_kernels == ("torch", "triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert CheckOptions(out="x", device="cpu").norm_kernels == ("torch", "triton")
 
 
 def test_a_part_past_its_limit_is_reported_and_the_budget_stops_the_rest(tmp_path):

@@ -1,4 +1,5 @@
 """spark-pretrain end to end on tiny generated data, and its one-line errors on bad input."""
+import os
 import struct
 
 import pytest
@@ -223,6 +224,46 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     data = make_images(tmp_path / "data", 2)
     line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(tmp_path / "run"), "--device", "cuda"])
     assert line.startswith("spark-pretrain: error: --device cuda was asked for but no CUDA device is visible")
+
+
+def test_the_triton_norm_kernel_on_a_cpu_is_one_line_and_frees_the_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter would run the kernels on the CPU
+    data = make_images(tmp_path / "data", 2)
+    out = tmp_path / "run"
+    line = _error_line(capsys, [str(data), *TINY_ARGS, "--output-dir", str(out), "--device", "cpu",
+                                "--norm-kernel", "triton"])
+    assert line == ("spark-pretrain: error: --norm-kernel triton: the triton norm kernel runs on CUDA devices, "
+                    "not on cpu; use the torch kernel there (--norm-kernel torch)")
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_a_run_with_the_triton_norm_kernel_trains_and_records_it(tmp_path):
+    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
+    if not os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("runs the kernels through Triton's interpreter (no GPU); on a GPU, gpu-check covers them")
+    data = make_images(tmp_path / "data", 8)
+    out = tmp_path / "run"
+    assert main([str(data), *TINY_ARGS, "--epochs", "1", "--num-vis", "0", "--no-tensorboard", "--amp", "bf16",
+                 "--norm-kernel", "triton", "--output-dir", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["norm_kernel"] == "triton"
+    assert "norm kernel triton" in (out / "log_rank0.txt").read_text()
+    full = load_file(out / "checkpoint_last.pth")
+    assert all(torch.isfinite(v).all() for v in full["model"].values() if v.is_floating_point())
+    assert full["model"]["encoder.model.bn1.num_batches_tracked"] == 1  # the running statistics moved
+
+
+def test_the_model_is_placed_with_the_chosen_norm_kernel():
+    from sparkmim import build_spark
+    from sparkmim.pretrain.config import PretrainConfig
+    from sparkmim.pretrain.main import place_model
+    from sparkmim.sparse.norms import SparseBatchNorm2d
+    from sparkmim.utils.distributed import DistInfo
+
+    spark = build_spark("test_resnet", input_size=64, decoder_width=32)
+    placed, _ = place_model(spark, PretrainConfig(norm_kernel="triton", channels_last=False),
+                            DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    kernels = {m.norm_kernel for m in placed.modules() if isinstance(m, SparseBatchNorm2d)}
+    assert kernels == {"triton"}
 
 
 def test_a_cpu_run_with_a_large_forward_pass_is_told_to_accumulate(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def test_two_processes_agree_on_weights_and_reduce_batchnorm_statistics(tmp_path
 
     log = (out / "log_rank0.txt").read_text()
     assert "2 process(es)" in log and "2 process(es) x 4 micro-batch" in log
-    assert f"(channels_last {'on' if layout else 'off'})" in log
+    assert f"(channels_last {'on' if layout else 'off'}, norm kernel torch)" in log
     assert [r["step"] for r in read_rows(out / "metrics.jsonl", "step")] == [0, 1]
     assert not (out / "metrics.jsonl").with_name("metrics_rank1.jsonl").exists()
     checkpoint = load_file(out / "checkpoint_last.pth")
