@@ -43,9 +43,11 @@ def _tile_indices(positions, channels, BLOCK_L: tl.constexpr, BLOCK_C: tl.conste
 @triton.jit
 def _widen(value, WIDE: tl.constexpr):
     """``value`` in the accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    if WIDE:
-        return value.to(tl.float64)
-    return value.to(tl.float32)
+    if WIDE:  # a constexpr: the compiler keeps one branch (returning from both would be a type conflict)
+        widened = value.to(tl.float64)
+    else:
+        widened = value.to(tl.float32)
+    return widened
 
 
 @triton.jit

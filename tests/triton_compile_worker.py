@@ -1,0 +1,66 @@
+"""Compile the fused norm kernels for NVIDIA GPUs on a machine without one; print the outcome as JSON.
+
+Triton compiles down to the GPU's binary (PTX, then cubin with the ptxas it ships) without a device,
+so type errors and constructs the compiler refuses show here, which Triton's interpreter (the
+numerical tests) would let through. Run with TRITON_INTERPRET unset: under the interpreter the
+kernels are not compilable objects. Each kernel is compiled for every input dtype, for contiguous
+and channels_last tensors (the unit stride specialised to 1, as a launch does) and for each
+architecture given (e.g. 80 90: A100, H100/H200). Also reported: whether the activation is read with
+vector loads (several elements per instruction), which a memory-bound kernel needs to be fast."""
+import itertools
+import json
+import sys
+from typing import Dict
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from sparkmim.sparse import masked_batchnorm_triton as kernels
+
+KERNELS = ("_statistics_kernel", "_normalize_kernel", "_gradient_sums_kernel", "_input_gradient_kernel")
+DTYPES = {"bf16": "fp32", "fp16": "fp32", "fp32": "fp32", "fp64": "fp64"}  # input -> accumulation
+ACTIVATIONS = ("x_ptr", "grad_ptr", "out_ptr")  # pointers to tensors in the input's dtype
+
+
+def source(kernel: triton.JITFunction, dtype: str, layout: str) -> ASTSource:
+    """The kernel as a launch on a typical ResNet feature map specialises it: 16-byte aligned tensors,
+    the unit stride a constant 1, the other strides, the positions and the channels multiples of 16."""
+    accumulation = DTYPES[dtype]
+    unit_stride = "position_stride" if layout == "contiguous" else "channel_stride"
+    signature: Dict[str, str] = {}
+    constants = {"BLOCK_L": 64, "BLOCK_C": 64, "WIDE": accumulation == "fp64"}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = f"*{dtype}" if name in ACTIVATIONS else f"*{accumulation}"
+        elif name.endswith(unit_stride):
+            signature[name] = "constexpr"
+            constants[name] = 1
+        else:
+            signature[name] = "i32"
+    aligned = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(kernel.arg_names)
+               if signature[name] != "constexpr"}
+    return ASTSource(fn=kernel, signature=signature, attrs=aligned,
+                     constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+
+
+def main() -> None:
+    outcomes, vector_loads = {}, {}
+    architectures = [int(arch) for arch in sys.argv[1:]] or [90]
+    for arch, name, dtype, layout in itertools.product(architectures, KERNELS, DTYPES, ("contiguous", "channels_last")):
+        try:
+            compiled = triton.compile(source(getattr(kernels, name), dtype, layout), target=GPUTarget("cuda", arch, 32))
+            outcome = "ok" if compiled.asm.get("cubin") else "no cubin"
+            vector_loads[f"sm_{arch} {name} {dtype} {layout}"] = "ld.global.v" in compiled.asm["ptx"]
+        except Exception as error:  # report every failure, not only the first, by its root cause
+            while error.__cause__ is not None:  # a CompilationError chains the call sites down to the cause
+                error = error.__cause__
+            outcome = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
+        outcomes[f"sm_{arch} {name} {dtype} {layout}"] = outcome
+    print(json.dumps({"outcomes": outcomes, "vector_loads": vector_loads}))
+
+
+if __name__ == "__main__":
+    main()
