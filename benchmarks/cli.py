@@ -13,6 +13,8 @@ Subcommands::
     spark-bench e2e      end-to-end images/s of spark-pretrain on a folder of JPEGs, and whether
                          loading or compute bounds it; --shards: the loader on the same images in tar shards
     spark-bench norm     the masked BatchNorm alone against the native one (ResNet-50 shapes)
+    spark-bench activations  bytes autograd saves for backward per image, (a) with each norm kernel,
+                         (b) and (c): the activation-memory part of peak memory, measured on any device
     spark-bench value    what SparK pre-training buys downstream: SparK vs scratch on real data
                          (kNN, linear probe, fine-tuning on label subsets); see docs/value.md
     spark-bench kill-trials  SIGKILL spark-pretrain or spark-finetune at random moments, resume, and count
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop the page cache before each loader timing, so files come from the disk (Linux, root)")
     e2e.add_argument("--json", type=Path, default=None)
 
+    saved = sub.add_parser("activations", help="what autograd saves for backward per image: a, b, c, each norm kernel")
+    _add_step_options(saved)
+    saved.add_argument("--kernels", nargs="+", choices=NORM_KERNELS, default=list(NORM_KERNELS),
+                       help="norm kernels for (a) (default both; triton off CUDA runs through TRITON_INTERPRET=1)")
+    saved.add_argument("--json", type=Path, default=None)
+
     norm = sub.add_parser("norm", help="masked vs native BatchNorm, forward+backward, ResNet-50 shapes")
     norm.add_argument("--batch", type=int, default=8)
     norm.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
@@ -263,6 +271,16 @@ def _run_e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_activations(args: argparse.Namespace) -> int:
+    from .perf.activations import format_saved, measure_saved
+    config = _step_config(args)
+    runs = [("spark", kernel) for kernel in args.kernels] + [("dense", "torch"), ("naive", "torch")]
+    rows = measure_saved(config, runs)
+    print(format_saved(rows, config))
+    _write_json(args.json, {"config": config.__dict__, "rows": rows})
+    return 0
+
+
 def _run_norm(args: argparse.Namespace) -> int:
     import torch
 
@@ -336,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_command_logging(logging.INFO, fmt="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handlers = {"step": _run_step, "paired": _run_paired, "sync": _run_sync, "profile": _run_profile, "e2e": _run_e2e,
-                "norm": _run_norm, "gpu-check": _run_gpu_check, "kill-trials": _run_kill_trials,
+                "norm": _run_norm, "activations": _run_activations, "gpu-check": _run_gpu_check, "kill-trials": _run_kill_trials,
                 "coverage": _run_coverage,
                 "worker": _run_worker}
     # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback

@@ -1,14 +1,26 @@
 """Helpers shared by the tests: building fixtures' models, masks, layer-output capture, writing a
-model in the reference release layout."""
+model in the reference release layout, the condition of the triton kernel's tests."""
+import os
 import re
 from typing import Dict, List, Tuple
 
+import pytest
 import torch
 import torch.nn as nn
 
 from sparkmim import SparK
 from sparkmim.convert import convnext_timm_to_fb
 from sparkmim.convert.reference_fixture import spark_from_reference_case
+
+
+def skip_unless_triton_interpreter() -> None:
+    """Skip (a test, or a whole module) unless the triton norm kernel runs here through Triton's interpreter:
+    triton installed, no GPU (tests/conftest.py then sets TRITON_INTERPRET=1). On a GPU the kernels run
+    compiled, and ``spark-bench gpu-check`` checks them there."""
+    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the triton kernel through Triton's interpreter (set where there is no GPU); on a GPU, "
+                    "spark-bench gpu-check checks it", allow_module_level=True)
 
 
 def spark_from_fixture(case: dict) -> SparK:

@@ -104,7 +104,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _loss_of(output: Any) -> torch.Tensor:
+def loss_of(output: Any) -> torch.Tensor:
+    """The loss of a variant's output: SparK returns an object with ``.loss``, the others the loss itself."""
     return output.loss if hasattr(output, "loss") else output
 
 
@@ -122,7 +123,7 @@ def step_function(model: nn.Module, optimizer: torch.optim.Optimizer, images: to
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with phase("forward"), autocast(images.device, amp_dtype):
-            loss = _loss_of(forward(images)).float()
+            loss = loss_of(forward(images)).float()
         with phase("backward"):
             loss.backward()
         with phase("optimizer"):

@@ -2,7 +2,6 @@
 
 Tiny timm models on CPU; no speed assertions (timings on a shared machine prove nothing)."""
 import json
-import os
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from sparkmim.sparse.norms import SparseBatchNorm2d
 from sparkmim.benchmarks import cli as bench
 from sparkmim.benchmarks.perf.dense import build_dense
 from sparkmim.benchmarks.perf.naive import NaiveBatchNorm, NaiveSparK, naive_like
+from tests.core_utils import skip_unless_triton_interpreter
 
 TINY = ["--model", "resnet18", "--size", "64", "--batch", "2", "--decoder-width", "64", "--threads", "1"]
 
@@ -173,9 +173,7 @@ def test_norm_microbenchmark_runs(precision):
 
 
 def test_norm_microbenchmark_times_both_kernels_side_by_side(tmp_path, capsys):
-    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("on a GPU machine the triton kernel runs compiled; gpu-check times it there")
+    skip_unless_triton_interpreter()
     from sparkmim.benchmarks.perf import norm as bench_norm
     rows = bench_norm.time_norms(batch=2, shapes=[(8, 14)], repeats=1, precision="bf16", kernels=("torch", "triton"))
     assert rows[0]["masked_ms"] > 0 and rows[0]["masked_triton_ms"] > 0 and rows[0]["masked_triton_ratio"] > 0
@@ -186,14 +184,31 @@ def test_norm_microbenchmark_times_both_kernels_side_by_side(tmp_path, capsys):
 
 
 def test_the_step_benchmark_runs_spark_with_the_triton_kernel(tmp_path, capsys):
-    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("on a GPU machine the triton kernel runs compiled; gpu-check times it there")
+    skip_unless_triton_interpreter()
     out = tmp_path / "paired.json"
     assert bench.main(["paired", "--model", "test_resnet", "--size", "64", "--batch", "2", "--decoder-width", "32",
                        "--rounds", "1", "--warmup", "0", "--norm-kernel", "triton", "--json", str(out)]) == 0
     assert "norm kernel triton" in capsys.readouterr().out
     assert json.loads(out.read_text())["summary"]["variants"]["spark"]["images_per_s"] > 0
+
+
+def test_saved_activations_count_the_storages_autograd_keeps():
+    from sparkmim.benchmarks.perf.activations import saved_bytes
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    # the linear layer keeps its input (3 x 4 floats; its weight is a parameter, not counted), ReLU its output
+    assert saved_bytes(model, torch.randn(3, 4), None) == (3 * 4 + 3 * 8) * 4
+
+
+def test_the_triton_kernel_keeps_less_for_backward_than_the_torch_kernel(tmp_path, capsys):
+    skip_unless_triton_interpreter()
+    out = tmp_path / "saved.json"
+    assert bench.main(["activations", "--model", "test_resnet", "--size", "64", "--batch", "2", "--decoder-width", "32",
+                       "--precision", "bf16", "--json", str(out)]) == 0
+    rows = {(r["variant"], r["norm_kernel"]): r for r in json.loads(out.read_text())["rows"]}
+    assert rows[("dense", "torch")]["to_dense"] == 1.0
+    # bf16: the torch kernel keeps a float32 centred copy of each BatchNorm input, the triton kernel the input
+    assert rows[("spark", "triton")]["saved_mib_per_image"] < rows[("spark", "torch")]["saved_mib_per_image"]
+    assert "| (a) sparkmim SparK | triton |" in capsys.readouterr().out
 
 
 def test_loader_only_compares_a_folder_with_the_same_images_in_shards_both_ways(tmp_path, capsys):

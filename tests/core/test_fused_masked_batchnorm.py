@@ -3,22 +3,18 @@
 The interpreter executes the same kernel source on CPU tensors; tests/conftest.py turns it on for
 machines without a GPU. Compiled on a GPU the kernels are checked by ``spark-bench gpu-check``
 (part 1 compares the triton kernel on the GPU with the CPU)."""
-import os
-
 import pytest
 import torch
 import torch.nn as nn
 
-pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("these tests run the kernels through Triton's interpreter (TRITON_INTERPRET=1, set without a GPU); "
-                "on a GPU, spark-bench gpu-check checks them", allow_module_level=True)
+from tests.core_utils import random_mask, skip_unless_triton_interpreter
+
+skip_unless_triton_interpreter()
 
 from sparkmim.sparse import masked_batchnorm_triton as fused  # noqa: E402
 from sparkmim.sparse.context import MaskContext  # noqa: E402
 from sparkmim.sparse.masked_batchnorm import MaskedBatchNormFunction  # noqa: E402
 from sparkmim.sparse.norms import SparseBatchNorm2d, select_norm_kernel  # noqa: E402
-from tests.core_utils import random_mask  # noqa: E402
 
 # 70 channels and 9x9 positions: more than one 64-wide block along each, with partial blocks
 B, C, H, W, GRID = 3, 70, 9, 9, 3

@@ -1,5 +1,4 @@
 """spark-pretrain end to end on tiny generated data, and its one-line errors on bad input."""
-import os
 import struct
 
 import pytest
@@ -9,6 +8,7 @@ import yaml
 from PIL import Image
 
 from sparkmim.pretrain.main import main
+from tests.core_utils import skip_unless_triton_interpreter
 from tests.pretrain_fixtures import TINY_ARGS, make_images, read_rows, run_cli
 from sparkmim.utils.checkpoint import load_file
 from sparkmim.utils.run_folder import LOCK_NAME
@@ -238,9 +238,7 @@ def test_the_triton_norm_kernel_on_a_cpu_is_one_line_and_frees_the_folder(tmp_pa
 
 
 def test_a_run_with_the_triton_norm_kernel_trains_and_records_it(tmp_path):
-    pytest.importorskip("triton", reason="the triton norm kernel needs the triton package")
-    if not os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("runs the kernels through Triton's interpreter (no GPU); on a GPU, gpu-check covers them")
+    skip_unless_triton_interpreter()
     data = make_images(tmp_path / "data", 8)
     out = tmp_path / "run"
     assert main([str(data), *TINY_ARGS, "--epochs", "1", "--num-vis", "0", "--no-tensorboard", "--amp", "bf16",
