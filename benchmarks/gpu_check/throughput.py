@@ -90,7 +90,7 @@ def _row_order(models: List[Tuple[str, int]], kernels: Tuple[str, ...]) -> List[
     the same row with each other norm kernel (ConvNeXt's LayerNorms have no such kernel)."""
     order = []
     for precision, channels_last, (model, batch) in itertools.product(("bf16", "fp32"), (True, False), models):
-        with_batchnorm = "resnet" in model
+        with_batchnorm = "resnet" in model  # of the models above, the ResNets have BatchNorms in the encoder
         for kernel in kernels if precision == "bf16" and with_batchnorm else kernels[:1]:
             order.append((precision, channels_last, (model, batch), kernel))
     return order

@@ -39,10 +39,14 @@ def _should_sync(sync: bool) -> bool:
 NORM_KERNELS = ("torch", "triton")
 
 
-def check_norm_kernel(kernel: str, device: torch.device) -> None:
-    """Raise a one-line ValueError when ``kernel`` cannot train on ``device`` (before a run starts)."""
+def _check_known(kernel: str) -> None:
     if kernel not in NORM_KERNELS:
         raise ValueError(f"unknown norm kernel {kernel!r}; choose one of {', '.join(NORM_KERNELS)}")
+
+
+def check_norm_kernel(kernel: str, device: torch.device) -> None:
+    """Raise a one-line ValueError when ``kernel`` cannot train on ``device`` (before a run starts)."""
+    _check_known(kernel)
     if kernel != "triton":
         return
     # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: how tests check them
@@ -67,8 +71,7 @@ def _fused_function(x: torch.Tensor) -> Any:
 def select_norm_kernel(model: nn.Module, kernel: str) -> int:
     """Make every sparse or cross-process BatchNorm in ``model`` train with ``kernel`` (one of
     :data:`NORM_KERNELS`); returns how many layers it set. Evaluation mode is the same for both."""
-    if kernel not in NORM_KERNELS:
-        check_norm_kernel(kernel, torch.device("cpu"))
+    _check_known(kernel)
     layers = [module for module in model.modules() if isinstance(module, SparseBatchNorm2d)]
     for layer in layers:
         layer.norm_kernel = kernel
