@@ -23,6 +23,7 @@ from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.utils.values import ChannelMismatchError
 from sparkmim.pretrain.data import ValueSpec
 
 logger = logging.getLogger("sparkmim.tools.viz")
@@ -126,6 +127,9 @@ def load_images(paths: Sequence[Path], size: Tuple[int, int], values: Optional[V
     for path in paths:
         try:
             loaded.append(values.load(path) if values is not None else load_rgb(path))
+        except ChannelMismatchError as error:  # spark-viz has no --in-chans: the checkpoint decides
+            raise VizError(f"cannot draw {path}: it has {error.found} channel(s), the checkpoint was pre-trained on "
+                           f"{error.expected}") from error
         except (UnreadableImageError, OSError) as error:
             raise VizError(f"cannot read image {path} ({error})") from error
     if values is None:

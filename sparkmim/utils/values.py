@@ -25,7 +25,12 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
 class ChannelMismatchError(UnreadableImageError):
-    """A file with another number of channels than the run's ``in_chans``."""
+    """A file with another number of channels than the run's ``in_chans``; ``found`` and ``expected`` let
+    a command that has no --in-chans (spark-viz: the checkpoint decides) word the error its own way."""
+
+    def __init__(self, message: str, found: Optional[int] = None, expected: Optional[int] = None) -> None:
+        super().__init__(message)  # the message alone rebuilds it (a loader worker re-raises it that way)
+        self.found, self.expected = found, expected
 
 
 Source = Union[Path, BinaryIO]  # a file, or an open binary stream (a tar shard's member)
@@ -81,7 +86,8 @@ def load_values(path: Union[str, Path], in_chans: int, source: Union[Path, Binar
     """float32 (C, H, W) with exactly ``in_chans`` channels, else :class:`ChannelMismatchError`."""
     array = read_values(path, source)
     if array.shape[-1] != in_chans:
-        raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)")
+        raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)",
+                                   found=array.shape[-1], expected=in_chans)
     return torch.from_numpy(np.ascontiguousarray(array.astype(np.float32))).permute(2, 0, 1).contiguous()
 
 

@@ -3,6 +3,7 @@ values with a chosen band triplet, timm and whole-model conversions that keep in
 refused in one line."""
 import json
 
+import numpy as np
 import pytest
 
 from sparkmim.tools.convert import main as convert_main
@@ -25,6 +26,15 @@ def test_viz_draws_a_band_triplet_of_a_multiband_checkpoint(multiband_run, tmp_p
     assert viz_main([str(multiband_run / "run" / "checkpoint_last.pth"), str(multiband_run / "bands" / "0.npy"),
                      "--out", str(out), "--bands", "7", "1", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--bands: draw 1 or 3 of the 5 channels (indices 0-4), got [7, 1, 0]")
+
+
+def test_viz_names_the_checkpoints_channels_for_an_image_with_other_ones(multiband_run, tmp_path, capsys):
+    rgb = tmp_path / "photo.npy"
+    np.save(rgb, np.zeros((72, 72, 3), dtype=np.float32))
+    assert viz_main([str(multiband_run / "run" / "checkpoint_last.pth"), str(rgb), "--out", str(tmp_path / "g.png")]) == 2
+    # spark-viz has no --in-chans to point at: the checkpoint decides the channels
+    assert capsys.readouterr().err.strip().endswith(
+        f"cannot draw {rgb}: it has 3 channel(s), the checkpoint was pre-trained on 5")
 
 
 def test_convert_keeps_the_channels_and_refuses_the_rgb_detection_transfers(multiband_run, tmp_path, capsys):
