@@ -289,7 +289,7 @@ def _run_norm(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     rows = time_norms(args.batch, RESNET50_SHAPES, repeats=args.repeats, device=args.device, precision=args.precision,
                       kernels=args.kernels)
-    print(format_norms(rows, args.batch, args.precision, first_kernel=args.kernels[0]))
+    print(format_norms(rows, args.batch, args.precision, kernels=args.kernels))
     _write_json(args.json, {"batch": args.batch, "device": args.device, "precision": args.precision,
                             "kernels": args.kernels, "rows": rows})
     return 0

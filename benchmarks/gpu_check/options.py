@@ -1,7 +1,5 @@
 """The settings every part receives (through JSON: each part runs in its own process)."""
-import importlib.util
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +28,12 @@ class CheckOptions:
         """The masked BatchNorm kernels to check and time here: the torch kernel everywhere, the fused
         triton kernel on CUDA devices when triton is installed (torch's CUDA wheels bring it), and on a
         CPU under Triton's interpreter (TRITON_INTERPRET=1: the code path runs, its figures mean nothing)."""
-        runs_triton = self.cuda or os.environ.get("TRITON_INTERPRET") == "1"
-        return ("torch", "triton") if runs_triton and importlib.util.find_spec("triton") else ("torch",)
+        from sparkmim.sparse.norms import check_norm_kernel
+        try:
+            check_norm_kernel("triton", self.torch_device)
+        except ValueError:
+            return ("torch",)
+        return ("torch", "triton")
 
     @property
     def torch_device(self) -> torch.device:

@@ -105,7 +105,7 @@ def _norm_alone(options: CheckOptions, result: PartResult) -> None:
     rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16",
                       kernels=options.norm_kernels)
     result.figures["masked batchnorm alone, bf16"] = rows
-    result.tables.append(format_norms(rows, batch, "bf16"))
+    result.tables.append(format_norms(rows, batch, "bf16", kernels=options.norm_kernels))
     result.record()
 
 

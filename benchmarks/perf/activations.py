@@ -5,6 +5,7 @@ backward. Counting those bytes needs no GPU (a tensor's size is the same on ever
 memory effect of a change, such as the triton norm kernel keeping its bf16 input instead of a float32
 centred copy, can be measured before a GPU run, and the ratio to the dense floor (b) predicts the
 peak-memory ratio a GPU would show (the rest of the peak is the same for both)."""
+import dataclasses
 from typing import Any, Dict, List, Sequence, Set, Tuple
 
 import torch
@@ -40,7 +41,7 @@ def measure_saved(config: StepConfig, runs: Sequence[Tuple[str, str]]) -> List[D
     images = make_images(config, device)
     rows = []
     for variant, kernel in runs:
-        model = build_variant(variant, StepConfig(**{**config.__dict__, "norm_kernel": kernel}))
+        model = build_variant(variant, dataclasses.replace(config, norm_kernel=kernel))
         torch.manual_seed(config.seed)  # the same mask for every SparK variant
         total = saved_bytes(model, images, PRECISIONS[config.precision])
         rows.append({"variant": variant, "norm_kernel": kernel, "saved_mib_per_image": total / 2**20 / config.batch})

@@ -45,7 +45,7 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
     unknown = [kernel for kernel in kernels if kernel not in NORM_KERNELS]
     if unknown or not kernels:
         raise ValueError(f"kernels must be some of {', '.join(NORM_KERNELS)}, got {list(kernels)}")
-    names = ["masked" if index == 0 else f"masked_{kernel}" for index, kernel in enumerate(kernels)]
+    names = _columns(kernels)
     dev = torch.device(device)
     amp_dtype = PRECISIONS[precision]
     dtype = amp_dtype or torch.float32
@@ -89,16 +89,17 @@ def time_norms(batch: int, shapes: Sequence[Tuple[int, int]], mask_grid: int = 7
     return rows
 
 
-def _other_kernels(rows: List[Dict[str, Any]]) -> List[str]:
-    return [key[len("masked_"):-len("_ms")] for key in rows[0]
-            if key.startswith("masked_") and key.endswith("_ms") and key != "masked_ms"]
+def _columns(kernels: Sequence[str]) -> List[str]:
+    """Row-key stems of the kernels' times: ``masked`` for the first (the keys the table had with one
+    kernel), ``masked_<kernel>`` for the others."""
+    return ["masked" if index == 0 else f"masked_{kernel}" for index, kernel in enumerate(kernels)]
 
 
-def format_norms(rows: List[Dict[str, Any]], batch: int, precision: str = "fp32", first_kernel: str = "torch") -> str:
-    """The table of :func:`time_norms`; ``first_kernel`` names the kernel of the ``masked`` columns."""
-    others = _other_kernels(rows)
-    columns = ["masked"] + [f"masked_{kernel}" for kernel in others]
-    titles = [f"masked, {first_kernel}"] + [f"masked, {kernel}" for kernel in others]
+def format_norms(rows: List[Dict[str, Any]], batch: int, precision: str = "fp32",
+                 kernels: Sequence[str] = ("torch",)) -> str:
+    """The table of :func:`time_norms` run with ``kernels``."""
+    columns = _columns(kernels)
+    titles = [f"masked, {kernel}" for kernel in kernels]
     lines = [f"BatchNorm forward+backward, batch {batch}, {precision}, median of interleaved runs", "",
              "| channels x side | " + " | ".join(f"{t} (ms)" for t in titles) + " | native (ms) | "
              + " | ".join(f"{t} / native" for t in titles) + " |",

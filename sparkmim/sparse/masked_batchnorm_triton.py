@@ -84,6 +84,17 @@ def _load_channels(ptr, channel, channels):
 
 
 @triton.jit
+def _gradient_and_centered(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
+                           x_ptr, batch_stride, channel_stride, position_stride, mean_ptr,
+                           image, position, channel, inside, channels, WIDE: tl.constexpr):
+    """The tile's upstream gradient and its input minus the channel mean: what both backward kernels read."""
+    x = _load_tile(x_ptr, batch_stride, channel_stride, position_stride, image, position, channel, inside, WIDE)
+    grad = _load_tile(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
+                      image, position, channel, inside, WIDE)
+    return grad, x - _load_channels(mean_ptr, channel, channels)
+
+
+@triton.jit
 def _statistics_kernel(x_ptr, mask_ptr, sum_ptr, deviation_ptr, count_ptr,
                        batch_stride, channel_stride, position_stride, positions, channels,
                        BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
@@ -123,11 +134,10 @@ def _gradient_sums_kernel(grad_ptr, x_ptr, mask_ptr, mean_ptr, sum_grad_ptr, sum
                           BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
     """Per tile and channel: sum of the visible gradient and of the visible gradient times (x - mean)."""
     image, position, channel, inside = _tile_indices(positions, channels, BLOCK_L, BLOCK_C)
-    x = _load_tile(x_ptr, batch_stride, channel_stride, position_stride, image, position, channel, inside, WIDE)
-    grad = _load_tile(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
-                      image, position, channel, inside, WIDE)
+    grad, centered = _gradient_and_centered(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
+                                            x_ptr, batch_stride, channel_stride, position_stride, mean_ptr,
+                                            image, position, channel, inside, channels, WIDE)
     grad = grad * _load_visible(mask_ptr, image, position, positions, WIDE)
-    centered = x - _load_channels(mean_ptr, channel, channels)
     row = tl.program_id(0)
     tl.store(sum_grad_ptr + row * channels + channel, tl.sum(grad, axis=0), mask=channel < channels)
     tl.store(sum_grad_centered_ptr + row * channels + channel, tl.sum(grad * centered, axis=0), mask=channel < channels)
@@ -141,10 +151,9 @@ def _input_gradient_kernel(grad_ptr, x_ptr, mask_ptr, out_ptr, mean_ptr, scale_p
                            BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
     """grad_x = visible * scale * (grad - grad_mean - (x - mean) * centered_factor)."""
     image, position, channel, inside = _tile_indices(positions, channels, BLOCK_L, BLOCK_C)
-    x = _load_tile(x_ptr, batch_stride, channel_stride, position_stride, image, position, channel, inside, WIDE)
-    grad = _load_tile(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
-                      image, position, channel, inside, WIDE)
-    centered = x - _load_channels(mean_ptr, channel, channels)
+    grad, centered = _gradient_and_centered(grad_ptr, grad_batch_stride, grad_channel_stride, grad_position_stride,
+                                            x_ptr, batch_stride, channel_stride, position_stride, mean_ptr,
+                                            image, position, channel, inside, channels, WIDE)
     out = _load_channels(scale_ptr, channel, channels) * (
         grad - _load_channels(grad_mean_ptr, channel, channels)
         - centered * _load_channels(centered_factor_ptr, channel, channels))
@@ -152,42 +161,53 @@ def _input_gradient_kernel(grad_ptr, x_ptr, mask_ptr, out_ptr, mean_ptr, scale_p
                 out_batch_stride, out_channel_stride, out_position_stride, image, position, channel, inside)
 
 
-def _flat_strides(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """``x`` (B, C, H, W) with its H and W flattenable into one position axis, and its (batch, channel,
-    position) strides. Contiguous and channels_last tensors qualify as they are; others are copied."""
+def _flat_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) with its H and W flattenable into one position axis: contiguous and
+    channels_last tensors as they are, others copied."""
     if x.stride(2) != x.shape[3] * x.stride(3) and x.shape[2] > 1:
         x = x.contiguous()
-    return x, (x.stride(0), x.stride(1), x.stride(3))
+    return x
 
 
-def _launch_shape(x: torch.Tensor) -> Tuple[Tuple[int, int], int, int, int]:
-    """(grid, tiles per image, BLOCK_L, BLOCK_C) for ``x``: one program per (image, position block, channel block)."""
-    batch, channels, height, width = x.shape
-    positions = height * width
-    block_l = min(_BLOCK, triton.next_power_of_2(positions))
-    block_c = min(_BLOCK, triton.next_power_of_2(channels))
-    tiles_per_image = triton.cdiv(positions, block_l)
-    return (batch * tiles_per_image, triton.cdiv(channels, block_c)), tiles_per_image, block_l, block_c
+def _strides(x: torch.Tensor) -> Tuple[int, int, int]:
+    """(batch, channel, position) strides of a tensor :func:`_flat_strides` accepts as it is."""
+    return x.stride(0), x.stride(1), x.stride(3)
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _grid(x: torch.Tensor) -> Tuple[Tuple[int, int], int, int]:
+    """(grid, BLOCK_L, BLOCK_C) over ``x``'s tiles: one program per (image, position block, channel block)."""
+    batch, channels, height, width = x.shape
+    block_l = min(_BLOCK, triton.next_power_of_2(height * width))
+    block_c = min(_BLOCK, triton.next_power_of_2(channels))
+    return (batch * triton.cdiv(height * width, block_l), triton.cdiv(channels, block_c)), block_l, block_c
+
+
+def _rows(x: torch.Tensor) -> int:
+    """Position rows of the grid (images x position blocks): the first dimension of per-tile sums."""
+    return _grid(x)[0][0]
+
+
+def _launch(kernel: Any, x: torch.Tensor, *args: Any) -> None:
+    """Run ``kernel`` over ``x``'s tiles with ``args``, then the positions, channels and compile-time constants."""
+    grid, block_l, block_c = _grid(x)
+    kernel[grid](*args, x.shape[2] * x.shape[3], x.shape[1], BLOCK_L=block_l, BLOCK_C=block_c,
+                 WIDE=_accumulation_dtype(x) == torch.float64)
+
+
 def masked_statistics(x: torch.Tensor, visible: torch.Tensor,
                       process_group: Optional[Any] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, biased variance, count) per channel over the visible positions of ``x`` (B, C, H, W);
     ``visible`` is (B, H*W), contiguous. Accumulated in float32 (float64 for float64 inputs)."""
-    x, (batch_stride, channel_stride, position_stride) = _flat_strides(x)
-    batch, channels, height, width = x.shape
-    acc = _accumulation_dtype(x)
-    grid, tiles_per_image, block_l, block_c = _launch_shape(x)
-    rows = grid[0]
+    x = _flat_strides(x)
+    acc, rows, channels = _accumulation_dtype(x), _rows(x), x.shape[1]
     sums = torch.empty(rows, channels, dtype=acc, device=x.device)
     deviations = torch.empty(rows, channels, dtype=acc, device=x.device)
     counts = torch.empty(rows, dtype=acc, device=x.device)
-    _statistics_kernel[grid](x, visible, sums, deviations, counts, batch_stride, channel_stride, position_stride,
-                             height * width, channels, BLOCK_L=block_l, BLOCK_C=block_c, WIDE=acc == torch.float64)
+    _launch(_statistics_kernel, x, x, visible, sums, deviations, counts, *_strides(x))
     count = counts.sum().reshape(1)
     total = reduce_across(torch.cat([sums.sum(dim=0), count]), process_group)
     count = total[-1]
@@ -199,15 +219,6 @@ def masked_statistics(x: torch.Tensor, visible: torch.Tensor,
     return mean, var, count
 
 
-def _launch_elementwise(kernel: Any, x: torch.Tensor, out: torch.Tensor, args: Tuple[Any, ...],
-                        extra_strides: Tuple[int, ...]) -> None:
-    grid, _, block_l, block_c = _launch_shape(x)
-    _, x_strides = _flat_strides(x)
-    out_strides = (out.stride(0), out.stride(1), out.stride(3))
-    kernel[grid](*args, *extra_strides, *x_strides, *out_strides, x.shape[2] * x.shape[3], x.shape[1],
-                 BLOCK_L=block_l, BLOCK_C=block_c, WIDE=_accumulation_dtype(x) == torch.float64)
-
-
 class FusedMaskedBatchNormFunction(torch.autograd.Function):
     """The same computation and return values as ``MaskedBatchNormFunction`` (y, mean, biased var, count),
     on the input in its own dtype: y has ``x``'s dtype and memory layout; statistics are float32 (float64)."""
@@ -215,7 +226,7 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor],
                 bias: Optional[torch.Tensor], eps: float, process_group: Optional[Any]) -> Tuple[torch.Tensor, ...]:
-        x, _ = _flat_strides(x)
+        x = _flat_strides(x)
         visible = mask.reshape(x.shape[0], x.shape[2] * x.shape[3]).contiguous()
         mean, var, count = masked_statistics(x, visible, process_group)
         acc = mean.dtype
@@ -223,7 +234,7 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
         scale = invstd if weight is None else invstd * weight.to(acc)
         shift = torch.zeros_like(mean) if bias is None else bias.to(acc)
         out = torch.empty_like(x)
-        _launch_elementwise(_normalize_kernel, x, out, (x, visible, out, mean, scale, shift), ())
+        _launch(_normalize_kernel, x, x, visible, out, mean, scale, shift, *_strides(x), *_strides(out))
         ctx.save_for_backward(x, visible, weight, mean, invstd, count)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.process_group = process_group
@@ -233,16 +244,11 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor, *unused: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x, visible, weight, mean, invstd, count = ctx.saved_tensors
-        grad_out, grad_strides = _flat_strides(grad_out)
-        x_strides = (x.stride(0), x.stride(1), x.stride(3))
-        grid, _, block_l, block_c = _launch_shape(x)
-        acc = mean.dtype
-        rows, channels = grid[0], x.shape[1]
-        sum_grad = torch.empty(rows, channels, dtype=acc, device=x.device)
-        sum_grad_centered = torch.empty(rows, channels, dtype=acc, device=x.device)
-        _gradient_sums_kernel[grid](grad_out, x, visible, mean, sum_grad, sum_grad_centered, *grad_strides,
-                                    *x_strides, x.shape[2] * x.shape[3], channels,
-                                    BLOCK_L=block_l, BLOCK_C=block_c, WIDE=acc == torch.float64)
+        grad_out = _flat_strides(grad_out)
+        sum_grad = torch.empty(_rows(x), x.shape[1], dtype=mean.dtype, device=x.device)
+        sum_grad_centered = torch.empty_like(sum_grad)
+        _launch(_gradient_sums_kernel, x, grad_out, x, visible, mean, sum_grad, sum_grad_centered,
+                *_strides(grad_out), *_strides(x))
         sum_grad, sum_grad_normalized = sum_grad.sum(dim=0), sum_grad_centered.sum(dim=0) * invstd
         grad_weight = sum_grad_normalized.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         grad_bias = sum_grad.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
@@ -251,6 +257,6 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
             scale, grad_mean, centered_factor = input_gradient_coefficients(
                 sum_grad, sum_grad_normalized, invstd, weight, count, ctx.process_group)
             grad_x = torch.empty_like(x)
-            _launch_elementwise(_input_gradient_kernel, x, grad_x,
-                                (grad_out, x, visible, grad_x, mean, scale, grad_mean, centered_factor), grad_strides)
+            _launch(_input_gradient_kernel, x, grad_out, x, visible, grad_x, mean, scale, grad_mean, centered_factor,
+                    *_strides(grad_out), *_strides(x), *_strides(grad_x))
         return grad_x, None, grad_weight, grad_bias, None, None
