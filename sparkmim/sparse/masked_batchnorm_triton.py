@@ -15,10 +15,14 @@ deviations from its own mean in one read; the tiles are merged with Chan's pairw
 keeps the two-pass accuracy (no E[x^2] - E[x]^2 cancellation). Cross-process statistics reduce the
 sums and counts, then the deviations about the global mean, as the PyTorch path does.
 
+Under ``torch.compile`` each launch is a registered operator (``sparkmim::masked_batchnorm_*``) with a
+shape-only fake implementation: the compiler keeps the kernels as opaque calls. Eager code calls the
+launches directly.
+
 Runs on CUDA devices; with ``TRITON_INTERPRET=1`` set before this module is imported, Triton's
 interpreter runs the same kernels on CPU tensors (how the tests check them on machines without a GPU).
 """
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import triton
@@ -198,16 +202,82 @@ def _launch(kernel: Any, x: torch.Tensor, *args: Any) -> None:
                  WIDE=_accumulation_dtype(x) == torch.float64)
 
 
-def masked_statistics(x: torch.Tensor, visible: torch.Tensor,
-                      process_group: Optional[Any] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean, biased variance, count) per channel over the visible positions of ``x`` (B, C, H, W);
-    ``visible`` is (B, H*W), contiguous. Accumulated in float32 (float64 for float64 inputs)."""
-    x = _flat_strides(x)
+def _tile_statistics(x: torch.Tensor, visible: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per tile row: (visible sum per channel, squared deviations from the tile mean per channel, visible count)."""
     acc, rows, channels = _accumulation_dtype(x), _rows(x), x.shape[1]
     sums = torch.empty(rows, channels, dtype=acc, device=x.device)
     deviations = torch.empty(rows, channels, dtype=acc, device=x.device)
     counts = torch.empty(rows, dtype=acc, device=x.device)
     _launch(_statistics_kernel, x, x, visible, sums, deviations, counts, *_strides(x))
+    return sums, deviations, counts
+
+
+def _normalized(x: torch.Tensor, visible: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                shift: torch.Tensor) -> torch.Tensor:
+    """((x - mean) * scale + shift) * visible, in ``x``'s dtype and memory layout."""
+    out = torch.empty_like(x)
+    _launch(_normalize_kernel, x, x, visible, out, mean, scale, shift, *_strides(x), *_strides(out))
+    return out
+
+
+def _gradient_sums(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
+                   mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per tile row and channel: sums of the visible gradient and of the visible gradient times (x - mean)."""
+    sum_grad = torch.empty(_rows(x), x.shape[1], dtype=mean.dtype, device=x.device)
+    sum_grad_centered = torch.empty_like(sum_grad)
+    _launch(_gradient_sums_kernel, x, grad, x, visible, mean, sum_grad, sum_grad_centered,
+            *_strides(grad), *_strides(x))
+    return sum_grad, sum_grad_centered
+
+
+def _input_gradient(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor, mean: torch.Tensor,
+                    scale: torch.Tensor, grad_mean: torch.Tensor, centered_factor: torch.Tensor) -> torch.Tensor:
+    """visible * scale * (grad - grad_mean - (x - mean) * centered_factor), in ``x``'s dtype and layout."""
+    grad_x = torch.empty_like(x)
+    _launch(_input_gradient_kernel, x, grad, x, visible, grad_x, mean, scale, grad_mean, centered_factor,
+            *_strides(grad), *_strides(x), *_strides(grad_x))
+    return grad_x
+
+
+def _operator(launch: Callable[..., Any], fake: Callable[..., Any]) -> Any:
+    """``launch`` registered as a PyTorch operator ``sparkmim::<name>``, with ``fake`` giving its outputs'
+    shapes: torch.compile then keeps the kernels as opaque calls instead of tracing Triton's launcher."""
+    operator = torch.library.custom_op(f"sparkmim::masked_batchnorm{launch.__name__}", launch, mutates_args=())
+    operator.register_fake(fake)
+    return operator
+
+
+def _like_tile_statistics(x: torch.Tensor, visible: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    acc, rows = _accumulation_dtype(x), _rows(x)
+    return (x.new_empty(rows, x.shape[1], dtype=acc), x.new_empty(rows, x.shape[1], dtype=acc),
+            x.new_empty(rows, dtype=acc))
+
+
+def _like_gradient_sums(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
+                        mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(_rows(x), x.shape[1], dtype=mean.dtype), x.new_empty(_rows(x), x.shape[1], dtype=mean.dtype)
+
+
+_OPERATORS = {  # never changed after import
+    _tile_statistics: _operator(_tile_statistics, _like_tile_statistics),
+    _normalized: _operator(_normalized, lambda x, *rest: torch.empty_like(x)),
+    _gradient_sums: _operator(_gradient_sums, _like_gradient_sums),
+    _input_gradient: _operator(_input_gradient, lambda grad, x, *rest: torch.empty_like(x)),
+}
+
+
+def _run(launch: Callable[..., Any], *args: torch.Tensor) -> Any:
+    """``launch(*args)``: called directly when eager (the dispatcher would add microseconds to each of a
+    step's hundreds of launches), through its registered operator while torch.compile traces."""
+    return _OPERATORS[launch](*args) if torch.compiler.is_compiling() else launch(*args)
+
+
+def masked_statistics(x: torch.Tensor, visible: torch.Tensor,
+                      process_group: Optional[Any] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, biased variance, count) per channel over the visible positions of ``x`` (B, C, H, W);
+    ``visible`` is (B, H*W), contiguous. Accumulated in float32 (float64 for float64 inputs)."""
+    x = _flat_strides(x)
+    sums, deviations, counts = _run(_tile_statistics, x, visible)
     count = counts.sum().reshape(1)
     total = reduce_across(torch.cat([sums.sum(dim=0), count]), process_group)
     count = total[-1]
@@ -233,8 +303,7 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(acc)
         shift = torch.zeros_like(mean) if bias is None else bias.to(acc)
-        out = torch.empty_like(x)
-        _launch(_normalize_kernel, x, x, visible, out, mean, scale, shift, *_strides(x), *_strides(out))
+        out = _run(_normalized, x, visible, mean, scale, shift)
         ctx.save_for_backward(x, visible, weight, mean, invstd, count)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.process_group = process_group
@@ -245,10 +314,7 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor, *unused: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         x, visible, weight, mean, invstd, count = ctx.saved_tensors
         grad_out = _flat_strides(grad_out)
-        sum_grad = torch.empty(_rows(x), x.shape[1], dtype=mean.dtype, device=x.device)
-        sum_grad_centered = torch.empty_like(sum_grad)
-        _launch(_gradient_sums_kernel, x, grad_out, x, visible, mean, sum_grad, sum_grad_centered,
-                *_strides(grad_out), *_strides(x))
+        sum_grad, sum_grad_centered = _run(_gradient_sums, grad_out, x, visible, mean)
         sum_grad, sum_grad_normalized = sum_grad.sum(dim=0), sum_grad_centered.sum(dim=0) * invstd
         grad_weight = sum_grad_normalized.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         grad_bias = sum_grad.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
@@ -256,7 +322,5 @@ class FusedMaskedBatchNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             scale, grad_mean, centered_factor = input_gradient_coefficients(
                 sum_grad, sum_grad_normalized, invstd, weight, count, ctx.process_group)
-            grad_x = torch.empty_like(x)
-            _launch(_input_gradient_kernel, x, grad_out, x, visible, grad_x, mean, scale, grad_mean, centered_factor,
-                    *_strides(grad_out), *_strides(x), *_strides(grad_x))
+            grad_x = _run(_input_gradient, grad_out, x, visible, mean, scale, grad_mean, centered_factor)
         return grad_x, None, grad_weight, grad_bias, None, None

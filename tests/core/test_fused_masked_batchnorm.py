@@ -123,6 +123,48 @@ def test_a_spark_model_trains_the_same_with_either_kernel():
     torch.testing.assert_close(grads["triton"], grads["torch"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_each_kernel_launch_is_an_operator_whose_fake_outputs_match_the_real_ones(layout):
+    """torch.compile sees the kernels only as these operators and plans memory from their fake
+    implementations: a wrong shape, stride or dtype there would corrupt a compiled step."""
+    active, pixels, x, upstream = inputs(5, torch.float32)
+    x, grad = x.to(memory_format=layout), upstream.float().to(memory_format=layout)
+    visible = pixels[:, 0].reshape(B, H * W).float()
+    mean, scale, shift = torch.randn(C), torch.rand(C) + 0.5, torch.randn(C)
+    launches = {fused._tile_statistics: (x, visible), fused._normalized: (x, visible, mean, scale, shift),
+                fused._gradient_sums: (grad, x, visible, mean),
+                fused._input_gradient: (grad, x, visible, mean, scale, shift, scale)}
+    assert set(launches) == set(fused._OPERATORS)
+    for launch, args in launches.items():
+        results = torch.library.opcheck(fused._OPERATORS[launch], args)
+        assert set(results.values()) == {"SUCCESS"}, (launch.__name__, results)
+
+
+@pytest.mark.timeout(300)
+def test_a_spark_model_on_the_triton_kernel_compiles_without_graph_breaks():
+    """``spark-pretrain --compile --norm-kernel triton``: the whole forward traces as one graph and the
+    compiled step (forward and backward) computes what the eager one does."""
+    from sparkmim import build_spark
+
+    losses, grads = {}, {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        spark = build_spark("test_resnet", input_size=64, decoder_width=32).double()
+        select_norm_kernel(spark, "triton")
+        images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+        active = random_mask(2, 2, 2, visible=2, seed=0)
+        step = lambda x, m: spark(x, m).loss  # noqa: E731
+        if compiled:
+            torch._dynamo.reset()
+            step = torch.compile(step, fullgraph=True, backend="aot_eager")
+        loss = step(images, active)
+        loss.backward()
+        losses[compiled] = loss.detach()
+        grads[compiled] = torch.cat([p.grad.flatten() for p in spark.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-10, atol=1e-12)
+
+
 def test_an_unknown_kernel_or_a_cpu_tensor_is_a_one_line_error(monkeypatch):
     with pytest.raises(ValueError, match="unknown norm kernel 'cuda'; choose one of torch, triton"):
         select_norm_kernel(nn.Sequential(), "cuda")
