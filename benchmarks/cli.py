@@ -23,7 +23,7 @@ Subcommands::
     spark-bench coverage  every timm family through SparK (build, a training step, the invariants), a
                          table of what works and why the rest is refused; see docs/coverage.md
     spark-bench gpu-check  one prepared run of everything the CPU cannot check (CUDA correctness, no
-                         host-device syncs, throughput and memory, data path, DDP); --device cpu
+                         host-device syncs, throughput and memory, data path, DDP, spark-finetune); --device cpu
                          --quick runs every part's code path on tiny sizes
 
 See docs/benchmarks.md for the measured tables and exact commands.
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="masked BatchNorm kernels to time, each against native (triton: CUDA only)")
     norm.add_argument("--json", type=Path, default=None)
 
-    gpu = sub.add_parser("gpu-check", help="the GPU validation run (parts 1-6, results after each part)")
+    gpu = sub.add_parser("gpu-check", help="the GPU validation run (parts 1-7, results after each part)")
     gpu.add_argument("--out", type=Path, required=True, help="folder for results.json, summary.md and the parts' files")
     gpu.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     gpu.add_argument("--quick", action="store_true", help="tiny sizes: every part's code path in minutes (CI)")
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop starting parts once this many seconds are used (default: 480 on a GPU, none with --quick)")
     gpu.add_argument("--fixtures", type=Path, default=None,
                      help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
-    gpu.add_argument("--value-data", default=None, help="data for part 6 (default: the installed Fashion-MNIST)")
+    gpu.add_argument("--value-data", default=None, help="data for part 7 (default: the installed Fashion-MNIST)")
     gpu.add_argument("--keep-scratch", action="store_true",
                      help="keep OUT/scratch (generated images, run folders, checkpoints: gigabytes on a GPU), "
                           "deleted after each part by default")

@@ -18,7 +18,8 @@ PARTS = {  # name -> (title, module)
     "throughput": ("3. Throughput and memory", "throughput"),
     "data": ("4. Data path", "data_path"),
     "distributed": ("5. Distributed code path", "distributed"),
-    "value": ("6. Proof-of-value benchmark, gpu preset", "value_part"),
+    "finetune": ("6. spark-finetune on the device", "finetune_part"),
+    "value": ("7. Proof-of-value benchmark, gpu preset", "value_part"),
 }
 
 

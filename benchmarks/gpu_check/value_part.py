@@ -1,4 +1,4 @@
-"""Part 6: the proof-of-value benchmark's ``gpu`` preset (``spark-bench value``), last and only with
+"""Part 7: the proof-of-value benchmark's ``gpu`` preset (``spark-bench value``), last and only with
 the time left; ``--quick`` runs its smoke preset on generated data instead."""
 import json
 import sys

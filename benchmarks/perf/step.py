@@ -77,7 +77,9 @@ def build_variant(variant: str, config: StepConfig) -> nn.Module:
     spark = build_spark(config.model, input_size=config.size, mask_ratio=config.mask_ratio,
                         decoder_width=config.decoder_width, encoder_kwargs=config.encoder_kwargs())
     if variant == "spark":
-        from sparkmim.sparse.norms import select_norm_kernel
+        from sparkmim.sparse.norms import check_norm_kernel, select_norm_kernel
+        # here, not only in the layers: a compiled step skips their check (see sparkmim.sparse.norms)
+        check_norm_kernel(config.norm_kernel, torch.device(config.device))
         select_norm_kernel(spark, config.norm_kernel)
         model: nn.Module = spark
     elif variant == "naive":

@@ -59,11 +59,15 @@ def check_norm_kernel(kernel: str, device: torch.device) -> None:
 
 
 def _fused_function(x: torch.Tensor) -> Any:
-    """The Triton kernels' autograd Function (imported on first use: triton is optional)."""
-    try:
-        check_norm_kernel("triton", x.device)
-    except ValueError as error:
-        raise RuntimeError(str(error)) from None
+    """The Triton kernels' autograd Function (imported on first use: triton is optional).
+
+    Checked on eager calls only: torch.compile will not trace the check's package lookup (a graph break
+    at every BatchNorm on torch 2.11), and the trainers check the kernel before they compile."""
+    if not torch.compiler.is_compiling():
+        try:
+            check_norm_kernel("triton", x.device)
+        except ValueError as error:
+            raise RuntimeError(str(error)) from None
     from .masked_batchnorm_triton import FusedMaskedBatchNormFunction
     return FusedMaskedBatchNormFunction
 

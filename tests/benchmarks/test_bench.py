@@ -192,6 +192,14 @@ def test_the_step_benchmark_runs_spark_with_the_triton_kernel(tmp_path, capsys):
     assert json.loads(out.read_text())["summary"]["variants"]["spark"]["images_per_s"] > 0
 
 
+def test_the_step_benchmark_refuses_the_triton_kernel_off_cuda_even_compiled(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert bench.main(["step", "--model", "test_resnet", "--size", "64", "--batch", "2", "--decoder-width", "32",
+                       "--variants", "a", "--repeats", "1", "--warmup", "0", "--steps", "1", "--in-process",
+                       "--norm-kernel", "triton", "--compile"]) == 2
+    assert "the triton norm kernel runs on CUDA devices, not on cpu" in capsys.readouterr().err
+
+
 def test_saved_activations_count_the_storages_autograd_keeps():
     from sparkmim.benchmarks.perf.activations import saved_bytes
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())

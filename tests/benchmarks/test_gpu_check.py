@@ -13,7 +13,7 @@ from sparkmim.benchmarks.cli import main
 from sparkmim.benchmarks.gpu_check.options import CheckOptions
 from sparkmim.benchmarks.gpu_check.runner import default_fixtures, run_gpu_check
 
-PARTS = ["correctness", "sync", "throughput", "data", "distributed", "value"]
+PARTS = ["correctness", "sync", "throughput", "data", "distributed", "finetune", "value"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,8 @@ def test_the_summary_names_each_part_and_its_figures(quick_run):
     assert "| test_resnet | 2 | bf16 | True | torch |" in summary
     assert "BatchNorm forward+backward, batch 2, bf16" in summary and "| 64 x 14 |" in summary  # the norm alone
     assert "a/b" in summary and "spark-pretrain end to end" in summary and "--resume auto" in summary
+    assert "spark-finetune (ResNet-50 recipe, bf16, contiguous): one epoch, then --resume auto" in summary
+    assert "--eval-only of the best checkpoint prints the top-1 its training recorded | pass" in summary
     if os.environ.get("TRITON_INTERPRET") == "1":  # the triton kernel's code paths, through Triton's interpreter
         assert "| test_resnet | 2 | bf16 | True | triton |" in summary and "| masked, triton (ms) |" in summary
         checks = [c["name"] for part in results["parts"] for c in part["checks"]]
