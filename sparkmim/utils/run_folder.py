@@ -3,14 +3,17 @@
 A second job started on a folder that a live job is writing would interleave its metrics and leave
 whichever checkpoint was written last beside the other job's config; a job restarted without
 ``--resume`` on a finished folder would silently train again from step 0 over the old checkpoint.
-:class:`RunFolderLock` (an advisory lock file holding host, pid and start time, taken by the main
-process only, released on exit, taken over when its process is gone) stops the first;
+:class:`RunFolderLock` (an advisory lock file holding host, pid, the process's start, the time and the
+command line, taken by the main process only, released on exit, taken over when its process is gone)
+stops the first;
 :func:`check_fresh_start` stops the second. Orphaned temporary files of an earlier crashed save
 (``.<name>.<random>.tmp``, up to a whole checkpoint in size) are removed once the lock is held."""
 import json
 import logging
 import os
+import shlex
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -36,6 +39,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> Optional[int]:
+    """When process ``pid`` started, in clock ticks since boot (Linux's /proc), or None where unknown.
+
+    A pid alone does not name a process for long: once a job has died, the system may give its pid to
+    another process, and a lock naming only the pid would then look held forever."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22; the command name (field 2) may hold spaces and parentheses, so count after its last ')'
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _command_line(command: str) -> str:
+    """``command`` and this process's arguments, as a shell would take them."""
+    return " ".join([command, *map(shlex.quote, sys.argv[1:])])
+
+
+def _shortened(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job (or a plain process): the one that owns the run folder's lock."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -51,7 +77,8 @@ class RunFolderLock:
 
     def _describe(self, holder: Dict[str, Any]) -> str:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("started", 0)))
-        return f"{holder.get('command', 'a job')} (pid {holder.get('pid')} on {holder.get('host')}, since {started})"
+        job = _shortened(holder.get("command_line") or holder.get("command", "a job"))  # older locks: the name only
+        return f"{job} (pid {holder.get('pid')} on {holder.get('host')}, since {started})"
 
     def _read(self) -> Optional[Dict[str, Any]]:
         try:
@@ -65,10 +92,14 @@ class RunFolderLock:
         if holder.get("host") != socket.gethostname():
             return False  # cannot look at another machine's processes
         pid = int(holder.get("pid", -1))
-        return pid == os.getpid() or not _alive(pid)
+        if pid == os.getpid() or not _alive(pid):
+            return True
+        recorded = holder.get("process_start")  # absent from locks of older versions: the pid alone decides
+        return recorded is not None and process_start(pid) not in (None, recorded)  # the pid now names another process
 
     def acquire(self) -> "RunFolderLock":
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": self.command}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start(os.getpid()),
+                  "started": time.time(), "command": self.command, "command_line": _command_line(self.command)}
         for _ in range(2):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

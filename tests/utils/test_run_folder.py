@@ -1,18 +1,19 @@
 """One writer per run folder: the lock, the refusal to start over a run, and leftover temporary files."""
 import json
+import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from sparkmim.utils.run_folder import (LOCK_NAME, RunFolderError, RunFolderLock, check_fresh_start,
+from sparkmim.utils.run_folder import (LOCK_NAME, RunFolderError, RunFolderLock, check_fresh_start, process_start,
                                        remove_orphan_temporaries)
 
 
-def write_lock(folder, pid, host=None):
+def write_lock(folder, pid, host=None, **fields):
     (folder / LOCK_NAME).write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid,
-                                                "started": 0, "command": "spark-pretrain"}))
+                                                "started": 0, "command": "spark-pretrain", **fields}))
 
 
 def test_a_live_holder_is_named_and_a_dead_one_is_taken_over(tmp_path):
@@ -27,6 +28,25 @@ def test_a_live_holder_is_named_and_a_dead_one_is_taken_over(tmp_path):
     with RunFolderLock(tmp_path, "spark-finetune") as lock:  # its process is gone: stale
         assert json.loads(lock.path.read_text())["command"] == "spark-finetune"
     assert not (tmp_path / LOCK_NAME).exists()  # released on exit
+
+
+@pytest.mark.skipif(process_start(os.getpid()) is None, reason="needs /proc (Linux) to tell when a process started")
+def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path):
+    """A job died and the system gave its pid to another process: the lock must not look held forever."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path, other.pid, process_start=process_start(other.pid),
+                   command_line="spark-pretrain --model resnet50 --output-dir run")
+        with pytest.raises(RunFolderError, match=r"in use by spark-pretrain --model resnet50 --output-dir run \(pid"):
+            RunFolderLock(tmp_path, "spark-finetune").acquire()
+        write_lock(tmp_path, other.pid, process_start=process_start(other.pid) - 1)  # the dead job's own start
+        with RunFolderLock(tmp_path, "spark-finetune") as lock:
+            record = json.loads(lock.path.read_text())
+            assert record["pid"] == os.getpid() and record["process_start"] == process_start(os.getpid())
+            assert record["command_line"].startswith("spark-finetune")
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_lock_from_another_host_is_never_guessed_stale(tmp_path):
