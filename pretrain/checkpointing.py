@@ -205,13 +205,15 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
 
 
 def check_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, advice: str) -> None:
-    """Refuse a state dict that does not fit ``model`` with the keys that differ by name (torch's own error
-    spans many lines and its first says only that loading failed)."""
-    from sparkmim.convert.loading import check_keys, shapes_of
+    """:func:`sparkmim.convert.loading.check_state_dict` (the keys that differ, by name, at most 4 of each
+    kind), as the trainer's one-line checkpoint error."""
+    from sparkmim.convert import KeyAccountingError
+    from sparkmim.convert.loading import check_state_dict
 
-    problems = check_keys(shapes_of(model.state_dict()), shapes_of(state)).problems(limit=4)
-    if problems:
-        raise CheckpointError(f"{what} ({'; '.join(problems)}); {advice}")
+    try:
+        check_state_dict(model, state, what, advice, limit=4)
+    except KeyAccountingError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def check_same_schedule(path: Path, payload: Mapping[str, Any], steps_per_epoch: int) -> None:

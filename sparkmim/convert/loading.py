@@ -56,17 +56,25 @@ def shapes_of(state_dict: Mapping[str, torch.Tensor]) -> dict:
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-                            allowed_missing: Iterable[str] = ()) -> KeyCheck:
-    """``model.load_state_dict`` that names missing, unexpected and wrongly-shaped keys in one error.
-
-    ``allowed_missing``: key prefixes that may be absent (e.g. a classifier to be trained)."""
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, advice: str,
+                     allowed_missing: Iterable[str] = (), limit: int = 12) -> KeyCheck:
+    """Refuse weights that do not fit ``model`` with one :class:`KeyAccountingError`, ``"{what} (the keys
+    that differ, by name); {advice}"``: torch's own error spans many lines, and its first says only that
+    loading failed. ``allowed_missing``: key prefixes that may be absent (e.g. a classifier to be trained)."""
     prefixes = tuple(allowed_missing)
     check = check_keys(shapes_of(model.state_dict()), shapes_of(state_dict),
                        may_be_missing=lambda key: key.startswith(prefixes))
-    problems = check.problems()
+    problems = check.problems(limit=limit)
     if problems:
-        raise KeyAccountingError(f"{what} does not match the model ({'; '.join(problems)}); was it made for another "
-                                 f"model or settings?")
+        raise KeyAccountingError(f"{what} ({'; '.join(problems)}); {advice}")
+    return check
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+                            allowed_missing: Iterable[str] = ()) -> KeyCheck:
+    """``model.load_state_dict`` that names missing, unexpected and wrongly-shaped keys in one error
+    (:func:`check_state_dict`)."""
+    check = check_state_dict(model, state_dict, f"{what} does not match the model",
+                             "was it made for another model or settings?", allowed_missing)
     model.load_state_dict(state_dict, strict=False)
     return check
