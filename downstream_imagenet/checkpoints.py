@@ -4,7 +4,6 @@
 All are written atomically and hold only CPU tensors and plain Python values, so they load with safe
 (weights_only) unpickling on any machine, with or without the GPU they were written on.
 """
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -12,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from sparkmim.utils.checkpoint import load_file, on_host, save_atomic
+from sparkmim.utils.config import option_difference
 from sparkmim.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -78,13 +78,11 @@ def load_record(path: Path, kind: Optional[str] = None) -> Dict[str, Any]:
     return record
 
 
-def network_options(model: str, config: Mapping[str, Any]) -> Dict[str, str]:
-    """The options that decide which tensors the network has, as the flags that set them (defaults filled in:
-    a checkpoint from before an option existed used its default)."""
-    kwargs = dict(config.get("model_kwargs") or {})
-    return {"model": f"--model {model}", "in_chans": f"--in-chans {int(config.get('in_chans') or 3)}",
-            "model_kwargs": f"--model-kwargs '{json.dumps(kwargs, sort_keys=True)}'" if kwargs else "no --model-kwargs",
-            "linear_probe": "--linear-probe" if config.get("linear_probe") else "no --linear-probe"}
+def network_options(model: str, config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The options that decide which tensors the network has (defaults filled in: a checkpoint from before
+    an option existed used its default)."""
+    return {"model": model, "in_chans": int(config.get("in_chans") or 3),
+            "model_kwargs": dict(config.get("model_kwargs") or {}), "linear_probe": bool(config.get("linear_probe"))}
 
 
 def load_network_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], record: Mapping[str, Any],
@@ -97,10 +95,9 @@ def load_network_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
     except RuntimeError as error:
         trained = network_options(record["arch"], {**(record.get("config") or {}),
                                                    "linear_probe": record.get("linear_probe")})
-        current = network_options(config["model"], config)
-        differ = [key for key in trained if trained[key] != current[key]]
-        if not differ:
+        difference = option_difference(trained, network_options(config["model"], config), list(trained))
+        if difference is None:
             raise CheckpointError(f"{path} does not fit the network this run builds "
                                   f"({str(error).splitlines()[0]}...)") from error
-        raise CheckpointError(f"{path} was trained with {', '.join(trained[k] for k in differ)}, this run has "
-                              f"{', '.join(current[k] for k in differ)}; give the options it was trained with") from error
+        raise CheckpointError(f"{path} was trained with {difference[0]}, this run has {difference[1]}; "
+                              "give the options it was trained with") from error

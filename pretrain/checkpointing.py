@@ -12,13 +12,14 @@ import logging
 import random
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, on_host, save_atomic
+from sparkmim.utils.config import option_difference
 from sparkmim.utils.errors import UserError
 
 from .optim import without_frozen_parameters
@@ -166,11 +167,14 @@ def load_full(path: Path, model_name: str, allow_unsafe: bool = False) -> Dict[s
     return payload
 
 
-def _changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> List[str]:
-    # options that change neither the model nor the run's mathematics (norm_kernel: the same computation)
-    ignore = {"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe", "norm_kernel"}
-    # an option missing from the saved config did not exist when it was written (e.g. in_chans): not a change
-    return [k for k in keys if k not in ignore and k in saved and saved[k] != current.get(k)]
+# options that change neither the model nor the run's mathematics (norm_kernel: the same computation)
+NOT_COMPARED_ON_RESUME = frozenset({"resume", "output_dir", "init_weight", "progress", "workers", "epochs", "recipe",
+                                    "norm_kernel"})
+
+
+def changed_options(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """The options of ``keys`` a resumed run changed, as (the checkpoint's flags, this run's flags), or None."""
+    return option_difference(saved, current, [key for key in keys if key not in NOT_COMPARED_ON_RESUME])
 
 
 def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -184,9 +188,9 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
         return ResumeState()
     payload = load_full(path, config["model"], bool(config["allow_unsafe_load"]))
     check_same_schedule(path, payload, steps_per_epoch)
-    changed = _changed_options(payload.get("config") or {}, config, option_keys)
+    changed = changed_options(payload.get("config") or {}, config, option_keys)
     check_model_state(spark, payload["model"], f"{path} does not fit this model",
-                      "resume with the options of the original run" + (f" (changed: {', '.join(changed)})"
+                      "resume with the options of the original run" + (f" (it has {changed[0]}, this run {changed[1]})"
                                                                         if changed else ""))
     try:
         spark.load_state_dict(payload["model"])
@@ -198,7 +202,7 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
         scaler.load_state_dict(payload["scaler"])
     start_step = int(payload["step"])
     if changed:
-        logger.warning("options changed since the checkpoint was written: %s", ", ".join(changed))
+        logger.warning("options changed since the checkpoint was written: it has %s, this run %s", *changed)
     logger.info("resumed from %s: epoch %d, step %d", path, start_step // steps_per_epoch, start_step)
     return ResumeState(step=start_step, rng=payload.get("rng"), progress=RunProgress.from_checkpoint(payload),
                        sampler=dict(payload.get("sampler") or {}))

@@ -3,9 +3,10 @@ into a frozen, typed dataclass (:class:`TypedConfig`).
 
 The resolved configuration is written to the run folder so that every run can be repeated."""
 import dataclasses
+import json
 import typing
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -46,6 +47,33 @@ def save_config(config: Mapping[str, Any], path: Path) -> None:
     with writing(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=True))
+
+
+def as_flag(key: str, value: Any) -> str:
+    """Option ``key`` with ``value`` as the command line gives it: ``--in-chans 1``, ``--linear-probe``,
+    ``no --model-kwargs`` (unset, false or empty), ``--model-kwargs '{"stem_width": 8}'``."""
+    flag = "--" + key.replace("_", "-")
+    if value is None or value is False or (isinstance(value, (dict, list, tuple)) and not value):
+        return f"no {flag}"
+    if value is True:
+        return flag
+    if isinstance(value, dict):
+        return f"{flag} '{json.dumps(value, sort_keys=True)}'"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {' '.join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def option_difference(saved: Mapping[str, Any], current: Mapping[str, Any],
+                      keys: Sequence[str]) -> Optional[Tuple[str, str]]:
+    """The ``keys`` whose values differ between a saved run's options and this run's, as the two command
+    lines give them (``("--in-chans 3", "--in-chans 1")``), or None when they agree. A key absent from
+    ``saved`` is no difference: the option did not exist when that run was saved."""
+    changed = [key for key in keys if key in saved and saved[key] != current.get(key)]
+    if not changed:
+        return None
+    return (", ".join(as_flag(key, saved[key]) for key in changed),
+            ", ".join(as_flag(key, current.get(key)) for key in changed))
 
 
 def _type_name(annotation: Any) -> str:

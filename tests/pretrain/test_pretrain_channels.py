@@ -124,9 +124,9 @@ def test_readers_keep_values_and_band_layouts(tmp_path):
 
 
 def test_a_checkpoint_from_before_the_channel_options_resumes_without_a_changed_warning():
-    from sparkmim.pretrain.checkpointing import _changed_options
+    from sparkmim.pretrain.checkpointing import changed_options
 
     older = {"model": "resnet50", "mask_ratio": 0.6}  # written before in_chans / mean / std existed
     current = {"model": "resnet50", "mask_ratio": 0.6, "in_chans": 3, "mean": None, "norm_stats": "given"}
-    assert _changed_options(older, current, list(current)) == []
-    assert _changed_options({**older, "in_chans": 1}, current, list(current)) == ["in_chans"]
+    assert changed_options(older, current, list(current)) is None
+    assert changed_options({**older, "in_chans": 1}, current, list(current)) == ("--in-chans 1", "--in-chans 3")

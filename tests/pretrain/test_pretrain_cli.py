@@ -190,7 +190,8 @@ def test_a_checkpoint_of_other_settings_names_the_keys_and_options(finished_run,
             "--output-dir", str(tmp_path / "run")]
     line = _error_line(capsys, [*args, "--resume", str(checkpoint)])
     assert f"{checkpoint} does not fit this model (shape mismatch (weights vs model): decoder." in line
-    assert line.endswith("resume with the options of the original run (changed: decoder_width)")
+    assert line.endswith("resume with the options of the original run (it has --decoder-width 32, this run "
+                         "--decoder-width 64)")
     line = _error_line(capsys, [*args, "--init-weight", str(checkpoint)])
     assert f"--init-weight {checkpoint} does not fit this SparK model (shape mismatch" in line
     assert "give the --decoder-width, --densify-norm and --in-chans it was trained with" in line
