@@ -202,12 +202,32 @@ def _launch(kernel: Any, x: torch.Tensor, *args: Any) -> None:
                  WIDE=_accumulation_dtype(x) == torch.float64)
 
 
+def _tile_statistics_outputs(x: torch.Tensor, *unused: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty (sums, deviations, counts) for :func:`_tile_statistics`; also its shapes for torch.compile."""
+    acc, rows, channels = _accumulation_dtype(x), _rows(x), x.shape[1]
+    return x.new_empty(rows, channels, dtype=acc), x.new_empty(rows, channels, dtype=acc), x.new_empty(rows, dtype=acc)
+
+
+def _gradient_sums_outputs(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
+                           mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Empty per-tile (sum_grad, sum_grad_centered) for :func:`_gradient_sums`; also its shapes for torch.compile."""
+    rows, channels = _rows(x), x.shape[1]
+    return x.new_empty(rows, channels, dtype=mean.dtype), x.new_empty(rows, channels, dtype=mean.dtype)
+
+
+def _like_input(x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of ``x``'s shape, dtype and memory layout: the elementwise kernels' output."""
+    return torch.empty_like(x)
+
+
+def _like_gradient_input(grad: torch.Tensor, x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
+    """The input gradient's empty output (shaped like the layer's input ``x``, the launch's second argument)."""
+    return _like_input(x)
+
+
 def _tile_statistics(x: torch.Tensor, visible: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per tile row: (visible sum per channel, squared deviations from the tile mean per channel, visible count)."""
-    acc, rows, channels = _accumulation_dtype(x), _rows(x), x.shape[1]
-    sums = torch.empty(rows, channels, dtype=acc, device=x.device)
-    deviations = torch.empty(rows, channels, dtype=acc, device=x.device)
-    counts = torch.empty(rows, dtype=acc, device=x.device)
+    sums, deviations, counts = _tile_statistics_outputs(x)
     _launch(_statistics_kernel, x, x, visible, sums, deviations, counts, *_strides(x))
     return sums, deviations, counts
 
@@ -215,7 +235,7 @@ def _tile_statistics(x: torch.Tensor, visible: torch.Tensor) -> Tuple[torch.Tens
 def _normalized(x: torch.Tensor, visible: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
                 shift: torch.Tensor) -> torch.Tensor:
     """((x - mean) * scale + shift) * visible, in ``x``'s dtype and memory layout."""
-    out = torch.empty_like(x)
+    out = _like_input(x)
     _launch(_normalize_kernel, x, x, visible, out, mean, scale, shift, *_strides(x), *_strides(out))
     return out
 
@@ -223,8 +243,7 @@ def _normalized(x: torch.Tensor, visible: torch.Tensor, mean: torch.Tensor, scal
 def _gradient_sums(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
                    mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per tile row and channel: sums of the visible gradient and of the visible gradient times (x - mean)."""
-    sum_grad = torch.empty(_rows(x), x.shape[1], dtype=mean.dtype, device=x.device)
-    sum_grad_centered = torch.empty_like(sum_grad)
+    sum_grad, sum_grad_centered = _gradient_sums_outputs(grad, x, visible, mean)
     _launch(_gradient_sums_kernel, x, grad, x, visible, mean, sum_grad, sum_grad_centered,
             *_strides(grad), *_strides(x))
     return sum_grad, sum_grad_centered
@@ -233,36 +252,26 @@ def _gradient_sums(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
 def _input_gradient(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor, mean: torch.Tensor,
                     scale: torch.Tensor, grad_mean: torch.Tensor, centered_factor: torch.Tensor) -> torch.Tensor:
     """visible * scale * (grad - grad_mean - (x - mean) * centered_factor), in ``x``'s dtype and layout."""
-    grad_x = torch.empty_like(x)
+    grad_x = _like_gradient_input(grad, x)
     _launch(_input_gradient_kernel, x, grad, x, visible, grad_x, mean, scale, grad_mean, centered_factor,
             *_strides(grad), *_strides(x), *_strides(grad_x))
     return grad_x
 
 
-def _operator(launch: Callable[..., Any], fake: Callable[..., Any]) -> Any:
-    """``launch`` registered as a PyTorch operator ``sparkmim::<name>``, with ``fake`` giving its outputs'
-    shapes: torch.compile then keeps the kernels as opaque calls instead of tracing Triton's launcher."""
+def _operator(launch: Callable[..., Any], outputs: Callable[..., Any]) -> Any:
+    """``launch`` registered as a PyTorch operator ``sparkmim::masked_batchnorm<name>``; ``outputs`` (the
+    empty outputs it allocates) is its fake implementation: torch.compile keeps the kernels as opaque calls
+    and plans memory from it instead of tracing Triton's launcher."""
     operator = torch.library.custom_op(f"sparkmim::masked_batchnorm{launch.__name__}", launch, mutates_args=())
-    operator.register_fake(fake)
+    operator.register_fake(outputs)
     return operator
 
 
-def _like_tile_statistics(x: torch.Tensor, visible: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    acc, rows = _accumulation_dtype(x), _rows(x)
-    return (x.new_empty(rows, x.shape[1], dtype=acc), x.new_empty(rows, x.shape[1], dtype=acc),
-            x.new_empty(rows, dtype=acc))
-
-
-def _like_gradient_sums(grad: torch.Tensor, x: torch.Tensor, visible: torch.Tensor,
-                        mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(_rows(x), x.shape[1], dtype=mean.dtype), x.new_empty(_rows(x), x.shape[1], dtype=mean.dtype)
-
-
 _OPERATORS = {  # never changed after import
-    _tile_statistics: _operator(_tile_statistics, _like_tile_statistics),
-    _normalized: _operator(_normalized, lambda x, *rest: torch.empty_like(x)),
-    _gradient_sums: _operator(_gradient_sums, _like_gradient_sums),
-    _input_gradient: _operator(_input_gradient, lambda grad, x, *rest: torch.empty_like(x)),
+    _tile_statistics: _operator(_tile_statistics, _tile_statistics_outputs),
+    _normalized: _operator(_normalized, _like_input),
+    _gradient_sums: _operator(_gradient_sums, _gradient_sums_outputs),
+    _input_gradient: _operator(_input_gradient, _like_gradient_input),
 }
 
 
