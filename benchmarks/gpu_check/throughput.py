@@ -46,7 +46,7 @@ def run(options: CheckOptions, result: PartResult) -> None:
     # bf16 first, channels_last first: the precision and layout pre-training runs in on a GPU, so a part cut
     # short loses fp32 and contiguous rows, not those. One profile per model: on the H200 each cost about
     # as much as a row, and the first (default-layout) row over the threshold is the one that matters
-    profiled = set()
+    profiled, torch_rows = set(), {}
     for precision, channels_last, (model, batch), kernel in _row_order(models, options.norm_kernels):
         if deadline is not None and time.monotonic() > deadline:
             result.message = "stopped early to stay within the part's time limit; the rows above are complete"
@@ -71,6 +71,10 @@ def run(options: CheckOptions, result: PartResult) -> None:
                     + " | ".join("n/a" if m is None else f"{m:.0f}" for m in memory) + " |")
         result.tables[table] = "\n".join(rows)
         result.record()  # a row survives the part being stopped later
+        if kernel == "torch":
+            torch_rows[(precision, channels_last, model)] = summary
+        elif (precision, channels_last, model) in torch_rows:
+            _compare_kernels(result, key, kernel, torch_rows[(precision, channels_last, model)], summary, options.cuda)
         over = precision == "bf16" and ratios["a/b"]["median"] > PROFILE_ABOVE
         if over and options.cuda and kernel == "torch" and model not in profiled:
             profiled.add(model)
@@ -94,6 +98,19 @@ def _row_order(models: List[Tuple[str, int]], kernels: Tuple[str, ...]) -> List[
         for kernel in kernels if precision == "bf16" and with_batchnorm else kernels[:1]:
             order.append((precision, channels_last, (model, batch), kernel))
     return order
+
+
+def _compare_kernels(result: PartResult, key: str, kernel: str, with_torch: dict, with_other: dict, cuda: bool) -> None:
+    """One line for the default-kernel decision: (a) with ``kernel`` against (a) with the torch kernel, each
+    as a/b against the (b) measured beside it, and (a)'s peak memory with each (CUDA only)."""
+    before, after = with_torch["ratios"]["a/b"]["median"], with_other["ratios"]["a/b"]["median"]
+    speed = with_other["variants"]["spark"]["images_per_s"] / with_torch["variants"]["spark"]["images_per_s"]
+    memory = ""
+    if cuda:
+        peaks = [summary["variants"]["spark"]["peak_memory_mib"] for summary in (with_torch, with_other)]
+        memory = f"; peak memory of (a) {peaks[0]:.0f} MiB -> {peaks[1]:.0f} MiB"
+    result.add(f"{key}: the {kernel} norm kernel against the torch kernel", None,
+               f"a/b {before:.3f} -> {after:.3f}; (a) {speed:.2f}x the images/s{memory}")
 
 
 def _norm_alone(options: CheckOptions, result: PartResult) -> None:

@@ -53,6 +53,7 @@ def test_the_summary_names_each_part_and_its_figures(quick_run):
     assert "--eval-only of the best checkpoint prints the top-1 its training recorded | pass" in summary
     if os.environ.get("TRITON_INTERPRET") == "1":  # the triton kernel's code paths, through Triton's interpreter
         assert "| test_resnet | 2 | bf16 | True | triton |" in summary and "| masked, triton (ms) |" in summary
+        assert "test_resnet b2 bf16 cl=True triton: the triton norm kernel against the torch kernel | n/a | a/b " in summary
         checks = [c["name"] for part in results["parts"] for c in part["checks"]]
         assert any("with the triton norm kernel" in name for name in checks)  # correctness
         assert any("triton norm kernel: no syncing op" in name for name in checks)  # sync
