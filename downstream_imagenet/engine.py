@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from sparkmim.utils.distributed import is_dist
 from sparkmim.utils.metrics import MetricsLogger
-from sparkmim.utils.run import autocast
+from sparkmim.utils.run import autocast, optimizer_step
 from sparkmim.utils.schedule import Schedule
 
 from .data import Batch
@@ -143,11 +143,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             t.scaler.unscale_(t.optimizer)
         if t.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad)  # read at log steps only
-        if t.scaler is not None:
-            t.scaler.step(t.optimizer)
-            t.scaler.update()
-        else:
-            t.optimizer.step()
+        optimizer_step(t.optimizer, t.scaler)
         t.optimizer.zero_grad(set_to_none=True)
         if t.ema is not None:
             t.ema.update(t.module)

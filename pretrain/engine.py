@@ -16,7 +16,7 @@ from torch import nn
 
 from sparkmim.utils.distributed import DistInfo, all_reduce_mean, gather_objects
 from sparkmim.utils.metrics import MetricsLogger
-from sparkmim.utils.run import autocast
+from sparkmim.utils.run import autocast, optimizer_step
 from sparkmim.utils.schedule import Schedule
 from sparkmim.utils.signals import GracefulStop
 
@@ -111,11 +111,7 @@ class Loop:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = global_grad_norm(self.params).to(loss_mean.device)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        optimizer_step(self.optimizer, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
         return PendingStep(step=step, loss=loss_mean.detach(), grad_norm=grad_norm, lr=lr, wd=wd)
 

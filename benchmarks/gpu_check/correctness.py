@@ -124,6 +124,7 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
     whatever the prediction), so the gradients are compared too: relative L2 distance to fp32's."""
     from sparkmim.pretrain.optim import build_optimizer
     from sparkmim.sparse.norms import select_norm_kernel
+    from sparkmim.utils.run import optimizer_step
 
     spark, name, images, active = _model_and_batch(options)
     device = options.torch_device
@@ -144,11 +145,7 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
             if scaler:
                 scaler.unscale_(optimizer)
             grads = _flat_gradients(spark)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
         except RuntimeError as error:
             result.add(f"{name} {label} step{_with(kernel)}", None, f"{label} failed here: {str(error).splitlines()[0]}")
             continue

@@ -57,6 +57,16 @@ def grad_scaler(amp: str, device: torch.device) -> Optional["torch.amp.GradScale
                       "use --amp bf16 or off")
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: Optional["torch.amp.GradScaler"]) -> None:
+    """``optimizer.step()``, through ``scaler`` under fp16: it skips a step whose gradients overflowed and
+    adapts its scale (call ``scaler.unscale_`` first to clip or read the gradients)."""
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> torch.nn.Module:
     """DistributedDataParallel on the process's own GPU (or CPU/gloo); buffers are not broadcast, since the
     trainers keep BatchNorm statistics synchronised themselves (SyncBatchNorm) or per process."""
