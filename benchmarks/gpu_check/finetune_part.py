@@ -86,10 +86,10 @@ def run(options: CheckOptions, result: PartResult) -> None:
     tick = time.monotonic()
     done = run_child(_finetune("--eval-only", "--checkpoint", str(run_dir / "checkpoint_best.pth"), "--data", str(data),
                                "--device", options.device), timeout=options.seconds_left())
+    name = "spark-finetune --eval-only of the best checkpoint prints the top-1 its training recorded"
+    if done.returncode != 0:
+        result.add(name, False, f"exit {done.returncode}: {last_line(done.stderr)}")
+        return
     shown = re.search(r"top-1 (\d+\.\d\d)", done.stdout or "")
-    expected = f"{summary['best_top1']:.2f}"
-    result.add("spark-finetune --eval-only of the best checkpoint prints the top-1 its training recorded",
-               done.returncode == 0 and shown is not None and shown.group(1) == expected,
-               f"printed {shown.group(1) if shown else 'nothing'}, recorded {expected} "
-               f"({time.monotonic() - tick:.1f} s)" if done.returncode == 0
-               else f"exit {done.returncode}: {last_line(done.stderr)}")
+    printed, expected = shown.group(1) if shown else "nothing", f"{summary['best_top1']:.2f}"
+    result.add(name, printed == expected, f"printed {printed}, recorded {expected} ({time.monotonic() - tick:.1f} s)")
