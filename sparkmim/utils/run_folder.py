@@ -3,8 +3,8 @@
 A second job started on a folder that a live job is writing would interleave its metrics and leave
 whichever checkpoint was written last beside the other job's config; a job restarted without
 ``--resume`` on a finished folder would silently train again from step 0 over the old checkpoint.
-:class:`RunFolderLock` (an advisory lock file holding host, pid, the process's start, the time and the
-command line, taken by the main process only, released on exit, taken over when its process is gone)
+:class:`RunFolderLock` (an advisory lock file holding host, pid, the process's start and command line,
+the time and the command, taken by the main process only, released on exit, taken over when its process is gone)
 stops the first;
 :func:`check_fresh_start` stops the second. Orphaned temporary files of an earlier crashed save
 (``.<name>.<random>.tmp``, up to a whole checkpoint in size) are removed once the lock is held."""
@@ -53,9 +53,10 @@ def process_start(pid: int) -> Optional[int]:
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
-def _command_line(command: str) -> str:
-    """``command`` and this process's arguments, as a shell would take them."""
-    return " ".join([command, *map(shlex.quote, sys.argv[1:])])
+def _process_command_line() -> str:
+    """How this process was started, as a shell would take it (interpreter and script included: a trainer
+    called from Python, a notebook or a test holds the lock with that process's command line, not its own)."""
+    return " ".join(map(shlex.quote, getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
 
 
 def _shortened(text: str, limit: int = 300) -> str:
@@ -77,8 +78,8 @@ class RunFolderLock:
 
     def _describe(self, holder: Dict[str, Any]) -> str:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("started", 0)))
-        job = _shortened(holder.get("command_line") or holder.get("command", "a job"))  # older locks: the name only
-        return f"{job} (pid {holder.get('pid')} on {holder.get('host')}, since {started})"
+        process = f"; started as: {_shortened(holder['command_line'])}" if holder.get("command_line") else ""
+        return f"{holder.get('command', 'a job')} (pid {holder.get('pid')} on {holder.get('host')}, since {started}{process})"
 
     def _read(self) -> Optional[Dict[str, Any]]:
         try:
@@ -99,7 +100,7 @@ class RunFolderLock:
 
     def acquire(self) -> "RunFolderLock":
         record = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start(os.getpid()),
-                  "started": time.time(), "command": self.command, "command_line": _command_line(self.command)}
+                  "started": time.time(), "command": self.command, "command_line": _process_command_line()}
         for _ in range(2):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

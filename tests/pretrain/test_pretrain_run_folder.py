@@ -23,8 +23,8 @@ def test_second_job_refused_restart_refused_leftovers_cleared_overwrite_starts_c
     finally:
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-2000:]
-    assert second.returncode == 2 and f"is in use by spark-pretrain {data} " in second.stderr  # its command line
-    assert f"(pid {first.pid} on" in second.stderr
+    assert second.returncode == 2 and f"is in use by spark-pretrain (pid {first.pid} on" in second.stderr
+    assert f" -m sparkmim.pretrain {data} " in second.stderr  # how the holder was started
     assert len(second.stderr.strip().splitlines()) == 1
     assert load_file(out / "checkpoint_last.pth")["step"] == 40 and not (out / LOCK_NAME).exists()
 
