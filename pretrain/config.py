@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_const", const=True, default=None,
                         help="keep the network and batches in channels_last (default: on for CUDA devices, off on CPU)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
-    parser.add_argument("--compile", action="store_const", const=True, default=None)
+    parser.add_argument("--compile", action="store_const", const=True, default=None,
+                        help="torch.compile the model (the first steps take minutes to compile; measured gains: "
+                             "docs/benchmarks.md)")
     parser.add_argument("--norm-kernel", default=None, choices=NORM_KERNELS,
                         help="the sparse BatchNorms' training kernel: torch (any device, the default) or triton "
                              "(fused kernels, CUDA devices; see docs/benchmarks.md)")
