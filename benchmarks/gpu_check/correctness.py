@@ -124,7 +124,7 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
     whatever the prediction), so the gradients are compared too: relative L2 distance to fp32's."""
     from sparkmim.pretrain.optim import build_optimizer
     from sparkmim.sparse.norms import select_norm_kernel
-    from sparkmim.utils.run import optimizer_step
+    from sparkmim.utils.run import grad_scaler, optimizer_step
 
     spark, name, images, active = _model_and_batch(options)
     device = options.torch_device
@@ -137,7 +137,7 @@ def mixed_precision_steps(options: CheckOptions, result: PartResult) -> None:
         spark.load_state_dict(state)
         spark.zero_grad(set_to_none=True)
         optimizer = build_optimizer(spark, lr=1e-4, betas=(0.9, 0.95), clip_grad=5.0)
-        scaler = torch.amp.GradScaler(device.type) if label == "fp16" else None
+        scaler = grad_scaler(label, device)  # fp16 only
         try:
             with torch.autocast(device.type, dtype=dtype):
                 loss = spark(images, active).loss

@@ -48,8 +48,9 @@ def _write_encoder(path: Path, model_kwargs: Dict[str, object]) -> Path:
 
 
 def _epoch_rows(run_dir: Path) -> List[Dict[str, object]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row for row in rows if row.get("kind") == "epoch"]
+    from sparkmim.utils.metrics import read_rows
+
+    return [row for row in read_rows(run_dir / "metrics.jsonl") if row.get("kind") == "epoch"]
 
 
 def run(options: CheckOptions, result: PartResult) -> None:
