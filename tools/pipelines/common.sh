@@ -132,6 +132,41 @@ report_stage() {
   fi
 }
 
+# require_coco_layout: $COCO has the annotation files of the COCO layout (checked before anything runs)
+require_coco_layout() {
+  local split
+  for split in train val; do
+    [[ -f "$COCO/annotations/instances_${split}2017.json" ]] ||
+      die "$COCO/annotations/instances_${split}2017.json not found (expected the COCO layout)"
+  done
+}
+
+# convert_stage OUTPUT FRAMEWORK_PYTHON FRAMEWORK HAVE: the encoder converted for FRAMEWORK (d2 or
+# mmdet); when HAVE is 1 (FRAMEWORK_PYTHON has the framework) by that interpreter, which loads the
+# result into the framework to check it, otherwise by $PYTHON without the check (smoke runs)
+convert_stage() {
+  local output="$1" python="$2" framework="$3" have="$4"
+  local check=(--check)
+  if ((!have)); then
+    python="$PYTHON"
+    check=()
+  fi
+  mkdir -p "$(dirname "$output")"
+  run_stage convert "$output" "$python" -m sparkmim.tools.convert "$ENCODER" "$output" --to "$framework" \
+    --model "$MODEL" "${check[@]}"
+}
+
+# finish_without_framework HAVE REASON: when HAVE is 0 (smoke runs only: a normal run stops earlier),
+# skip the framework's stages with REASON, write the report and end the pipeline
+finish_without_framework() {
+  if (($1)); then
+    return 0
+  fi
+  skip_rest "$2"
+  report_stage
+  exit 0
+}
+
 # common defaults (the pipeline scripts set theirs first)
 init_common() {
   SMOKE="${SMOKE:-0}"

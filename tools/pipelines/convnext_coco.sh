@@ -75,10 +75,7 @@ if [[ -z "${MMDET_CONFIG:-}" ]]; then
     *) die "--model $MODEL: the MMDetection configs are for convnext_small/base/large (or pass --mmdet-config)" ;;
   esac
 fi
-for split in train val; do
-  [[ -f "$COCO/annotations/instances_${split}2017.json" ]] ||
-    die "$COCO/annotations/instances_${split}2017.json not found (expected the COCO layout)"
-done
+require_coco_layout
 have_mmdet=1
 has_module "$MMDET_PYTHON" "mmdet, mmpretrain, mmcv.ops, sparkmim.downstream_mmdet.train" || have_mmdet=0
 if ((!have_mmdet && !SMOKE)); then
@@ -90,16 +87,9 @@ log "model $MODEL, MMDetection config $MMDET_CONFIG, $GPUS GPU(s) x $NODES node(
 pretrain_stage
 
 BACKBONE="$WORK/convert/${MODEL}_mmdet.pth"
-mkdir -p "$WORK/convert"
-check=(--check)  # load the converted file into the framework, when it is installed
-((have_mmdet)) || check=()
-run_stage convert "$BACKBONE" "$PYTHON" -m sparkmim.tools.convert "$ENCODER" "$BACKBONE" --to mmdet --model "$MODEL" "${check[@]}"
+convert_stage "$BACKBONE" "$MMDET_PYTHON" mmdet "$have_mmdet"
 
-if ((!have_mmdet)); then
-  skip_rest "MMDetection is not installed for $MMDET_PYTHON (create its environment with scripts/setup_mmdet_env.sh)"
-  report_stage
-  exit 0
-fi
+finish_without_framework "$have_mmdet" "MMDetection is not installed for $MMDET_PYTHON (create its environment with scripts/setup_mmdet_env.sh)"
 
 if ((SMOKE)); then
   # the packaged recipe with small images and proposal counts, one epoch (CPU)

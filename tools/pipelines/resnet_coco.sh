@@ -81,10 +81,7 @@ case "$SCHEDULE" in
   1x | 2x) ;;
   *) die "--schedule must be 1x or 2x, got '$SCHEDULE'" ;;
 esac
-for split in train val; do
-  [[ -f "$COCO/annotations/instances_${split}2017.json" ]] ||
-    die "$COCO/annotations/instances_${split}2017.json not found (expected the COCO layout)"
-done
+require_coco_layout
 have_d2=1
 has_module "$D2_PYTHON" detectron2 || have_d2=0
 if ((!have_d2 && !SMOKE)); then
@@ -96,16 +93,9 @@ log "model $MODEL, schedule $SCHEDULE, $GPUS GPU(s) x $NODES node(s), work folde
 pretrain_stage
 
 PKL="$WORK/convert/${MODEL}_d2.pkl"
-mkdir -p "$WORK/convert"
-check=(--check)  # load the converted file into the framework, when it is installed
-((have_d2)) || check=()
-run_stage convert "$PKL" "$D2_PYTHON" -m sparkmim.tools.convert "$ENCODER" "$PKL" --to d2 --model "$MODEL" "${check[@]}"
+convert_stage "$PKL" "$D2_PYTHON" d2 "$have_d2"
 
-if ((!have_d2)); then
-  skip_rest "Detectron2 is not installed for $D2_PYTHON (it is installed from source, see the Detectron2 guide)"
-  report_stage
-  exit 0
-fi
+finish_without_framework "$have_d2" "Detectron2 is not installed for $D2_PYTHON (it is installed from source, see the Detectron2 guide)"
 
 d2_launch=(--num-gpus "$GPUS" --num-machines "$NODES" --machine-rank "$NODE_RANK")
 if ((GPUS * NODES > 1)); then  # without it Detectron2 picks a fixed port per user: two runs would collide
