@@ -5,15 +5,23 @@ so type errors and constructs the compiler refuses show here, which Triton's int
 numerical tests) would let through. Run with TRITON_INTERPRET unset: under the interpreter the
 kernels are not compilable objects. Each kernel is compiled for every input dtype, for contiguous
 and channels_last tensors (the unit stride specialised to 1, as a launch does) and for each
-architecture given (e.g. 80 90: A100, H100/H200). Also reported: whether the activation is read with
-vector loads (several elements per instruction), which a memory-bound kernel needs to be fast."""
+architecture given (e.g. 80 90: A100, H100/H200). Also reported, for speed on the GPU: whether the
+activation is read with vector loads (several elements per instruction), which a memory-bound kernel
+needs, and each kernel's registers per thread and spilled bytes from Triton's own ptxas (``-v``): a
+spill moves values through local memory, traffic a bandwidth-bound kernel cannot afford, and the
+register count sets how many programs share a multiprocessor."""
 import itertools
 import json
+import re
+import subprocess
 import sys
-from typing import Dict
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
 from sparkmim.sparse import masked_batchnorm_triton as kernels
@@ -46,20 +54,36 @@ def source(kernel: triton.JITFunction, dtype: str, layout: str) -> ASTSource:
                      constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
 
 
+def resources(ptx: str, arch: int) -> Dict[str, Optional[int]]:
+    """Registers per thread and spilled bytes (stores + loads) of the kernel in ``ptx``, as the ptxas
+    that Triton uses for ``arch`` reports them (``None`` where it printed no figure)."""
+    target = re.search(r"^\.target\s+(\S+)", ptx, flags=re.MULTILINE).group(1)  # sm_80, sm_90a
+    with tempfile.TemporaryDirectory() as folder:
+        kernel = Path(folder) / "kernel.ptx"
+        kernel.write_text(ptx)
+        report = subprocess.run([get_ptxas(arch).path, "-v", "--gpu-name", target, str(kernel),
+                                 "-o", str(kernel.with_suffix(".cubin"))], capture_output=True, text=True).stderr
+    registers = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    return {"registers": int(registers.group(1)) if registers else None,
+            "spill_bytes": int(spills.group(1)) + int(spills.group(2)) if spills else None}
+
+
 def main() -> None:
-    outcomes, vector_loads = {}, {}
+    outcomes, vector_loads, usage = {}, {}, {}
     architectures = [int(arch) for arch in sys.argv[1:]] or [90]
     for arch, name, dtype, layout in itertools.product(architectures, KERNELS, DTYPES, ("contiguous", "channels_last")):
         try:
             compiled = triton.compile(source(getattr(kernels, name), dtype, layout), target=GPUTarget("cuda", arch, 32))
             outcome = "ok" if compiled.asm.get("cubin") else "no cubin"
             vector_loads[f"sm_{arch} {name} {dtype} {layout}"] = "ld.global.v" in compiled.asm["ptx"]
+            usage[f"sm_{arch} {name} {dtype} {layout}"] = resources(compiled.asm["ptx"], arch)
         except Exception as error:  # report every failure, not only the first, by its root cause
             while error.__cause__ is not None:  # a CompilationError chains the call sites down to the cause
                 error = error.__cause__
             outcome = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
         outcomes[f"sm_{arch} {name} {dtype} {layout}"] = outcome
-    print(json.dumps({"outcomes": outcomes, "vector_loads": vector_loads}))
+    print(json.dumps({"outcomes": outcomes, "vector_loads": vector_loads, "resources": usage}))
 
 
 if __name__ == "__main__":

@@ -31,3 +31,8 @@ def test_every_kernel_compiles_for_a100_and_h100_in_every_dtype_and_layout(tmp_p
     # memory-bound kernels: the bf16 activation (and gradient) is read several elements per instruction
     scalar = [name for name, vector in report["vector_loads"].items() if " bf16 " in name and not vector]
     assert not scalar, scalar
+    # ptxas reports each kernel's registers and spills; none may spill (local-memory traffic)
+    usage = report["resources"]
+    assert len(usage) == len(outcomes)
+    spilled = {name: used for name, used in usage.items() if used["spill_bytes"] != 0 or not used["registers"]}
+    assert not spilled, spilled
