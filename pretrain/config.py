@@ -151,10 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-width", type=int, default=None)
     parser.add_argument("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
     parser.add_argument("--amp", default=None, choices=AMP_CHOICES)
-    parser.add_argument("--channels-last", action="store_const", const=True, default=None,
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="keep the network and batches in channels_last (default: on for CUDA devices, off on CPU)")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
-    parser.add_argument("--compile", action="store_const", const=True, default=None,
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (the first steps take minutes to compile; measured gains: "
                              "docs/benchmarks.md)")
     parser.add_argument("--norm-kernel", default=None, choices=NORM_KERNELS,
@@ -162,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(fused kernels, CUDA devices; see docs/benchmarks.md)")
     parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--decode-on-device", action="store_const", const=True, default=None,
+    parser.add_argument("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
                         help="workers only read files; JPEGs are decoded, cropped and resized on the training "
                              "device (nvJPEG on a GPU; on a CPU device, in the training process)")
     parser.add_argument("--seed", type=int, default=None)
@@ -175,15 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load checkpoints that need full unpickling (only for files you trust); the same flag "
                              "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
                              "removed in the next release)")
-    parser.add_argument("--overwrite", action="store_const", const=True, default=None,
+    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
                         help="train again from step 0 in an --output-dir that already holds a run (without it, "
                              "such a folder is refused: continue it with --resume auto)")
     parser.add_argument("--num-vis", type=int, default=None)
     parser.add_argument("--log-interval", type=int, default=None,
                         help="steps between loss reads, log lines and stop checks (default 10); each read makes "
                              "the host wait for the device, so larger keeps a GPU busier")
-    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False, default=None)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="tqdm progress bar on the main process (default: on)")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="TensorBoard event files in the run folder (default: on when tensorboard is installed)")
     parser.add_argument("--in-chans", type=int, default=None,
                         help="input channels (default 3). Other counts, --mean/--std or --norm-stats auto read the "
                              "files with their own values: 8/16-bit grayscale PNG/TIFF, multi-band TIFF, .npy (H, W, C)")

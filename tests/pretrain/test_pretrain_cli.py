@@ -318,6 +318,18 @@ def test_channels_last_defaults_to_the_device_and_can_be_turned_off(tmp_path):
     assert resolve([str(tmp_path), "--channels-last"])["channels_last"] is True
 
 
+def test_every_on_off_option_can_undo_what_a_recipe_turns_on(tmp_path):
+    """As in spark-finetune, each switch has its --no- form: the command line wins over the recipe."""
+    from sparkmim.pretrain.config import resolve
+    recipe = tmp_path / "recipe.yaml"
+    switches = {"compile": True, "decode_on_device": True, "overwrite": True, "progress": False, "tensorboard": False}
+    recipe.write_text(yaml.safe_dump(switches))
+    assert {key: resolve([str(tmp_path), "--recipe", str(recipe)])[key] for key in switches} == switches
+    flipped = resolve([str(tmp_path), "--recipe", str(recipe), "--no-compile", "--no-decode-on-device",
+                       "--no-overwrite", "--progress", "--tensorboard"])
+    assert {key: flipped[key] for key in switches} == {key: not value for key, value in switches.items()}
+
+
 def test_amp_none_is_accepted_as_the_old_spelling_of_off(tmp_path):
     from sparkmim.pretrain.config import resolve
     assert resolve([str(tmp_path), "--amp", "none"])["amp"] == "off"
