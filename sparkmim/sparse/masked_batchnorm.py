@@ -76,30 +76,33 @@ def _per_channel(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class MaskedBatchNormFunction(torch.autograd.Function):
     """y = ((x - mean) / sqrt(var + eps) * weight + bias) * mask, statistics over mask == 1 positions.
 
-    Returns (y, mean, biased var, count); only y is differentiable."""
+    Computed in the dtype of ``x * mask``: give a half-precision ``x`` with a float32 mask and every
+    step runs in float32 (autograd casts the input's gradient back to ``x``'s dtype).
+    Returns (y, mean, biased var, count) in that dtype; only y is differentiable."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor],
                 bias: Optional[torch.Tensor], eps: float, process_group: Optional[Any]) -> Tuple[torch.Tensor, ...]:
-        acc = accumulation_dtype(x)
+        masked = x * mask  # in the mask's dtype: a bf16 input is widened by this product, not by a copy first
+        dtype = masked.dtype
+        acc = accumulation_dtype(masked)
         count = mask.sum(dtype=acc).reshape(1)
-        masked = x * mask
         sums = reduce_across(torch.cat([per_image_channel_sum(masked, acc), count]), process_group)
         count = sums[-1]
         mean = sums[:-1] / count
-        centered = masked.addcmul_(mask, _per_channel(-mean, x.dtype))  # x - mean where visible, 0 where masked
+        centered = masked.addcmul_(mask, _per_channel(-mean, dtype))  # x - mean where visible, 0 where masked
         var = reduce_across(per_image_channel_sum_of_squares(centered, acc), process_group) / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(acc)
         if bias is None:
-            out = centered * _per_channel(scale, x.dtype)
+            out = centered * _per_channel(scale, dtype)
         else:
-            out = torch.addcmul(_per_channel(bias, x.dtype), centered, _per_channel(scale, x.dtype)).mul_(mask)
+            out = torch.addcmul(_per_channel(bias, dtype), centered, _per_channel(scale, dtype)).mul_(mask)
         ctx.save_for_backward(centered, mask, weight, invstd, count)
         ctx.has_bias = bias is not None
         ctx.process_group = process_group
         ctx.mark_non_differentiable(mean, var, count)
-        return out, mean.to(x.dtype), var.to(x.dtype), count.to(x.dtype)
+        return out, mean.to(dtype), var.to(dtype), count.to(dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor, *unused: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:

@@ -158,12 +158,13 @@ class SparseBatchNorm2d(nn.Module):
         return self.context.mask_like(x, dtype=dtype)
 
     def _batch_statistics_normalize(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(output, mean, biased var, count) with this batch's visible statistics. The torch kernel works
-        on a copy of ``x`` widened to the reduction dtype; the triton kernel reads ``x`` as it is."""
+        """(output, mean, biased var, count) with this batch's visible statistics. The torch kernel
+        computes in the mask's (reduction) dtype, widening ``x`` in its first product with the mask; the
+        triton kernel reads ``x`` as it is."""
         group = (self.process_group or dist.group.WORLD) if _should_sync(self.sync) else None
         if self.norm_kernel == "triton":
             return _fused_function(x).apply(x, mask, self.weight, self.bias, self.eps, group)
-        return MaskedBatchNormFunction.apply(x.to(mask.dtype), mask, self.weight, self.bias, self.eps, group)
+        return MaskedBatchNormFunction.apply(x, mask, self.weight, self.bias, self.eps, group)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         dtype = reduction_dtype(x)
