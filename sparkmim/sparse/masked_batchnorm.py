@@ -78,7 +78,8 @@ class MaskedBatchNormFunction(torch.autograd.Function):
 
     Computed in the dtype of ``x * mask``: give a half-precision ``x`` with a float32 mask and every
     step runs in float32 (autograd casts the input's gradient back to ``x``'s dtype).
-    Returns (y, mean, biased var, count) in that dtype; only y is differentiable."""
+    Returns y in ``x``'s dtype (as the triton kernel's Function does) and (mean, biased var, count)
+    in the computation's; only y is differentiable."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, weight: Optional[torch.Tensor],
@@ -94,10 +95,12 @@ class MaskedBatchNormFunction(torch.autograd.Function):
         var = reduce_across(per_image_channel_sum_of_squares(centered, acc), process_group) / count
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(acc)
+        # y in x's dtype; the re-masking multiplies by exact ones and zeros, so it runs after the
+        # narrowing cast (fewer bytes, the same bits)
         if bias is None:
-            out = centered * _per_channel(scale, dtype)
+            out = (centered * _per_channel(scale, dtype)).to(x.dtype)  # centered is zero where masked
         else:
-            out = torch.addcmul(_per_channel(bias, dtype), centered, _per_channel(scale, dtype)).mul_(mask)
+            out = torch.addcmul(_per_channel(bias, dtype), centered, _per_channel(scale, dtype)).to(x.dtype).mul_(mask)
         ctx.save_for_backward(centered, mask, weight, invstd, count)
         ctx.has_bias = bias is not None
         ctx.process_group = process_group
@@ -108,8 +111,8 @@ class MaskedBatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor, *unused: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         centered, mask, weight, invstd, count = ctx.saved_tensors
         acc = accumulation_dtype(grad_out)
-        dtype = grad_out.dtype
-        grad_masked = grad_out * mask
+        grad_masked = grad_out * mask  # a half-precision gradient is widened by this product
+        dtype = grad_masked.dtype
         sum_grad, sum_grad_centered = (v.to(acc) for v in channel_sums_for_backward(grad_masked, centered))
         sum_grad_normalized = sum_grad_centered * invstd
         grad_weight = sum_grad_normalized.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None

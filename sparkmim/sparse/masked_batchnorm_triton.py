@@ -2,7 +2,7 @@
 
 Why: :class:`~sparkmim.sparse.masked_batchnorm.MaskedBatchNormFunction` is built from PyTorch ops.
 Under bf16 autocast it widens and masks the activation into a float32 copy, centres it, and makes about
-seven full passes forward and seven backward, where cuDNN's BatchNorm makes two and three. On an
+seven full passes forward and six backward, where cuDNN's BatchNorm makes two and three. On an
 H200 that traffic is the estimated cause of most of SparK's ResNet-50 gap to the dense network.
 These kernels make the same passes as a native BatchNorm: forward one statistics read and one
 normalising read-and-write, backward one reduction read (gradient and input) and one read-and-write.

@@ -63,6 +63,31 @@ def test_batchnorm_statistics_are_float32_under_bfloat16():
     assert sparse.running_mean.dtype == torch.float32
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
+def test_a_half_precision_input_trains_bit_for_bit_as_its_float32_copy(half, layout):
+    """The torch kernel widens a bf16/fp16 activation inside its first product with the mask and
+    narrows the output before re-masking: the results must be exactly the float32 computation's."""
+    context, active, _, x = setup(7)
+    x = x.to(half).contiguous(memory_format=layout)
+    upstream = torch.randn(B, C, H, W).to(half)
+    results = []
+    for widen in (False, True):
+        norm = SparseBatchNorm2d(C, context)
+        with torch.no_grad():
+            norm.weight.normal_(generator=torch.Generator().manual_seed(1))
+            norm.bias.normal_(generator=torch.Generator().manual_seed(2))
+        xi = x.clone().requires_grad_()
+        with context.use(active):
+            out = norm(xi.float() if widen else xi)
+        out.backward(upstream.float() if widen else upstream)
+        results.append((out.detach().to(half), xi.grad, norm.weight.grad, norm.bias.grad, norm.running_mean,
+                        norm.running_var))
+    assert results[0][0].dtype == half and results[0][1].dtype == half
+    for ours, widened in zip(*results):
+        assert torch.equal(ours, widened)
+
+
 @pytest.mark.parametrize("groups", [1, 2, 8])
 def test_groupnorm_matches_groupnorm_on_visible_positions(groups):
     context, active, pixels, x = setup(2)
