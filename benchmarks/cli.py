@@ -34,7 +34,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.errors import run_command
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--fixtures", type=Path, default=None,
                      help="reference-parity fixtures (default: tests/fixtures/reference of the source tree)")
     gpu.add_argument("--value-data", default=None, help="data for part 7 (default: the installed Fashion-MNIST)")
+    gpu.add_argument("--norm-kernels", nargs="+", choices=NORM_KERNELS, default=None,
+                     help="the sparse BatchNorm kernels to check and time, torch first (default: torch, and triton "
+                          "where it runs); 'torch' alone leaves the fused kernel out of a rerun")
     gpu.add_argument("--keep-scratch", action="store_true",
                      help="keep OUT/scratch (generated images, run folders, checkpoints: gigabytes on a GPU), "
                           "deleted after each part by default")
@@ -295,6 +298,20 @@ def _run_norm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_check_kernels(kernels: Optional[List[str]], device: str) -> Optional[Tuple[str, ...]]:
+    """``--norm-kernels`` checked: torch first (every comparison is against it), each able to run on ``device``."""
+    import torch
+
+    from sparkmim.sparse.norms import check_norm_kernel
+    if kernels is None:
+        return None
+    if kernels[0] != "torch":
+        raise ValueError("--norm-kernels must start with torch, the default kernel the others are compared with")
+    for kernel in kernels:
+        check_norm_kernel(kernel, torch.device(device))
+    return tuple(dict.fromkeys(kernels))
+
+
 def _run_gpu_check(args: argparse.Namespace) -> int:
     import torch
 
@@ -305,7 +322,7 @@ def _run_gpu_check(args: argparse.Namespace) -> int:
     fixtures = args.fixtures or default_fixtures()
     options = CheckOptions(out=str(args.out), device=args.device, quick=args.quick,
                            fixtures=str(fixtures) if fixtures else None, value_data=args.value_data,
-                           keep_scratch=args.keep_scratch)
+                           keep_scratch=args.keep_scratch, kernels=_gpu_check_kernels(args.norm_kernels, args.device))
     budget = args.budget_s if args.budget_s is not None else (None if args.quick else 480.0)
     results = run_gpu_check(options, args.parts, budget)
     print((args.out / "summary.md").read_text())

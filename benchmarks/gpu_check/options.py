@@ -18,6 +18,7 @@ class CheckOptions:
     seconds: float = 0.0                # this part's time limit (the part may plan with it); 0: none
     deadline: float = 0.0               # time.time() by which the part must end, set by its process; 0: none
     keep_scratch: bool = False          # keep the generated images, run folders and checkpoints
+    kernels: Optional[Tuple[str, ...]] = None  # the norm kernels to check (torch first); None: where they run
 
     @property
     def cuda(self) -> bool:
@@ -25,10 +26,13 @@ class CheckOptions:
 
     @property
     def norm_kernels(self) -> Tuple[str, ...]:
-        """The masked BatchNorm kernels to check and time here: the torch kernel everywhere, the fused
-        triton kernel on CUDA devices when triton is installed (torch's CUDA wheels bring it), and on a
-        CPU under Triton's interpreter (TRITON_INTERPRET=1: the code path runs, its figures mean nothing)."""
+        """The masked BatchNorm kernels to check and time here: those given (``--norm-kernels``), else the
+        torch kernel everywhere, the fused triton kernel on CUDA devices when triton is installed (torch's
+        CUDA wheels bring it), and on a CPU under Triton's interpreter (TRITON_INTERPRET=1: the code path
+        runs, its figures mean nothing)."""
         from sparkmim.sparse.norms import check_norm_kernel
+        if self.kernels:
+            return tuple(self.kernels)
         try:
             check_norm_kernel("triton", self.torch_device)
         except ValueError:

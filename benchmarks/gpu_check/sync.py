@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .failures import record_failure
 from .options import CheckOptions
 from .results import NO_CUDA, PartResult
 
@@ -31,9 +32,13 @@ def model_step(options: CheckOptions, result: PartResult) -> None:
     for precision, kernel in itertools.product(("fp32", "bf16"), options.norm_kernels):
         config = StepConfig(model=model, size=size, batch=batch, precision=precision, device=options.device,
                             decoder_width=32 if options.quick else 768, norm_kernel=kernel)
-        report = step_sync_report("spark", config)
-        _verdict(result, f"model step, {model} {precision}" + ("" if kernel == "torch" else f", {kernel} norm kernel"),
-                 report["syncing_ops"], report.get("cuda_sync_debug_error"), options.cuda)
+        what = f"model step, {model} {precision}" + ("" if kernel == "torch" else f", {kernel} norm kernel")
+        try:
+            report = step_sync_report("spark", config)
+        except Exception as error:  # noqa: BLE001 - recorded; the other steps are still checked
+            record_failure(result, f"{what}: runs", error, options.torch_device)
+            continue
+        _verdict(result, what, report["syncing_ops"], report.get("cuda_sync_debug_error"), options.cuda)
 
 
 def pretrain_loop_step(options: CheckOptions, result: PartResult) -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import List, Tuple
 
+from .failures import record_failure
 from .options import CheckOptions
 from ..process_output import last_line, run_child
 from .results import PartResult
@@ -46,19 +47,27 @@ def run(options: CheckOptions, result: PartResult) -> None:
     # bf16 first, channels_last first: the precision and layout pre-training runs in on a GPU, so a part cut
     # short loses fp32 and contiguous rows, not those. One profile per model: on the H200 each cost about
     # as much as a row, and the first (default-layout) row over the threshold is the one that matters
-    profiled, torch_rows = set(), {}
+    profiled, torch_rows, failed_kernels = set(), {}, set()
     for precision, channels_last, (model, batch), kernel in _row_order(models, options.norm_kernels):
         if deadline is not None and time.monotonic() > deadline:
             result.message = "stopped early to stay within the part's time limit; the rows above are complete"
             break
+        if kernel in failed_kernels:
+            continue
         config = StepConfig(model=model, batch=batch, size=size, precision=precision, device=options.device,
                             channels_last=channels_last, warmup=warmup, steps=steps, norm_kernel=kernel,
                             decoder_width=32 if options.quick else 768)
         # the triton rows measure (a) with the fused kernel against (b); (c) does not change with it
         names = ["spark", "dense", "naive"] if kernel == "torch" else ["spark", "dense"]
-        summary = summarise(run_interleaved(names, config, rounds, isolate=False))
-        variants, ratios = summary["variants"], summary["ratios"]
         key = f"{model} b{batch} {precision} cl={channels_last}" + ("" if kernel == "torch" else f" {kernel}")
+        try:
+            summary = summarise(run_interleaved(names, config, rounds, isolate=False))
+        except Exception as error:  # noqa: BLE001 - recorded; the other rows are still measured
+            record_failure(result, f"{key}: the steps run", error, options.torch_device)
+            if kernel != "torch":  # its other rows would fail alike and cost the part their time
+                failed_kernels.add(kernel)
+            continue
+        variants, ratios = summary["variants"], summary["ratios"]
         result.figures[key] = summary
         # in one process only the CUDA counter is per variant (CPU RSS growth is not)
         memory = [variants[v]["peak_memory_mib"] if options.cuda and v in variants else None
@@ -119,10 +128,18 @@ def _norm_alone(options: CheckOptions, result: PartResult) -> None:
 
     # --quick: two small shapes (Triton's interpreter, which runs the triton kernel on a CPU, is slow)
     batch, shapes, repeats = (2, ((64, 14), (256, 7)), 1) if options.quick else (128, RESNET50_SHAPES, 10)
-    rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16",
-                      kernels=options.norm_kernels)
+    kernels = options.norm_kernels
+    try:
+        rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16", kernels=kernels)
+    except Exception as error:  # noqa: BLE001 - recorded; timed again with the torch kernel alone
+        record_failure(result, f"the masked BatchNorm alone, bf16, {' and '.join(kernels)} kernels", error,
+                       options.torch_device)
+        if kernels == ("torch",):
+            return
+        kernels = ("torch",)
+        rows = time_norms(batch, shapes, repeats=repeats, device=options.device, precision="bf16", kernels=kernels)
     result.figures["masked batchnorm alone, bf16"] = rows
-    result.tables.append(format_norms(rows, batch, "bf16", kernels=options.norm_kernels))
+    result.tables.append(format_norms(rows, batch, "bf16", kernels=kernels))
     result.record()
 
 

@@ -78,6 +78,34 @@ def test_the_triton_kernel_is_checked_where_it_can_run(monkeypatch):
         assert CheckOptions(out="x", device="cpu").norm_kernels == ("torch", "triton")
 
 
+@pytest.mark.slow
+def test_a_kernel_that_fails_costs_only_its_own_checks_and_rows(tmp_path, monkeypatch):
+    """The triton kernel's first GPU run must not cost a part the torch kernel's findings. Here it fails for
+    real: asked for on a CPU without Triton's interpreter, its layers raise at their first training call."""
+    from sparkmim.benchmarks.gpu_check.part import run_part
+    from sparkmim.benchmarks.gpu_check.throughput import QUICK, _row_order
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    options = CheckOptions(out=str(tmp_path), device="cpu", quick=True, kernels=("torch", "triton"))
+    for name in ("correctness", "sync", "throughput"):
+        result = run_part(name, options)
+        assert result.status == "failed", (name, result.status, result.message)  # not "error": the part went on
+        failed = [check for check in result.checks if check.passed is False]
+        assert failed and all("triton" in check.name and "runs on CUDA devices, not on cpu" in check.detail
+                              for check in failed), failed
+        others = [check for check in result.checks if "triton" not in check.name]
+        assert all(check.passed is not False for check in others)
+        if name == "correctness":  # bf16 and fp16, the encoder under autocast and a training step
+            assert len(failed) == 4 and sum(check.passed is True for check in others) == 10
+        if name == "sync":  # fp32 and bf16 model steps; spark-pretrain's loop step still checked
+            assert len(failed) == 2 and any("spark-pretrain" in check.name for check in others)
+        if name == "throughput":  # the norm alone timed again without it, every torch row measured
+            assert len(failed) == 2
+            assert "masked, torch" in result.tables[0] and "triton" not in result.tables[0]
+            rows = [line for line in result.tables[1].splitlines()[2:] if line.startswith("|")]
+            assert len(rows) == len(_row_order(QUICK, ("torch",))) and all("| torch |" in row for row in rows)
+
+
 def test_a_part_past_its_limit_is_reported_and_the_budget_stops_the_rest(tmp_path):
     options = CheckOptions(out=str(tmp_path), device="cpu", quick=True)
     results = run_gpu_check(options, ["correctness", "sync"], budget_s=0.3)  # no part can finish in 0.3 s
@@ -95,12 +123,27 @@ def test_keep_scratch_keeps_the_generated_files(tmp_path):
     assert list((tmp_path / "scratch" / "e2e" / "images").iterdir())
 
 
-def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+def test_bad_requests_are_one_line_errors(tmp_path, capsys, monkeypatch):
     if not torch.cuda.is_available():
         assert main(["gpu-check", "--out", str(tmp_path)]) == 2  # --device cuda is the default
         assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gpu-check", "--out", str(tmp_path), "--parts", "speed"])
+    cpu = ["gpu-check", "--out", str(tmp_path), "--device", "cpu", "--quick", "--parts", "sync"]
+    assert main(cpu + ["--norm-kernels", "triton"]) == 2
+    assert "must start with torch" in capsys.readouterr().err
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(cpu + ["--norm-kernels", "torch", "triton"]) == 2
+    assert "runs on CUDA devices, not on cpu" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()  # refused before any part ran
+
+
+def test_norm_kernels_chooses_the_kernels_a_rerun_checks(tmp_path):
+    """--norm-kernels torch: a rerun on a GPU without the fused kernel, should it have failed there."""
+    [result] = run_gpu_check(CheckOptions(out=str(tmp_path), device="cpu", quick=True, kernels=("torch",)),
+                             ["sync"], budget_s=None)
+    assert result.status == "ok" and result.checks
+    assert not any("triton" in check.name for check in result.checks)
 
 
 def test_a_part_stopped_at_its_limit_keeps_what_it_had_finished(tmp_path):
