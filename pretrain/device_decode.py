@@ -35,6 +35,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
+from sparkmim.utils.errors import describe_error
 from sparkmim.utils.images import UnreadableImageError, decode_rgb, load_rgb
 
 from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, load_with_replacement, sample_rng, train_transform
@@ -264,7 +265,7 @@ class DeviceDecoder:
                 for position, image in zip(encoded, batch):
                     images[position] = image
             except (RuntimeError, ValueError) as error:
-                logger.debug("batched JPEG decoding failed (%s); decoding one by one", str(error).splitlines()[0])
+                logger.debug("batched JPEG decoding failed (%s); decoding one by one", describe_error(error))
                 for position in encoded:
                     try:
                         images[position] = decode_jpeg(samples[position].data, mode=ImageReadMode.RGB,
@@ -291,7 +292,7 @@ class DeviceDecoder:
         if not replacement.failed and name not in self.device_refused:
             self.device_refused.add(name)
             logger.warning("the device JPEG decoder refused %s (%s); decoded it on the CPU instead",
-                           name, str(error).splitlines()[0][:200])
+                           name, describe_error(error, limit=200))
         return replacement
 
     @staticmethod

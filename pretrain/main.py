@@ -20,7 +20,7 @@ from sparkmim.utils.config import save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, computed_on_main, init_distributed
 from sparkmim.utils.memory_format import channels_last_default
-from sparkmim.utils.errors import UserError, run_command
+from sparkmim.utils.errors import UserError, describe_error, first_line, run_command
 from sparkmim.utils.logging_setup import setup_logging
 from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
@@ -137,7 +137,7 @@ def build_model(config: PretrainConfig, size: Tuple[int, int]) -> torch.nn.Modul
                            encoder_kwargs=encoder_kwargs or None)
     except (ValueError, TypeError, KeyError, NotImplementedError) as error:
         raise UserError(f"cannot build SparK for '{config.model}' at {size[0]}x{size[1]}: "
-                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+                        f"{first_line(error) or type(error).__name__}") from error
 
 
 def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_unsafe: bool) -> None:
@@ -171,8 +171,8 @@ def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_u
     except UserError:
         raise
     except Exception as error:  # not a weights file at all
-        raise UserError(f"--init-weight {path} does not fit '{model_name}' ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:300]}); give weights of the same model") from error
+        raise UserError(f"--init-weight {path} does not fit '{model_name}' ({describe_error(error)}); "
+                        "give weights of the same model") from error
     dropped = getattr(report, "dropped", [])
     logger.info("initialised the encoder from %s (%d tensors; %d keys dropped)", path, len(state), len(dropped))
 

@@ -29,7 +29,7 @@ from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
 from sparkmim.sparse.encoder import EncoderSpecError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
-from sparkmim.utils.errors import UserError, run_command
+from sparkmim.utils.errors import UserError, describe_error, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
 
 from . import checks
@@ -96,8 +96,7 @@ def load_source(path: Path, allow_unsafe: bool) -> Any:
     except UnsafeCheckpointError as error:
         raise UsageError(str(error).replace("pass the allow-unsafe option", "pass --allow-unsafe")) from error
     except Exception as error:
-        raise UsageError(f"cannot read {path} as a checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise UsageError(f"cannot read {path} as a checkpoint ({describe_error(error)})") from error
 
 
 def _model_kwargs(text: Optional[str]) -> Dict[str, Any]:

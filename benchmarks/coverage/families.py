@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from sparkmim.utils.errors import describe_error
+
 logger = logging.getLogger(__name__)
 
 # Families built around attention over the tokens of the whole map (or of a window of it), so that
@@ -82,7 +84,7 @@ def survey_family(module: str) -> Family:
         try:
             strides, params = _strides(name)
         except Exception as error:  # a member that cannot even be built on the meta device
-            first_reason = first_reason or f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            first_reason = first_reason or f"{name}: {describe_error(error, limit=120)}"
             continue
         if qualifies(strides):
             family.members.append(name)

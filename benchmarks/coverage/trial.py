@@ -123,7 +123,7 @@ def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
     from sparkmim import build_spark
     from sparkmim.sparse.encoder import create_timm_encoder, total_stride
     from sparkmim.sparse.rules import UnsupportedLayerError
-    from sparkmim.utils.errors import UserError
+    from sparkmim.utils.errors import UserError, first_line
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -141,7 +141,7 @@ def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
     except InvariantViolation as violation:
         return TrialResult(name, FAILS, str(violation), time.perf_counter() - start)
     except (UserError, UnsupportedLayerError) as refusal:
-        return TrialResult(name, REFUSED, str(refusal).splitlines()[0], time.perf_counter() - start)
+        return TrialResult(name, REFUSED, first_line(refusal), time.perf_counter() - start)
     except Exception as error:  # a raw crash: exactly what the survey is there to find
         message = (str(error).splitlines() or [""])[0][:200]
         return TrialResult(name, CRASHES, f"{type(error).__name__}: {message}{_where(error)}",

@@ -10,17 +10,13 @@ from typing import Optional
 
 import torch
 
+from sparkmim.utils.errors import describe_error
+
 from .results import PartResult
 
 
 class DeviceLost(RuntimeError):
     """The CUDA device no longer answers in this process after a failed check."""
-
-
-def first_line(error: BaseException) -> str:
-    """The exception's type and the first line of its message (Triton's compile errors run to pages)."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def device_answers(device: torch.device) -> bool:
@@ -36,7 +32,7 @@ def record_failure(result: PartResult, name: str, error: BaseException, device: 
                    passed: Optional[bool] = False) -> None:
     """``error`` as the check ``name`` (``passed`` False; None where it only shows that something does not
     apply here); raises :class:`DeviceLost` when a CUDA device stopped answering, ending the part."""
-    result.add(name, passed, first_line(error))
+    result.add(name, passed, describe_error(error))
     if device.type == "cuda" and not device_answers(device):
-        raise DeviceLost(f"the CUDA device stopped answering after '{name}' ({first_line(error)}); the part's "
+        raise DeviceLost(f"the CUDA device stopped answering after '{name}' ({describe_error(error)}); the part's "
                          "remaining checks need a fresh process (the next part gets one)")

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sparkmim.utils.errors import first_line
+
 # ATen ops that need the host to read device memory (their output shape or value is data-dependent)
 SYNCING_OPS = frozenset({
     "aten._local_scalar_dense",  # .item(), float(t), bool(t), int(t)
@@ -111,7 +113,7 @@ def cuda_sync_debug_passes(step: Callable[[], Any]) -> Optional[str]:
     try:
         step()
     except RuntimeError as error:
-        return str(error).splitlines()[0]
+        return first_line(error) or type(error).__name__
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     return None

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 
-from sparkmim.utils.errors import UserError
+from sparkmim.utils.errors import UserError, describe_error
 
 from .context import MaskContext
 from .probe import verify_sparse_encoder
@@ -147,7 +147,7 @@ def _dry_run(model: nn.Module, size: int) -> Tuple[int, Set[int]]:
         try:
             return in_chans, _modules_called(model, in_chans, size)
         except Exception as error:  # the wrong channel count, or a model that cannot run at this size
-            errors.append(f"{in_chans} channels: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            errors.append(f"{in_chans} channels: {describe_error(error)}")
     raise UnsupportedLayerError(f"cannot run {type(model).__name__}.forward_intermediates on a {size}x{size} image "
                                 f"({'; '.join(errors)})")
 

@@ -17,6 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..utils.errors import describe_error
 from .context import MaskContext
 from .rules import UnsupportedLayerError
 
@@ -124,7 +125,7 @@ def verify_sparse_encoder(model: nn.Module, context: MaskContext, in_chans: int,
     except Exception as error:  # a model that only runs at fixed sizes, or a shape bug inside it
         raise UnsupportedLayerError(
             f"cannot run {type(model).__name__} on {small_size}x{small_size} and {large_size}x{large_size} inputs "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}); SparK needs "
+            f"({describe_error(error)}); SparK needs "
             f"an encoder that runs at any input size that is a multiple of its total stride {ratio}") from error
     finally:
         model.train(was_training)

@@ -14,6 +14,19 @@ class UserError(Exception):
     """A mistake the user can fix; the message says what to do."""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters ("" for an empty message): enough
+    to name a failure inside a one-line error, where some messages run to pages (Triton's, CUDA's)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def describe_error(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, or the type's name alone for an empty message."""
+    line = first_line(error, limit)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
 def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[Type[BaseException], int]] = None,
                 cleanup: Optional[Callable[[], None]] = None) -> int:
     """``body()``, with a :class:`UserError` (exit 2) or an error listed in ``statuses`` (its status)

@@ -47,3 +47,13 @@ def test_an_interrupt_is_one_line_and_status_130(capsys):
     assert capsys.readouterr().err == "prog: interrupted\n"
     assert run_command("prog", interrupted("the last checkpoint is kept")) == 130
     assert capsys.readouterr().err == "prog: interrupted: the last checkpoint is kept\n"
+
+
+def test_an_error_is_described_in_one_line_even_without_a_message():
+    from sparkmim.utils.errors import describe_error, first_line
+
+    # str(error).splitlines()[0] would raise IndexError inside the handler that reports the error
+    assert describe_error(RuntimeError()) == "RuntimeError" and first_line(RuntimeError()) == ""
+    assert describe_error(ValueError("bad size\n  (traceback of a library)\n")) == "ValueError: bad size"
+    assert describe_error(OSError("x" * 1000), limit=20) == "OSError: " + "x" * 20
+
