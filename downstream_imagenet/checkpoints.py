@@ -98,6 +98,6 @@ def load_network_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
         difference = option_difference(trained, network_options(config["model"], config), list(trained))
         if difference is None:
             raise CheckpointError(f"{path} does not fit the network this run builds "
-                                  f"({first_line(error) or type(error).__name__}...)") from error
+                                  f"({first_line(error)}...)") from error
         raise CheckpointError(f"{path} was trained with {difference[0]}, this run has {difference[1]}; "
                               "give the options it was trained with") from error

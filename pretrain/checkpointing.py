@@ -196,7 +196,7 @@ def resume_into(config: Mapping[str, Any], run_dir: Path, spark: torch.nn.Module
         spark.load_state_dict(payload["model"])
         optimizer.load_state_dict(without_frozen_parameters(payload["optimizer"], spark))
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} does not fit this model or optimizer ({first_line(error) or type(error).__name__}); "
+        raise CheckpointError(f"{path} does not fit this model or optimizer ({first_line(error)}); "
                               "resume with the options of the original run") from error
     if scaler is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])

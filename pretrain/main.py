@@ -137,7 +137,7 @@ def build_model(config: PretrainConfig, size: Tuple[int, int]) -> torch.nn.Modul
                            encoder_kwargs=encoder_kwargs or None)
     except (ValueError, TypeError, KeyError, NotImplementedError) as error:
         raise UserError(f"cannot build SparK for '{config.model}' at {size[0]}x{size[1]}: "
-                        f"{first_line(error) or type(error).__name__}") from error
+                        f"{first_line(error)}") from error
 
 
 def load_init_weight(spark: torch.nn.Module, path: str, model_name: str, allow_unsafe: bool) -> None:

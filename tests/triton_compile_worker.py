@@ -73,16 +73,17 @@ def main() -> None:
     outcomes, vector_loads, usage = {}, {}, {}
     architectures = [int(arch) for arch in sys.argv[1:]] or [90]
     for arch, name, dtype, layout in itertools.product(architectures, KERNELS, DTYPES, ("contiguous", "channels_last")):
+        build = f"sm_{arch} {name} {dtype} {layout}"
         try:
             compiled = triton.compile(source(getattr(kernels, name), dtype, layout), target=GPUTarget("cuda", arch, 32))
             outcome = "ok" if compiled.asm.get("cubin") else "no cubin"
-            vector_loads[f"sm_{arch} {name} {dtype} {layout}"] = "ld.global.v" in compiled.asm["ptx"]
-            usage[f"sm_{arch} {name} {dtype} {layout}"] = resources(compiled.asm["ptx"], arch)
+            vector_loads[build] = "ld.global.v" in compiled.asm["ptx"]
+            usage[build] = resources(compiled.asm["ptx"], arch)
         except Exception as error:  # report every failure, not only the first, by its root cause
             while error.__cause__ is not None:  # a CompilationError chains the call sites down to the cause
                 error = error.__cause__
             outcome = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-        outcomes[f"sm_{arch} {name} {dtype} {layout}"] = outcome
+        outcomes[build] = outcome
     print(json.dumps({"outcomes": outcomes, "vector_loads": vector_loads, "resources": usage}))
 
 

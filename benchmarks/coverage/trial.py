@@ -123,7 +123,7 @@ def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
     from sparkmim import build_spark
     from sparkmim.sparse.encoder import create_timm_encoder, total_stride
     from sparkmim.sparse.rules import UnsupportedLayerError
-    from sparkmim.utils.errors import UserError, first_line
+    from sparkmim.utils.errors import UserError, describe_error, first_line
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -143,8 +143,7 @@ def run_trial(name: str, size: Optional[int] = None) -> TrialResult:
     except (UserError, UnsupportedLayerError) as refusal:
         return TrialResult(name, REFUSED, first_line(refusal), time.perf_counter() - start)
     except Exception as error:  # a raw crash: exactly what the survey is there to find
-        message = (str(error).splitlines() or [""])[0][:200]
-        return TrialResult(name, CRASHES, f"{type(error).__name__}: {message}{_where(error)}",
+        return TrialResult(name, CRASHES, f"{describe_error(error, limit=200)}{_where(error)}",
                            time.perf_counter() - start)
 
 

@@ -32,7 +32,8 @@ def record_failure(result: PartResult, name: str, error: BaseException, device: 
                    passed: Optional[bool] = False) -> None:
     """``error`` as the check ``name`` (``passed`` False; None where it only shows that something does not
     apply here); raises :class:`DeviceLost` when a CUDA device stopped answering, ending the part."""
-    result.add(name, passed, describe_error(error))
+    described = describe_error(error)
+    result.add(name, passed, described)
     if device.type == "cuda" and not device_answers(device):
-        raise DeviceLost(f"the CUDA device stopped answering after '{name}' ({describe_error(error)}); the part's "
+        raise DeviceLost(f"the CUDA device stopped answering after '{name}' ({described}); the part's "
                          "remaining checks need a fresh process (the next part gets one)")

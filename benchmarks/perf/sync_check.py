@@ -113,7 +113,7 @@ def cuda_sync_debug_passes(step: Callable[[], Any]) -> Optional[str]:
     try:
         step()
     except RuntimeError as error:
-        return first_line(error) or type(error).__name__
+        return first_line(error)
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     return None

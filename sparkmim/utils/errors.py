@@ -14,16 +14,21 @@ class UserError(Exception):
     """A mistake the user can fix; the message says what to do."""
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first line of ``error``'s message, at most ``limit`` characters ("" for an empty message): enough
-    to name a failure inside a one-line error, where some messages run to pages (Triton's, CUDA's)."""
+def _message_line(error: BaseException, limit: int) -> str:
     lines = str(error).strip().splitlines()
     return lines[0][:limit] if lines else ""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters, or the error's type name when it
+    has no message: enough to name a failure inside a one-line error, where some messages run to pages
+    (Triton's, CUDA's)."""
+    return _message_line(error, limit) or type(error).__name__
+
+
 def describe_error(error: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``, or the type's name alone for an empty message."""
-    line = first_line(error, limit)
+    line = _message_line(error, limit)
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 

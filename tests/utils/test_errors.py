@@ -53,7 +53,8 @@ def test_an_error_is_described_in_one_line_even_without_a_message():
     from sparkmim.utils.errors import describe_error, first_line
 
     # str(error).splitlines()[0] would raise IndexError inside the handler that reports the error
-    assert describe_error(RuntimeError()) == "RuntimeError" and first_line(RuntimeError()) == ""
+    assert describe_error(RuntimeError()) == "RuntimeError" and first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(ValueError("bad size\n  (traceback of a library)")) == "bad size"
     assert describe_error(ValueError("bad size\n  (traceback of a library)\n")) == "ValueError: bad size"
     assert describe_error(OSError("x" * 1000), limit=20) == "OSError: " + "x" * 20
 
