@@ -15,8 +15,11 @@ from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
-from sparkmim.utils.run import AMP_CHOICES, DEPRECATED_AMP, canonical_amp
-from sparkmim.utils.values import NORM_STATS, check_channel_options, check_one_normalisation
+from sparkmim.utils.cli_options import (AMP_OPTION_CHOICES, add_batch_options, add_device_options, add_reporting_options,
+                                        add_run_folder_options, add_value_options)
+from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+from sparkmim.utils.run import canonical_amp
+from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
 from .layer_decay import GROUPINGS
 
@@ -107,10 +110,9 @@ DEFAULTS: Dict[str, Any] = FinetuneConfig.defaults()
 CHOICES = {
     "opt": ("adamw", "lamb", "sgd", "lars"),
     "loss": ("softce", "bce", "ce"),
-    "amp": AMP_CHOICES + tuple(DEPRECATED_AMP),  # "none": the old spelling of "off"
+    "amp": AMP_OPTION_CHOICES,
     "crop_mode": ("center", "squash", "border"),
     "remode": ("pixel", "rand", "const"),
-    "device": ("auto", "cuda", "cpu"),
     "layer_grouping": GROUPINGS,
 }
 
@@ -147,17 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val-dir", help="validation ImageFolder (instead of --data)")
     add("--weights", help="pre-trained encoder: sparkmim encoder-only or full pre-training checkpoint, "
                           "or a reference *_1kpretrained_timm_style.pth / *_official_style.pth file")
-    add("--output-dir", help="run folder: config, logs, metrics, checkpoints")
     add("--recipe", help="YAML file of options (keys as in the saved config.yaml)")
-    add("--resume", help="'auto' (the run folder's last checkpoint, if any) or a checkpoint path")
+    add_run_folder_options(parser)
+    add_batch_options(parser)
+    add_device_options(parser)
+    add_value_options(parser, in_chans_default="the pre-training run's, from the config.yaml beside --weights, else 3")
+    add_reporting_options(parser, log_interval_default=FinetuneConfig.log_interval)
     add("--eval-only", help="evaluate a fine-tuned checkpoint and exit", **flag)
     add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth)")
     add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
     add("--linear-probe", help="frozen backbone + BatchNorm1d(affine=False) + linear head", **flag)
     add("--allow-unsafe", help="allow full (code-executing) unpickling of trusted weight files", **flag)
-    add("--overwrite", help="train again from the start in an --output-dir that already holds a run (without "
-                            "it, such a folder is refused: continue it with --resume auto)", **flag)
-    add("--batch-size", type=int, help="global batch size")
     add("--epochs", type=int)
     add("--warmup-epochs", type=float)
     add("--opt", choices=CHOICES["opt"])
@@ -178,9 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--opt-eps", type=float)
     add("--momentum", type=float, help="momentum of sgd / lars")
     add("--clip-grad", type=float, help="global grad-norm clip (0 = off)")
-    add("--accum-steps", type=int, help="forward passes (gradient accumulation steps) per optimizer step")
-    add("--micro-batch", type=int, help="or: images per process per forward pass (accumulation = "
-                                        "--batch-size / processes / this)")
     add("--loss", choices=CHOICES["loss"], help="softce: soft-target CE; bce: binary CE; ce: plain CE")
     add("--input-size", type=int)
     add("--auto-augment", help="'trivial' (TrivialAugmentWide), a timm string such as "
@@ -192,25 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--crop-pct", type=float, help="evaluation centre-crop fraction")
     add("--crop-mode", choices=CHOICES["crop_mode"])
     add("--interpolation")
-    add("--in-chans", type=int, help="input channels; other than 3 (or --mean/--std, --norm-stats auto) reads files "
-                                     "with their own values like spark-pretrain (default: the pre-training run's, "
-                                     "from the config.yaml beside --weights, else 3)")
-    add("--mean", type=float, nargs="+", help="per-channel mean, in the data's units")
-    add("--std", type=float, nargs="+", help="per-channel std, in the data's units")
-    add("--norm-stats", choices=NORM_STATS, help="auto: the per-channel mean and std of up to 256 training files")
-    add("--amp", choices=CHOICES["amp"], help="autocast precision")
-    add("--channels-last", help="network and batches in channels_last (default: on for CUDA devices, off on CPU)",
-        **flag)
     add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
-    add("--device", choices=CHOICES["device"])
-    add("--workers", type=int, help="data-loading processes per training process")
     add("--eval-batch-size", type=int, help="evaluation batch per process (default: the training "
                                              "micro-batch; 128 with --eval-only)")
-    add("--seed", type=int)
-    add("--log-interval", type=int, help="steps between metric records")
     add("--stop-after-epoch", type=int, help="end this job after that epoch (time-limited jobs); the "
                                             "schedule still spans --epochs; continue with --resume auto")
-    add("--progress", help="progress bar on the main process", **flag)
     return parser
 
 
@@ -343,6 +328,8 @@ def validate(config: FinetuneConfig) -> None:
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if not is_device_name(str(config.device)):
+        raise ConfigError(f"--device must be {DEVICE_NAMES}, got {config.device!r}")
     check_model_name(config.model)  # before any data is read; the hint names the closest timm models
     try:  # as in pre-training
         check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))

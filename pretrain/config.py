@@ -13,8 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from sparkmim.model import settings as spark_settings
 from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
-from sparkmim.utils.run import AMP_DTYPES, DEPRECATED_AMP, canonical_amp
-from sparkmim.utils.values import NORM_STATS, check_channel_options, check_one_normalisation
+from sparkmim.utils.cli_options import (AMP_OPTION_CHOICES, add_batch_options, add_device_options, add_reporting_options,
+                                        add_run_folder_options, add_value_options)
+from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+from sparkmim.utils.run import canonical_amp
+from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,6 @@ DROP_PATH = {
 }
 BETAS_RESNET = [0.9, 0.95]
 BETAS_CONVNEXT = [0.9, 0.999]
-AMP_CHOICES = tuple(AMP_DTYPES) + tuple(DEPRECATED_AMP)  # "none": spark-finetune's old spelling
 
 
 def reads_values(config: "PretrainConfig") -> bool:
@@ -131,16 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
                         help="one size (square) or HEIGHT WIDTH; multiples of the encoder's total stride (32 for "
                              "timm CNNs)")
+    add_run_folder_options(parser)
+    add_batch_options(parser)
+    add_device_options(parser)
+    add_value_options(parser, in_chans_default="3")
+    add_reporting_options(parser, log_interval_default=PretrainConfig.log_interval)
     parser.add_argument("--mask-ratio", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="linear lr warm-up (default: the paper's 40 of 1600 epochs, i.e. 2.5%% of the run; "
                              "when only --epochs is given, the recipe's warm-up is scaled by the same factor)")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
-    parser.add_argument("--micro-batch", type=int, default=None,
-                        help="images per process per forward pass; gradients are accumulated up to --batch-size")
-    parser.add_argument("--accum-steps", type=int, default=None,
-                        help="or: forward passes per optimizer step (the micro-batch is --batch-size / processes / this)")
     parser.add_argument("--base-lr", type=float, default=None, help="lr = base_lr * batch_size / 256")
     parser.add_argument("--lr", type=float, default=None, help="peak lr, overrides --base-lr")
     parser.add_argument("--weight-decay", type=float, default=None)
@@ -150,23 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drop-path", type=float, default=None)
     parser.add_argument("--decoder-width", type=int, default=None)
     parser.add_argument("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
-    parser.add_argument("--amp", default=None, choices=AMP_CHOICES)
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep the network and batches in channels_last (default: on for CUDA devices, off on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (the first steps take minutes to compile; measured gains: "
                              "docs/benchmarks.md)")
     parser.add_argument("--norm-kernel", default=None, choices=NORM_KERNELS,
                         help="the sparse BatchNorms' training kernel: torch (any device, the default) or triton "
                              "(fused kernels, CUDA devices; see docs/benchmarks.md)")
-    parser.add_argument("--device", default=None, help="auto (cuda when available), cuda or cpu")
-    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
                         help="workers only read files; JPEGs are decoded, cropped and resized on the training "
                              "device (nvJPEG on a GPU; on a CPU device, in the training process)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--output-dir", default=None)
-    parser.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto'")
     parser.add_argument("--init-weight", default=None,
                         help="initial weights only (our checkpoints or the reference release files)")
     parser.add_argument("--allow-unsafe", "--allow-unsafe-load", dest="allow_unsafe_load", action="store_const",
@@ -174,25 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load checkpoints that need full unpickling (only for files you trust); the same flag "
                              "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
                              "removed in the next release)")
-    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
-                        help="train again from step 0 in an --output-dir that already holds a run (without it, "
-                             "such a folder is refused: continue it with --resume auto)")
     parser.add_argument("--num-vis", type=int, default=None)
-    parser.add_argument("--log-interval", type=int, default=None,
-                        help="steps between loss reads, log lines and stop checks (default 10); each read makes "
-                             "the host wait for the device, so larger keeps a GPU busier")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="tqdm progress bar on the main process (default: on)")
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                         help="TensorBoard event files in the run folder (default: on when tensorboard is installed)")
-    parser.add_argument("--in-chans", type=int, default=None,
-                        help="input channels (default 3). Other counts, --mean/--std or --norm-stats auto read the "
-                             "files with their own values: 8/16-bit grayscale PNG/TIFF, multi-band TIFF, .npy (H, W, C)")
-    parser.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean, in the data's units")
-    parser.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std, in the data's units")
-    parser.add_argument("--norm-stats", choices=NORM_STATS, default=None,
-                        help="auto: compute the per-channel mean and std once from up to 256 files (stored in "
-                             "config.yaml and the checkpoint)")
     parser.add_argument("--shuffle-buffer", type=int, default=None,
                         help="tar shards: samples each loader worker shuffles among (default 1000; 0 or 1: none)")
     parser.add_argument("--shard-index", default=None,
@@ -230,8 +208,10 @@ def validate(config: PretrainConfig) -> None:
     height, width = normalise_size(config.input_size)
     if height <= 0 or width <= 0:
         raise ConfigError(f"input size must be positive, got {height}x{width}")
-    if config.amp not in AMP_CHOICES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {config.amp!r}")
+    if config.amp not in AMP_OPTION_CHOICES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_OPTION_CHOICES)}, got {config.amp!r}")
+    if not is_device_name(str(config.device)):
+        raise ConfigError(f"--device must be {DEVICE_NAMES}, got {config.device!r}")
     for key in ("epochs", "batch_size", "log_interval", "micro_batch", "accum_steps"):
         if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")

@@ -39,6 +39,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICE_NAMES = "auto, cuda, cuda:N or cpu"
+
+
+def is_device_name(device: str) -> bool:
+    """Whether ``device`` is one of :data:`DEVICE_NAMES` (checked before any CUDA call, and by the
+    trainers' option parsers, so a misspelt device fails at once rather than after the data is read)."""
+    kind, _, index = device.partition(":")
+    return kind in ("auto", "cuda", "cpu") and (not index or (kind == "cuda" and index.isdigit()))
+
+
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Initialise the default process group when launched by torchrun; pick the device.
 
@@ -47,9 +57,9 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInf
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not is_device_name(str(device)):
+        raise DeviceError(f"--device must be {DEVICE_NAMES}, got {device!r}")
     kind, _, index = str(device).partition(":")
-    if kind not in ("auto", "cuda", "cpu") or (index and not (kind == "cuda" and index.isdigit())):
-        raise DeviceError(f"--device must be auto, cuda, cuda:N or cpu, got {device!r}")
     use_cuda = torch.cuda.is_available() if kind == "auto" else kind == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise DeviceError(f"--device {device} was asked for but no CUDA device is visible to torch "

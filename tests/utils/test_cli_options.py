@@ -1,0 +1,58 @@
+"""The options both trainers take are declared once (sparkmim.utils.cli_options) and mean the same in each."""
+import argparse
+
+import pytest
+import yaml
+
+from sparkmim.downstream_imagenet.config import build_parser as finetune_parser
+from sparkmim.downstream_imagenet.config import parse as finetune_parse
+from sparkmim.downstream_imagenet.config import resolve as finetune_resolve
+from sparkmim.pretrain.config import build_parser as pretrain_parser
+from sparkmim.pretrain.config import resolve as pretrain_resolve
+from sparkmim.utils import cli_options
+from sparkmim.utils.config import ConfigError
+
+def _actions(parser: argparse.ArgumentParser) -> dict:
+    return {option: action for action in parser._actions for option in action.option_strings}
+
+
+def _shared_options() -> dict:
+    parser = argparse.ArgumentParser(add_help=False)
+    cli_options.add_run_folder_options(parser)
+    cli_options.add_device_options(parser)
+    cli_options.add_batch_options(parser)
+    cli_options.add_reporting_options(parser, log_interval_default=1)
+    cli_options.add_value_options(parser, in_chans_default="3")
+    return _actions(parser)
+
+
+@pytest.mark.parametrize("build, log_interval", [(pretrain_parser, 10), (finetune_parser, 50)],
+                         ids=["spark-pretrain", "spark-finetune"])
+def test_each_trainer_takes_every_shared_option_as_declared_there(build, log_interval):
+    trainer = _actions(build())
+    for option, shared in _shared_options().items():
+        assert option in trainer, f"{option} missing"
+        mine = trainer[option]
+        assert (type(mine), mine.dest, mine.type, mine.nargs, mine.choices, mine.default) == \
+               (type(shared), shared.dest, shared.type, shared.nargs, shared.choices, shared.default), option
+    assert f"(default {log_interval})" in trainer["--log-interval"].help  # each trainer's own default
+
+
+def _finetune(tmp_path, *extra):
+    return finetune_resolve(finetune_parse(["--model", "resnet18", "--data", str(tmp_path), "--output-dir",
+                                            str(tmp_path / "run"), *extra]))
+
+
+def test_both_trainers_take_a_gpu_by_index_and_refuse_a_misspelt_device_before_anything_runs(tmp_path):
+    # spark-finetune's parser refused cuda:N, which spark-pretrain (and the device code of both) takes
+    assert pretrain_resolve([str(tmp_path), "--device", "cuda:1"]).device == "cuda:1"
+    assert _finetune(tmp_path, "--device", "cuda:1").device == "cuda:1"
+    recipe = tmp_path / "recipe.yaml"
+    for bad in ("gpu", "cuda:x", "cpu:0"):
+        message = f"--device must be auto, cuda, cuda:N or cpu, got '{bad}'"
+        recipe.write_text(yaml.safe_dump({"device": bad}))
+        for source in (["--device", bad], ["--recipe", str(recipe)]):
+            with pytest.raises(ConfigError, match=message):
+                pretrain_resolve([str(tmp_path), *source])
+            with pytest.raises(ConfigError, match=message):
+                _finetune(tmp_path, *source)
