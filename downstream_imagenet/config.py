@@ -138,64 +138,69 @@ def build_parser() -> argparse.ArgumentParser:
         description="ImageNet classification fine-tuning (or linear probing) of a SparK pre-trained "
                     "timm CNN, with the paper's per-model recipes and layer-wise lr decay. "
                     "Options override the recipe file, which overrides the built-in model recipe.")
-    add = parser.add_argument
     flag = dict(action=argparse.BooleanOptionalAction, default=None)
+    add = parser.add_argument_group("what to fine-tune").add_argument
     add("--model", help="timm model name, e.g. resnet50, convnext_base, efficientnet_b0; built-in recipes: "
                         + ", ".join(builtin_recipes()) + "; other models get recipes/default.yaml")
     add("--model-kwargs", type=json.loads, help="extra timm.create_model arguments as JSON, e.g. "
                                                "'{\"channels\": [32, 64, 128, 256]}' (must match the pre-trained encoder)")
+    add("--weights", help="pre-trained encoder: sparkmim encoder-only or full pre-training checkpoint, "
+                          "or a reference *_1kpretrained_timm_style.pth / *_official_style.pth file")
+    add("--allow-unsafe", help="allow full (code-executing) unpickling of trusted weight files", **flag)
+    add("--recipe", help="YAML file of options (keys as in the saved config.yaml)")
+    add("--linear-probe", help="frozen backbone + BatchNorm1d(affine=False) + linear head", **flag)
+    add = parser.add_argument_group("data").add_argument
     add("--data", help="folder with train/ and val/ class folders (ImageNet layout)")
     add("--train-dir", help="training ImageFolder (instead of --data)")
     add("--val-dir", help="validation ImageFolder (instead of --data)")
-    add("--weights", help="pre-trained encoder: sparkmim encoder-only or full pre-training checkpoint, "
-                          "or a reference *_1kpretrained_timm_style.pth / *_official_style.pth file")
-    add("--recipe", help="YAML file of options (keys as in the saved config.yaml)")
     add_run_folder_options(parser)
     add_batch_options(parser)
     add_device_options(parser)
     add_value_options(parser, in_chans_default="the pre-training run's, from the config.yaml beside --weights, else 3")
     add_reporting_options(parser, log_interval_default=FinetuneConfig.log_interval)
-    add("--eval-only", help="evaluate a fine-tuned checkpoint and exit", **flag)
-    add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth)")
-    add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
-    add("--linear-probe", help="frozen backbone + BatchNorm1d(affine=False) + linear head", **flag)
-    add("--allow-unsafe", help="allow full (code-executing) unpickling of trusted weight files", **flag)
+    add = parser.add_argument_group("schedule and optimizer").add_argument
     add("--epochs", type=int)
     add("--warmup-epochs", type=float)
+    add("--stop-after-epoch", type=int, help="end this job after that epoch (time-limited jobs); the "
+                                            "schedule still spans --epochs; continue with --resume auto")
     add("--opt", choices=CHOICES["opt"])
     add("--base-lr", type=float, help="lr = base_lr x batch_size / 256")
     add("--layer-decay", type=float, help="layer-wise lr decay (1.0 = off; ignored with --linear-probe)")
     add("--layer-grouping", help="layers for --layer-decay: auto (the paper's table for ResNet/ConvNeXt, "
                                  "else timm's stages), paper, stages or blocks (timm's group_matcher)")
     add("--weight-decay", type=float)
-    add("--mixup", type=float, help="mixup alpha (0 = off)")
-    add("--cutmix", type=float, help="cutmix alpha (0 = off)")
-    add("--mixup-prob", type=float)
-    add("--mixup-switch-prob", type=float)
-    add("--label-smoothing", type=float)
-    add("--repeated-aug", type=int, help="repeated augmentation count (0 = off)")
-    add("--drop-path", type=float)
-    add("--ema", type=float, help="EMA decay (0 = no EMA)")
     add("--opt-betas", type=float, nargs=2)
     add("--opt-eps", type=float)
     add("--momentum", type=float, help="momentum of sgd / lars")
     add("--clip-grad", type=float, help="global grad-norm clip (0 = off)")
+    add = parser.add_argument_group("loss and regularisation").add_argument
     add("--loss", choices=CHOICES["loss"], help="softce: soft-target CE; bce: binary CE; ce: plain CE")
+    add("--label-smoothing", type=float)
+    add("--drop-path", type=float)
+    add("--ema", type=float, help="EMA decay (0 = no EMA)")
+    add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
+    add = parser.add_argument_group("augmentation").add_argument
     add("--input-size", type=int)
+    add("--train-scale", type=float, nargs=2, help="RandomResizedCrop scale range")
+    add("--interpolation")
     add("--auto-augment", help="'trivial' (TrivialAugmentWide), a timm string such as "
                                "'rand-m9-mstd0.5-inc1' (RandAugment) or 'v0', or 'none'")
     add("--color-jitter", type=float, help="colour jitter strength when auto-augment is off (0 = off)")
     add("--reprob", type=float, help="random erasing probability")
     add("--remode", choices=CHOICES["remode"])
-    add("--train-scale", type=float, nargs=2, help="RandomResizedCrop scale range")
-    add("--crop-pct", type=float, help="evaluation centre-crop fraction")
-    add("--crop-mode", choices=CHOICES["crop_mode"])
-    add("--interpolation")
-    add("--sync-bn", help="SyncBatchNorm under multi-GPU torchrun", **flag)
+    add("--mixup", type=float, help="mixup alpha (0 = off)")
+    add("--cutmix", type=float, help="cutmix alpha (0 = off)")
+    add("--mixup-prob", type=float)
+    add("--mixup-switch-prob", type=float)
+    add("--repeated-aug", type=int, help="repeated augmentation count (0 = off)")
+    add = parser.add_argument_group("evaluation").add_argument
+    add("--eval-only", help="evaluate a fine-tuned checkpoint and exit", **flag)
+    add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth)")
+    add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
     add("--eval-batch-size", type=int, help="evaluation batch per process (default: the training "
                                              "micro-batch; 128 with --eval-only)")
-    add("--stop-after-epoch", type=int, help="end this job after that epoch (time-limited jobs); the "
-                                            "schedule still spans --epochs; continue with --resume auto")
+    add("--crop-pct", type=float, help="evaluation centre-crop fraction")
+    add("--crop-mode", choices=CHOICES["crop_mode"])
     return parser
 
 

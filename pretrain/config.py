@@ -120,63 +120,70 @@ def build_parser() -> argparse.ArgumentParser:
         description="SparK masked-modeling pre-training of a timm CNN. Without a data argument, a small "
                     "CNN is pre-trained on a generated demo set. Precedence: paper defaults < --recipe "
                     "< command-line options.")
-    parser.add_argument("data_positional", nargs="?", metavar="DATA", default=None,
-                        help="image folder (searched recursively, labels ignored), a text file of paths, or tar "
-                             "shards: 'shards/train-{000000..000127}.tar' (local, URL or pipe:) or a folder "
-                             "with the shards.json of spark-data pack")
-    parser.add_argument("--data", default=None, help="same as the positional DATA")
-    parser.add_argument("--recipe", default=None,
-                        help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")
-    parser.add_argument("--model", default=None,
-                        help="timm model name (e.g. resnet50, convnext_base) or package.module:factory of a custom "
-                             "CNN with timm's feature API (e.g. sparkmim.models:small_resnet)")
-    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
-                        help="one size (square) or HEIGHT WIDTH; multiples of the encoder's total stride (32 for "
-                             "timm CNNs)")
+    add = parser.add_argument_group("data").add_argument
+    add("data_positional", nargs="?", metavar="DATA", default=None,
+        help="image folder (searched recursively, labels ignored), a text file of paths, or tar "
+             "shards: 'shards/train-{000000..000127}.tar' (local, URL or pipe:) or a folder "
+             "with the shards.json of spark-data pack")
+    add("--data", default=None, help="same as the positional DATA")
+    add("--shuffle-buffer", type=int, default=None,
+        help="tar shards: samples each loader worker shuffles among (default 1000; 0 or 1: none)")
+    add("--shard-index", default=None,
+        help="tar shards: their shards.json (path or URL) when it is not beside them")
+    add("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
+        help="workers only read files; JPEGs are decoded, cropped and resized on the training "
+             "device (nvJPEG on a GPU; on a CPU device, in the training process)")
+    add("--demo-images", type=int, default=None, help="without data: the generated demo set's size (default 1024)")
+    add("--demo-image-size", type=int, default=None, help="without data: its images' side in pixels (default 128)")
+    add = parser.add_argument_group("model and masking").add_argument
+    add("--recipe", default=None,
+        help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")
+    add("--model", default=None,
+        help="timm model name (e.g. resnet50, convnext_base) or package.module:factory of a custom "
+             "CNN with timm's feature API (e.g. sparkmim.models:small_resnet)")
+    add("--input-size", type=int, nargs="+", default=None, metavar="PX",
+        help="one size (square) or HEIGHT WIDTH; multiples of the encoder's total stride (32 for "
+             "timm CNNs)")
+    add("--mask-ratio", type=float, default=None, help="share of the input's patches hidden (default 0.6)")
+    add("--decoder-width", type=int, default=None, help="the decoder's channels at its coarsest scale, halved by each upsampling stage "
+             "(default 768)")
+    add("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
+    add("--drop-path", type=float, default=None)
+    add("--init-weight", default=None,
+        help="initial weights only (our checkpoints or the reference release files)")
+    add("--allow-unsafe", "--allow-unsafe-load", dest="allow_unsafe_load", action="store_const",
+        const=True, default=None,
+        help="load checkpoints that need full unpickling (only for files you trust); the same flag "
+             "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
+             "removed in the next release)")
     add_run_folder_options(parser)
     add_batch_options(parser)
     add_device_options(parser)
     add_value_options(parser, in_chans_default="3")
     add_reporting_options(parser, log_interval_default=PretrainConfig.log_interval)
-    parser.add_argument("--mask-ratio", type=float, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--warmup-epochs", type=float, default=None,
-                        help="linear lr warm-up (default: the paper's 40 of 1600 epochs, i.e. 2.5%% of the run; "
-                             "when only --epochs is given, the recipe's warm-up is scaled by the same factor)")
-    parser.add_argument("--base-lr", type=float, default=None, help="lr = base_lr * batch_size / 256")
-    parser.add_argument("--lr", type=float, default=None, help="peak lr, overrides --base-lr")
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--weight-decay-end", type=float, default=None)
-    parser.add_argument("--betas", type=float, nargs=2, default=None)
-    parser.add_argument("--clip-grad", type=float, default=None)
-    parser.add_argument("--drop-path", type=float, default=None)
-    parser.add_argument("--decoder-width", type=int, default=None)
-    parser.add_argument("--densify-norm", default=None, help="auto (BN for BatchNorm CNNs, LN for ConvNeXt) or a norm name the core accepts")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the model (the first steps take minutes to compile; measured gains: "
-                             "docs/benchmarks.md)")
-    parser.add_argument("--norm-kernel", default=None, choices=NORM_KERNELS,
-                        help="the sparse BatchNorms' training kernel: torch (any device, the default) or triton "
-                             "(fused kernels, CUDA devices; see docs/benchmarks.md)")
-    parser.add_argument("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
-                        help="workers only read files; JPEGs are decoded, cropped and resized on the training "
-                             "device (nvJPEG on a GPU; on a CPU device, in the training process)")
-    parser.add_argument("--init-weight", default=None,
-                        help="initial weights only (our checkpoints or the reference release files)")
-    parser.add_argument("--allow-unsafe", "--allow-unsafe-load", dest="allow_unsafe_load", action="store_const",
-                        const=True, default=None,
-                        help="load checkpoints that need full unpickling (only for files you trust); the same flag "
-                             "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
-                             "removed in the next release)")
-    parser.add_argument("--num-vis", type=int, default=None)
-    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
-                        help="TensorBoard event files in the run folder (default: on when tensorboard is installed)")
-    parser.add_argument("--shuffle-buffer", type=int, default=None,
-                        help="tar shards: samples each loader worker shuffles among (default 1000; 0 or 1: none)")
-    parser.add_argument("--shard-index", default=None,
-                        help="tar shards: their shards.json (path or URL) when it is not beside them")
-    parser.add_argument("--demo-images", type=int, default=None)
-    parser.add_argument("--demo-image-size", type=int, default=None)
+    add = parser.add_argument_group("speed").add_argument
+    add("--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the model (the first steps take minutes to compile; measured gains: "
+             "docs/benchmarks.md)")
+    add("--norm-kernel", default=None, choices=NORM_KERNELS,
+        help="the sparse BatchNorms' training kernel: torch (any device, the default) or triton "
+             "(fused kernels, CUDA devices; see docs/benchmarks.md)")
+    add = parser.add_argument_group("schedule and optimizer").add_argument
+    add("--epochs", type=int, default=None)
+    add("--warmup-epochs", type=float, default=None,
+        help="linear lr warm-up (default: the paper's 40 of 1600 epochs, i.e. 2.5%% of the run; "
+             "when only --epochs is given, the recipe's warm-up is scaled by the same factor)")
+    add("--base-lr", type=float, default=None, help="lr = base_lr * batch_size / 256")
+    add("--lr", type=float, default=None, help="peak lr, overrides --base-lr")
+    add("--weight-decay", type=float, default=None)
+    add("--weight-decay-end", type=float, default=None)
+    add("--betas", type=float, nargs=2, default=None)
+    add("--clip-grad", type=float, default=None)
+    add = parser.add_argument_group("outputs").add_argument
+    add("--num-vis", type=int, default=None,
+        help="images in reconstruction.png (default 4; 0: no picture)")
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+        help="TensorBoard event files in the run folder (default: on when tensorboard is installed)")
     return parser
 
 
