@@ -151,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--drop-path", type=float, default=None)
     add("--init-weight", default=None,
         help="initial weights only (our checkpoints or the reference release files)")
-    add("--allow-unsafe", "--allow-unsafe-load", dest="allow_unsafe_load", action="store_const",
-        const=True, default=None,
+    add("--allow-unsafe", dest="allow_unsafe_load", action=argparse.BooleanOptionalAction, default=None,
         help="load checkpoints that need full unpickling (only for files you trust); the same flag "
-             "as spark-finetune's and spark-convert's (--allow-unsafe-load: the old spelling, "
-             "removed in the next release)")
+             "as spark-finetune's and spark-convert's")
+    add("--allow-unsafe-load", dest="allow_unsafe_load", action="store_const", const=True, default=None,
+        help=argparse.SUPPRESS)  # the old spelling, removed in the next release (a warning says so)
     add_run_folder_options(parser)
     add_batch_options(parser)
     add_device_options(parser)

@@ -322,11 +322,12 @@ def test_every_on_off_option_can_undo_what_a_recipe_turns_on(tmp_path):
     """As in spark-finetune, each switch has its --no- form: the command line wins over the recipe."""
     from sparkmim.pretrain.config import resolve
     recipe = tmp_path / "recipe.yaml"
-    switches = {"compile": True, "decode_on_device": True, "overwrite": True, "progress": False, "tensorboard": False}
+    switches = {"compile": True, "decode_on_device": True, "overwrite": True, "progress": False, "tensorboard": False,
+                "allow_unsafe_load": True}
     recipe.write_text(yaml.safe_dump(switches))
     assert {key: resolve([str(tmp_path), "--recipe", str(recipe)])[key] for key in switches} == switches
     flipped = resolve([str(tmp_path), "--recipe", str(recipe), "--no-compile", "--no-decode-on-device",
-                       "--no-overwrite", "--progress", "--tensorboard"])
+                       "--no-overwrite", "--progress", "--tensorboard", "--no-allow-unsafe"])
     assert {key: flipped[key] for key in switches} == {key: not value for key, value in switches.items()}
 
 
