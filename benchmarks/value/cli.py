@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fashion-mnist (default; the dataset-fashion-mnist package), a folder of the four IDX "
                              "files, or a folder with train/<class>/ and test/<class>/ (or val/<class>/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/value_<preset>)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cuda, cuda:N or cpu")
     parser.add_argument("--model", default=None, help="override the encoder (timm name or package.module:factory)")
     parser.add_argument("--input-size", type=int, default=None)
     parser.add_argument("--pretrain-epochs", type=int, default=None)

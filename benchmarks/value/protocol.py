@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+
 from .data import LabelledData, load_dataset, pretraining_list, resize_uint8
 from .evaluators import extract_features, knn_accuracy, linear_probe
 from .finetune import evaluate, finetune
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``--device`` as the trainers read it (auto, cuda, cuda:N or cpu); the pre-training it launches gets the
+    same device, GPU index included, as the evaluations in this process."""
+    if not is_device_name(name):
+        raise ValueError(f"--device must be {DEVICE_NAMES}, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -44,15 +50,20 @@ def describe_machine(device: torch.device) -> str:
             f"{platform.system()} (torch {torch.__version__})")
 
 
+def pretraining_command(preset: Preset, listing: Path, run_dir: Path, device: torch.device) -> List[str]:
+    """``python -m sparkmim.pretrain`` with the preset's budget, on ``device`` (its GPU index included)."""
+    return [sys.executable, "-m", "sparkmim.pretrain", str(listing), "--model", preset.model,
+            "--input-size", str(preset.input_size), "--epochs", str(preset.pretrain_epochs),
+            "--batch-size", str(preset.pretrain_batch), "--lr", str(preset.pretrain_lr),
+            "--warmup-epochs", str(preset.pretrain_warmup_epochs), "--decoder-width", str(preset.decoder_width),
+            "--mask-ratio", str(preset.mask_ratio), "--workers", str(preset.pretrain_workers),
+            "--amp", preset.amp, "--device", str(device), "--seed", "0", "--output-dir", str(run_dir),
+            "--resume", "auto", "--no-progress", "--no-tensorboard", "--num-vis", "8"]
+
+
 def run_pretraining(preset: Preset, listing: Path, run_dir: Path, device: torch.device) -> Path:
-    """``python -m sparkmim.pretrain`` with the preset's budget; resumes (or skips) a finished run in place."""
-    command = [sys.executable, "-m", "sparkmim.pretrain", str(listing), "--model", preset.model,
-               "--input-size", str(preset.input_size), "--epochs", str(preset.pretrain_epochs),
-               "--batch-size", str(preset.pretrain_batch), "--lr", str(preset.pretrain_lr),
-               "--warmup-epochs", str(preset.pretrain_warmup_epochs), "--decoder-width", str(preset.decoder_width),
-               "--mask-ratio", str(preset.mask_ratio), "--workers", str(preset.pretrain_workers),
-               "--amp", preset.amp, "--device", device.type, "--seed", "0", "--output-dir", str(run_dir),
-               "--resume", "auto", "--no-progress", "--no-tensorboard", "--num-vis", "8"]
+    """The pre-training of :func:`pretraining_command`; resumes (or skips) a finished run in place."""
+    command = pretraining_command(preset, listing, run_dir, device)
     logger.info("pre-training: %s", " ".join(command))
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:

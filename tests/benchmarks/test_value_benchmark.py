@@ -70,6 +70,17 @@ def test_bad_data_is_one_actionable_line(tmp_path, capsys):
     assert len(err) == 1 and "train/<class>/" in err[0]
 
 
+def test_the_pretraining_runs_on_the_evaluations_device_gpu_index_included(tmp_path, capsys):
+    from sparkmim.benchmarks.value.presets import get_preset
+    from sparkmim.benchmarks.value.protocol import pretraining_command
+
+    command = pretraining_command(get_preset("smoke"), tmp_path / "list.txt", tmp_path / "run", torch.device("cuda", 1))
+    assert command[command.index("--device") + 1] == "cuda:1"  # was "cuda": GPU 0, while the evaluations used GPU 1
+    assert value_main(["--smoke", "--device", "gpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device must be auto, cuda, cuda:N or cpu, got 'gpu'" in err[0]
+
+
 def _labels(per_class=(100, 80, 60)) -> torch.Tensor:
     return torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])[torch.randperm(sum(per_class))]
 
