@@ -42,7 +42,18 @@ class NaiveMask:
         return self.expanded(height, width).squeeze(1).nonzero(as_tuple=True)
 
 
-class NaiveConv2d(nn.Conv2d):
+class _MaskedOutput:
+    """The reference's way of keeping masked positions at zero after a dense layer: its output times the
+    mask, expanded afresh. Comes first in the bases, before the dense layer it wraps."""
+
+    mask: NaiveMask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)  # type: ignore[misc]  # the dense layer's forward, next in the MRO
+        return out * self.mask.expanded(out.shape[2], out.shape[3])
+
+
+class NaiveConv2d(_MaskedOutput, nn.Conv2d):
     """Dense convolution, then the output multiplied by the freshly expanded mask."""
 
     def __init__(self, dense: nn.Conv2d, mask: NaiveMask) -> None:
@@ -51,31 +62,19 @@ class NaiveConv2d(nn.Conv2d):
                          bias=dense.bias is not None, padding_mode=dense.padding_mode)
         self.mask = mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out * self.mask.expanded(out.shape[2], out.shape[3])
 
-
-class NaiveMaxPool2d(nn.MaxPool2d):
+class NaiveMaxPool2d(_MaskedOutput, nn.MaxPool2d):
     def __init__(self, dense: nn.MaxPool2d, mask: NaiveMask) -> None:
         super().__init__(dense.kernel_size, dense.stride, dense.padding, dense.dilation,
                          return_indices=dense.return_indices, ceil_mode=dense.ceil_mode)
         self.mask = mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out * self.mask.expanded(out.shape[2], out.shape[3])
 
-
-class NaiveAvgPool2d(nn.AvgPool2d):
+class NaiveAvgPool2d(_MaskedOutput, nn.AvgPool2d):
     def __init__(self, dense: nn.AvgPool2d, mask: NaiveMask) -> None:
         super().__init__(dense.kernel_size, dense.stride, dense.padding, ceil_mode=dense.ceil_mode,
                          count_include_pad=dense.count_include_pad, divisor_override=dense.divisor_override)
         self.mask = mask
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out * self.mask.expanded(out.shape[2], out.shape[3])
 
 
 class NaiveBatchNorm(nn.BatchNorm1d):
