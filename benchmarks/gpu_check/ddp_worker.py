@@ -41,7 +41,10 @@ def main() -> int:
     device_name, out, quick = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "quick"
     cuda = device_name.startswith("cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    # the GPU asked for (cuda:N) when this is the only process, as spark-pretrain takes it; else the local rank's
+    index = device_name.partition(":")[2]
+    gpu = int(index) if index and int(os.environ.get("WORLD_SIZE", "1")) == 1 else local_rank
+    device = torch.device("cuda", gpu) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if cuda else "gloo")

@@ -22,6 +22,7 @@ launches directly.
 Runs on CUDA devices; with ``TRITON_INTERPRET=1`` set before this module is imported, Triton's
 interpreter runs the same kernels on CPU tensors (how the tests check them on machines without a GPU).
 """
+import contextlib
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -196,10 +197,15 @@ def _rows(x: torch.Tensor) -> int:
 
 
 def _launch(kernel: Any, x: torch.Tensor, *args: Any) -> None:
-    """Run ``kernel`` over ``x``'s tiles with ``args``, then the positions, channels and compile-time constants."""
+    """Run ``kernel`` over ``x``'s tiles with ``args``, then the positions, channels and compile-time constants.
+
+    On ``x``'s own GPU: Triton launches on the current CUDA device and its stream, not on the device of the
+    tensors it is given (PyTorch's ops switch per call), so a model on cuda:1 while GPU 0 is current would
+    have its kernels run on GPU 0, unordered with GPU 1's stream."""
     grid, block_l, block_c = _grid(x)
-    kernel[grid](*args, x.shape[2] * x.shape[3], x.shape[1], BLOCK_L=block_l, BLOCK_C=block_c,
-                 WIDE=_accumulation_dtype(x) == torch.float64)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[grid](*args, x.shape[2] * x.shape[3], x.shape[1], BLOCK_L=block_l, BLOCK_C=block_c,
+                     WIDE=_accumulation_dtype(x) == torch.float64)
 
 
 def _tile_statistics_outputs(x: torch.Tensor, *unused: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
