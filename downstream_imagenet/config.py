@@ -15,8 +15,7 @@ from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
-from sparkmim.utils.cli_options import (AMP_OPTION_CHOICES, add_batch_options, add_device_options, add_reporting_options,
-                                        add_run_folder_options, add_value_options)
+from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
 from sparkmim.utils.run import canonical_amp
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
@@ -153,11 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", help="folder with train/ and val/ class folders (ImageNet layout)")
     add("--train-dir", help="training ImageFolder (instead of --data)")
     add("--val-dir", help="validation ImageFolder (instead of --data)")
-    add_run_folder_options(parser)
-    add_batch_options(parser)
-    add_device_options(parser)
-    add_value_options(parser, in_chans_default="the pre-training run's, from the config.yaml beside --weights, else 3")
-    add_reporting_options(parser, log_interval_default=FinetuneConfig.log_interval)
+    add_shared_options(parser, log_interval_default=FinetuneConfig.log_interval,
+                       in_chans_default="the pre-training run's, from the config.yaml beside --weights, else 3")
     add = parser.add_argument_group("schedule and optimizer").add_argument
     add("--epochs", type=int)
     add("--warmup-epochs", type=float)

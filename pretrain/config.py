@@ -13,8 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from sparkmim.model import settings as spark_settings
 from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
-from sparkmim.utils.cli_options import (AMP_OPTION_CHOICES, add_batch_options, add_device_options, add_reporting_options,
-                                        add_run_folder_options, add_value_options)
+from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
 from sparkmim.utils.run import canonical_amp
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
@@ -156,11 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
              "as spark-finetune's and spark-convert's")
     add("--allow-unsafe-load", dest="allow_unsafe_load", action="store_const", const=True, default=None,
         help=argparse.SUPPRESS)  # the old spelling, removed in the next release (a warning says so)
-    add_run_folder_options(parser)
-    add_batch_options(parser)
-    add_device_options(parser)
-    add_value_options(parser, in_chans_default="3")
-    add_reporting_options(parser, log_interval_default=PretrainConfig.log_interval)
+    add_shared_options(parser, log_interval_default=PretrainConfig.log_interval,
+                       in_chans_default="3")
     add = parser.add_argument_group("speed").add_argument
     add("--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile the model (the first steps take minutes to compile; measured gains: "

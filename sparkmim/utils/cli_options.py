@@ -69,3 +69,12 @@ def add_value_options(parser: argparse.ArgumentParser, in_chans_default: str) ->
     add("--norm-stats", choices=NORM_STATS, default=None,
         help="auto: the per-channel mean and std of up to 256 training files, computed once (stored in "
              "config.yaml and the checkpoint)")
+
+
+def add_shared_options(parser: argparse.ArgumentParser, log_interval_default: int, in_chans_default: str) -> None:
+    """Every option both trainers take, one group after another; each trainer names its own defaults."""
+    add_run_folder_options(parser)
+    add_batch_options(parser)
+    add_device_options(parser)
+    add_value_options(parser, in_chans_default)
+    add_reporting_options(parser, log_interval_default)

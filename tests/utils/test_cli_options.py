@@ -18,11 +18,7 @@ def _actions(parser: argparse.ArgumentParser) -> dict:
 
 def _shared_options() -> dict:
     parser = argparse.ArgumentParser(add_help=False)
-    cli_options.add_run_folder_options(parser)
-    cli_options.add_device_options(parser)
-    cli_options.add_batch_options(parser)
-    cli_options.add_reporting_options(parser, log_interval_default=1)
-    cli_options.add_value_options(parser, in_chans_default="3")
+    cli_options.add_shared_options(parser, log_interval_default=1, in_chans_default="3")
     return _actions(parser)
 
 
