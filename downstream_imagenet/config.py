@@ -16,7 +16,7 @@ from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
-from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+from sparkmim.utils.distributed import check_device_name
 from sparkmim.utils.run import canonical_amp
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
@@ -329,8 +329,7 @@ def validate(config: FinetuneConfig) -> None:
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
-    if not is_device_name(str(config.device)):
-        raise ConfigError(f"--device must be {DEVICE_NAMES}, got {config.device!r}")
+    check_device_name(config.device, ConfigError)
     check_model_name(config.model)  # before any data is read; the hint names the closest timm models
     try:  # as in pre-training
         check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))

@@ -14,7 +14,7 @@ from sparkmim.model import settings as spark_settings
 from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
-from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+from sparkmim.utils.distributed import check_device_name
 from sparkmim.utils.run import canonical_amp
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
@@ -213,8 +213,7 @@ def validate(config: PretrainConfig) -> None:
         raise ConfigError(f"input size must be positive, got {height}x{width}")
     if config.amp not in AMP_OPTION_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_OPTION_CHOICES)}, got {config.amp!r}")
-    if not is_device_name(str(config.device)):
-        raise ConfigError(f"--device must be {DEVICE_NAMES}, got {config.device!r}")
+    check_device_name(config.device, ConfigError)
     for key in ("epochs", "batch_size", "log_interval", "micro_batch", "accum_steps"):
         if config[key] is not None and config[key] <= 0:
             raise ConfigError(f"{key} must be positive, got {config[key]}")

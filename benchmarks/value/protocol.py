@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from sparkmim.utils.distributed import DEVICE_NAMES, is_device_name
+from sparkmim.utils.distributed import check_device_name
 
 from .data import LabelledData, load_dataset, pretraining_list, resize_uint8
 from .evaluators import extract_features, knn_accuracy, linear_probe
@@ -36,8 +36,7 @@ logger = logging.getLogger(__name__)
 def resolve_device(name: str) -> torch.device:
     """``--device`` as the trainers read it (auto, cuda, cuda:N or cpu); the pre-training it launches gets the
     same device, GPU index included, as the evaluations in this process."""
-    if not is_device_name(name):
-        raise ValueError(f"--device must be {DEVICE_NAMES}, got {name!r}")
+    check_device_name(name, ValueError)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -6,7 +6,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, TypeVar
+from typing import Any, Callable, List, Type, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,13 @@ def is_device_name(device: str) -> bool:
     return kind in ("auto", "cuda", "cpu") and (not index or (kind == "cuda" and index.isdigit()))
 
 
+def check_device_name(device: object, error: Type[Exception]) -> None:
+    """Raise ``error`` (the caller's own kind: a config error in the trainers' option checks, a device
+    error at process-group setup) with the one-line message every command gives for a misspelt device."""
+    if not is_device_name(str(device)):
+        raise error(f"--device must be {DEVICE_NAMES}, got {str(device)!r}")
+
+
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Initialise the default process group when launched by torchrun; pick the device.
 
@@ -57,8 +64,7 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInf
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not is_device_name(str(device)):
-        raise DeviceError(f"--device must be {DEVICE_NAMES}, got {device!r}")
+    check_device_name(device, DeviceError)
     kind, _, index = str(device).partition(":")
     use_cuda = torch.cuda.is_available() if kind == "auto" else kind == "cuda"
     if use_cuda and not torch.cuda.is_available():
