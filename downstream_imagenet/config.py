@@ -17,7 +17,7 @@ from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import check_device_name
-from sparkmim.utils.run import canonical_amp
+from sparkmim.utils.run import canonical_amp, check_workers
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
 from .layer_decay import GROUPINGS
@@ -94,7 +94,7 @@ class FinetuneConfig(TypedConfig):
     channels_last: Optional[bool] = None  # None = on for CUDA devices, off on CPU (measured: docs/benchmarks.md)
     sync_bn: bool = True
     device: str = "auto"
-    workers: int = 8
+    workers: Optional[int] = None      # None = sparkmim.utils.run.loader_workers' default (cores per process, <= 8)
     eval_batch_size: Optional[int] = None
     seed: int = 0
     log_interval: int = 50
@@ -330,6 +330,7 @@ def validate(config: FinetuneConfig) -> None:
         if config[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
     check_device_name(config.device, ConfigError)
+    check_workers(config.workers)
     check_model_name(config.model)  # before any data is read; the hint names the closest timm models
     try:  # as in pre-training
         check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))

@@ -21,6 +21,7 @@ from sparkmim.utils.images import (ARRAY_EXTENSIONS, IMAGE_EXTENSIONS, Unreadabl
                                    load_rgb, no_images_hint)
 from sparkmim.utils.config import ConfigError
 from sparkmim.utils.distributed import computed_on_main
+from sparkmim.utils.run import loader_workers
 from sparkmim.utils.values import estimate_norm_stats, load_values, saved_norm_stats
 from sparkmim.utils.errors import UserError
 from sparkmim.utils.signals import ignore_interrupt_in_worker
@@ -288,14 +289,15 @@ def train_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_
     if len(sampler) < batch_per_process:
         raise DataError(f"the batch per process ({batch_per_process}) is larger than the training "
                         f"images per process ({len(sampler)}); lower --batch-size")
+    workers = loader_workers(config.workers)
     return DataLoader(dataset, batch_size=batch_per_process, sampler=sampler, drop_last=True,
-                      num_workers=config.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=config.workers > 0, collate_fn=collate_skipping,
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, collate_fn=collate_skipping,
                       worker_init_fn=ignore_interrupt_in_worker)
 
 
 def eval_loader(dataset: ImageFolderDataset, config: FinetuneConfig, batch_per_process: int,
                 rank: int, world_size: int, device: torch.device) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_per_process, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=config.workers, pin_memory=device.type == "cuda",
+                      num_workers=loader_workers(config.workers), pin_memory=device.type == "cuda",
                       collate_fn=collate_skipping, worker_init_fn=ignore_interrupt_in_worker)

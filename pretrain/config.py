@@ -15,7 +15,7 @@ from sparkmim.sparse.norms import NORM_KERNELS
 from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import check_device_name
-from sparkmim.utils.run import canonical_amp
+from sparkmim.utils.run import canonical_amp, check_workers
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class PretrainConfig(TypedConfig):
     compile: bool = False
     norm_kernel: str = "torch"              # the sparse BatchNorms' training kernel: torch | triton (fused, CUDA)
     device: str = "auto"
-    workers: Optional[int] = None           # data-loading processes; None = min(8, cpu count)
+    workers: Optional[int] = None           # data-loading processes; None = sparkmim.utils.run.loader_workers' default
     decode_on_device: bool = False          # decode JPEGs (and crop/resize) on the training device (nvJPEG on a GPU)
     seed: int = 0
     output_dir: Optional[str] = None        # None = runs/spark_<model>
@@ -219,8 +219,7 @@ def validate(config: PretrainConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config.shuffle_buffer < 0:
         raise ConfigError(f"shuffle_buffer must be 0 or more, got {config.shuffle_buffer}")
-    if config.workers is not None and config.workers < 0:
-        raise ConfigError(f"--workers must be 0 (load in the training process) or more, got {config.workers}")
+    check_workers(config.workers)
     if config.decoder_width <= 0:
         raise ConfigError(f"--decoder-width must be positive, got {config.decoder_width}")
     if config.betas is not None and not (len(config.betas) == 2 and all(0 <= b < 1 for b in config.betas)):

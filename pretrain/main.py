@@ -26,7 +26,7 @@ from sparkmim.utils.metrics import MetricsLogger
 from sparkmim.utils.pictures import plot_loss_curve, plot_reconstructions, reconstruct
 from sparkmim.utils.shards import ShardSet, is_shard_source, resolve_shards
 from sparkmim.utils.values import decode_values, estimate_norm_stats, norm_stats_of, saved_norm_stats
-from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, seed_everything, wrap_ddp
+from sparkmim.utils.run import amp_dtype, batch_layout, grad_scaler, loader_workers, seed_everything, wrap_ddp
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.run_folder import RunFolderLock, claim_run_folder, is_main_process
 from sparkmim.utils.schedule import Schedule
@@ -76,17 +76,12 @@ def resolve_data(config: PretrainConfig, dist_info: DistInfo) -> Tuple[TrainingD
     arrays = reads_values(config)
     if is_shard_source(source):
         shards = resolve_shards(source, config.shard_index)
-        check_stream_count(shards, dist_info.world_size, loader_workers(config))
+        check_stream_count(shards, dist_info.world_size, loader_workers(config.workers))
         first_shard_readable(shards, int(config.in_chans) if arrays else None)
         return shards, source
     paths = list_images(source, arrays=arrays)
     first_readable(paths, int(config.in_chans) if arrays else None)
     return paths, source
-
-
-def loader_workers(config: PretrainConfig) -> int:
-    """--workers, or min(8, CPU count)."""
-    return int(config.workers) if config.workers is not None else min(8, os.cpu_count() or 1)
 
 
 def sample_count(data: TrainingData) -> int:
@@ -397,7 +392,7 @@ def train_and_report(config: PretrainConfig, run_dir: Path, dist_info: DistInfo,
     if start_step >= schedule.total_steps:
         logger.info("nothing to do: the checkpoint is at step %d of %d", start_step, schedule.total_steps)
     sampler.start_step = start_step
-    workers = loader_workers(config)
+    workers = loader_workers(config.workers)
     if isinstance(data, ShardSet):
         streams = StreamLayout(sampler.steps_per_epoch, sampler.accumulation, sampler.micro_batch, sampler.rank,
                                dist_info.world_size, max(1, workers), start_step)

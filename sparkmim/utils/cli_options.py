@@ -35,7 +35,8 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
         help="autocast precision (off: float32; fp16 adds a gradient scaler)")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None,
         help="network and batches in channels_last (default: on for CUDA devices, off on CPU)")
-    add("--workers", type=int, default=None, help="data-loading processes per training process")
+    add("--workers", type=int, default=None, help="data-loading processes per training process (0: load in the training "
+        "process; default: the cores this process may use / the training processes on the node, 1 to 8)")
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:

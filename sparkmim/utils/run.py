@@ -8,6 +8,7 @@ or ``--accum-steps`` (forward passes per optimizer step): both trainers take bot
 import contextlib
 import inspect
 import logging
+import os
 import random
 from dataclasses import dataclass
 from typing import ContextManager, Dict, Optional
@@ -77,6 +78,26 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, local_rank: int) -> t
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                else {"broadcast_buffers": False})
     return ddp(model, device_ids=device_ids, **no_sync)
+
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def check_workers(workers: Optional[int]) -> None:
+    """``--workers`` is a count of loader processes, or None for :func:`loader_workers`' default."""
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be 0 (load in the training process) or more, got {workers}")
+
+
+def loader_workers(workers: Optional[int]) -> int:
+    """``--workers``, or by default the CPUs this process may use (its affinity, which a scheduler's cgroup or
+    ``taskset`` narrows) shared among the training processes of the node, at most 8 and at least 1: more
+    loader processes than cores only slow every one of them down (and torch's DataLoader warns)."""
+    if workers is not None:
+        return int(workers)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable // processes_on_node))
 
 
 def seed_everything(seed: int) -> None:

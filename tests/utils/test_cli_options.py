@@ -1,5 +1,6 @@
 """The options both trainers take are declared once (sparkmim.utils.cli_options) and mean the same in each."""
 import argparse
+import os
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from sparkmim.pretrain.config import build_parser as pretrain_parser
 from sparkmim.pretrain.config import resolve as pretrain_resolve
 from sparkmim.utils import cli_options
 from sparkmim.utils.config import ConfigError
+from sparkmim.utils.run import loader_workers
 
 def _actions(parser: argparse.ArgumentParser) -> dict:
     return {option: action for action in parser._actions for option in action.option_strings}
@@ -52,3 +54,23 @@ def test_both_trainers_take_a_gpu_by_index_and_refuse_a_misspelt_device_before_a
                 pretrain_resolve([str(tmp_path), *source])
             with pytest.raises(ConfigError, match=message):
                 _finetune(tmp_path, *source)
+
+
+def test_both_trainers_refuse_a_negative_worker_count_in_one_line(tmp_path):
+    # spark-finetune passed it on to the DataLoader, whose ValueError ended the job with a traceback
+    message = r"--workers must be 0 \(load in the training process\) or more, got -1"
+    with pytest.raises(ConfigError, match=message):
+        pretrain_resolve([str(tmp_path), "--workers", "-1"])
+    with pytest.raises(ConfigError, match=message):
+        _finetune(tmp_path, "--workers", "-1")
+    assert _finetune(tmp_path).workers is None  # the default is computed where the loader is built
+
+
+def test_the_default_worker_count_shares_this_process_cores_among_the_node_processes(monkeypatch):
+    # spark-finetune started 8 workers on any machine (torch warns beyond the usable cores)
+    usable = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(None) == max(1, min(8, usable))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * usable))  # more processes than cores: one worker each
+    assert loader_workers(None) == 1
+    assert loader_workers(0) == 0 and loader_workers(12) == 12  # an explicit count is kept
