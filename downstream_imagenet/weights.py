@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparkmim.convert.encoder_weights import CLASSIFIER_SIDE_NORM_PREFIXES
-from sparkmim.convert.loading import check_keys, shapes_of, shown
+from sparkmim.convert.loading import KeyCheck, check_keys, shapes_of, shown
 from sparkmim.utils.checkpoint import NoStateDictError, load_file
 from sparkmim.utils.errors import UserError
 
@@ -61,14 +61,26 @@ def load_into_classifier(model: nn.Module, encoder_state: Dict[str, torch.Tensor
     trained_by_task = prefixes + CLASSIFIER_SIDE_NORM_PREFIXES
     check = check_keys(shapes_of(model.state_dict()), shapes_of(source),
                        may_be_missing=lambda key: key.startswith(trained_by_task) or key.endswith("num_batches_tracked"))
-    problems = check.problems(limit=20)
-    if problems:
-        raise WeightLoadingError(f"the pre-trained weights do not fit {type(model).__name__}: "
-                                 + "; ".join(problems) + " (is --model the architecture that was pre-trained?)")
+    if check.problems(limit=1):
+        raise WeightLoadingError(_mismatch_message(model, encoder_state, check))
     classifier_missing = [k for k in check.allowed_missing if k.startswith(trained_by_task)]
     counters = [k for k in check.allowed_missing if k not in classifier_missing]
     model.load_state_dict(source, strict=False)
     return LoadReport(loaded=len(source), classifier_missing=classifier_missing, counter_buffers_missing=counters)
+
+
+def _mismatch_message(model: nn.Module, encoder_state: Dict[str, torch.Tensor], check: KeyCheck) -> str:
+    """Weights of another architecture than --model fail on nearly every key, and two lists of 20 key names
+    do not say what to give instead; their layout (block counts, widths) often does."""
+    from sparkmim.convert.formats import guess_model
+
+    built = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    pretrained = guess_model(encoder_state)
+    if pretrained and pretrained != built:
+        return (f"the pre-trained weights are a timm '{pretrained}' encoder (by their blocks and widths), the model "
+                f"is '{built}': give --model {pretrained} ({'; '.join(check.problems(limit=3))})")
+    return (f"the pre-trained weights do not fit {built}: " + "; ".join(check.problems(limit=20))
+            + " (is --model the architecture that was pre-trained?)")
 
 
 def check_stem_channels(model: nn.Module, encoder_state: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:

@@ -152,6 +152,16 @@ def test_wrong_architecture_is_a_shape_error(tmp_path):
         load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "wide.pth")
 
 
+def test_weights_of_another_architecture_name_the_model_to_give(tmp_path):
+    # a ConvNeXt encoder given to a ResNet failed with 40 key names and no hint of what the weights are
+    torch.save(encoder_state("convnext_atto", {}), tmp_path / "convnext.pth")
+    with pytest.raises(WeightLoadingError, match=r"the pre-trained weights are a timm 'convnext_atto' encoder "
+                                                 r"\(by their blocks and widths\), the model is 'resnet18': "
+                                                 r"give --model convnext_atto \(missing from the weights: ") as error:
+        load_pretrained(create_classifier("resnet18", 4, 0.0, RESNET_KWARGS), tmp_path / "convnext.pth")
+    assert len(str(error.value)) < 500
+
+
 def test_code_carrying_file_is_refused(tmp_path):
     # a torch.save file holding an object that is not a tensor container: loading it needs full unpickling
     torch.save({"model": encoder_state("resnet18", RESNET_KWARGS), "args": argparse.Namespace(lr=0.1)},
