@@ -24,7 +24,13 @@ def load_recipe(path: Optional[str]) -> Dict[str, Any]:
     recipe_path = Path(path)
     if not recipe_path.is_file():
         raise ConfigError(f"recipe file not found: {recipe_path}")
-    data = yaml.safe_load(recipe_path.read_text()) or {}
+    try:
+        data = yaml.safe_load(recipe_path.read_text()) or {}
+    except yaml.YAMLError as error:  # the parser's own position: "line 3, column 1"
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"recipe {recipe_path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {recipe_path} must be a YAML mapping of option: value")
     return data

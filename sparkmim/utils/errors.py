@@ -6,6 +6,7 @@ through :func:`run_command`. The project's specific error classes derive from it
 no list of them; errors that mean something else (a diverging loss, failed key accounting) can be given
 their own exit status. An interrupt (Ctrl-C outside a trainer's graceful stop, or a forced stop) also
 ends with one line, and status 130 as shells expect."""
+import os
 import sys
 from typing import Callable, Mapping, Optional, Type
 
@@ -32,6 +33,35 @@ def describe_error(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
+def _interrupt_behind(error: BaseException) -> Optional[KeyboardInterrupt]:
+    """The KeyboardInterrupt that ``error`` was raised while handling, if any: a stop signal that lands in
+    torch.save's zip writer surfaces as the writer's RuntimeError from its ``__exit__``, with the interrupt as
+    its context."""
+    seen = set()
+    cause = error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
+
+
+def _interrupted(prog: str, interrupt: KeyboardInterrupt) -> int:
+    print(f"{prog}: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
+    return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit does not fail on the closed pipe
+    a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[Type[BaseException], int]] = None,
                 cleanup: Optional[Callable[[], None]] = None) -> int:
     """``body()``, with a :class:`UserError` (exit 2) or an error listed in ``statuses`` (its status)
@@ -39,9 +69,14 @@ def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[T
     try:
         return body()
     except KeyboardInterrupt as interrupt:
-        print(f"{prog}: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
-        return 130
+        return _interrupted(prog, interrupt)
+    except BrokenPipeError:  # the reader went away (`spark-convert --inspect F | head`): nothing more to say
+        _silence_stdout()
+        return 141
     except BaseException as error:  # noqa: B036 - re-raised unless it is one of ours
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None:  # a stop signal inside a library's code that then failed on its way out
+            return _interrupted(prog, interrupt)
         status = next((code for kind, code in (statuses or {}).items() if isinstance(error, kind)), None)
         if status is None and isinstance(error, UserError):
             status = 2

@@ -74,3 +74,14 @@ def test_the_default_worker_count_shares_this_process_cores_among_the_node_proce
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * usable))  # more processes than cores: one worker each
     assert loader_workers(None) == 1
     assert loader_workers(0) == 0 and loader_workers(12) == 12  # an explicit count is kept
+
+
+def test_a_recipe_that_is_not_valid_yaml_is_one_line_naming_the_place(tmp_path):
+    # yaml's ParserError ended both trainers with a traceback
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 3\nbase_lr: [0.1\n")
+    message = rf"recipe {recipe} is not valid YAML \(line 3, column 1\): expected ',' or '\]'"
+    with pytest.raises(ConfigError, match=message):
+        pretrain_resolve([str(tmp_path), "--recipe", str(recipe)])
+    with pytest.raises(ConfigError, match=message):
+        _finetune(tmp_path, "--recipe", str(recipe))

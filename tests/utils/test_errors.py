@@ -1,4 +1,8 @@
 """One family of user errors, one way every command reports them."""
+import shlex
+import subprocess
+import sys
+
 import pytest
 
 from sparkmim.benchmarks.value.data import BenchmarkDataError
@@ -47,6 +51,38 @@ def test_an_interrupt_is_one_line_and_status_130(capsys):
     assert capsys.readouterr().err == "prog: interrupted\n"
     assert run_command("prog", interrupted("the last checkpoint is kept")) == 130
     assert capsys.readouterr().err == "prog: interrupted: the last checkpoint is kept\n"
+
+
+class _WriterFailingOnExit:
+    """As torch.save's zip writer behaves when a stop signal lands while it writes: its ``__exit__`` finishes
+    the archive, finds it inconsistent and raises, so the interrupt is only the RuntimeError's context."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 2646400 vs 2646296")
+
+
+def test_an_interrupt_behind_a_library_error_on_its_way_out_is_still_an_interrupt(capsys):
+    def body():
+        with _WriterFailingOnExit():
+            raise KeyboardInterrupt("stopped by SIGTERM")
+
+    assert run_command("prog", body) == 130
+    assert capsys.readouterr().err == "prog: interrupted: stopped by SIGTERM\n"
+    with pytest.raises(RuntimeError):  # the same library error without an interrupt is a bug: a traceback
+        run_command("prog", _WriterFailingOnExit().__exit__)
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    # `spark-convert --inspect FILE | head` ended in a BrokenPipeError traceback
+    script = ("import sys\nfrom sparkmim.utils.errors import run_command\n"
+              "def body():\n    for _ in range(100000):\n        print('x' * 100)\n    return 0\n"
+              "sys.exit(run_command('prog', body))\n")
+    reader = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert reader.stdout == "x" * 100 + "\n" and reader.stderr == ""
 
 
 def test_an_error_is_described_in_one_line_even_without_a_message():
