@@ -46,6 +46,22 @@ def training_record(model_state: Dict[str, torch.Tensor], ema_state: Optional[Di
             "epoch": epoch, "step": step, "best": dict(best), "config": dict(config), "metrics_rows": metrics_rows}
 
 
+def check_same_schedule(path: Path, record: Mapping[str, Any], steps_per_epoch: int) -> None:
+    """A training checkpoint is written at an epoch's end, so its step is its epochs times its own steps per
+    epoch. With another number of steps per epoch (--batch-size, the processes or the training images changed)
+    the schedule rebuilt for this run would read that step as another point of it: the lr would fall to its
+    floor early, or the warm-up repeat."""
+    epochs_done, step = int(record["epoch"]), int(record["step"])
+    if epochs_done == 0 or step == epochs_done * steps_per_epoch:
+        return
+    batch = (record.get("config") or {}).get("batch_size", "?")
+    raise CheckpointError(
+        f"{path} was written at {step // epochs_done} steps per epoch (--batch-size {batch}), this run has "
+        f"{steps_per_epoch}: --batch-size, the number of processes or the training images changed, so its step {step} "
+        f"would be another point of the schedule; resume with the same data, processes and --batch-size, or start "
+        f"a new run from its weights with --weights {path} and another --output-dir")
+
+
 def save(record: Dict[str, Any], output_dir: Path, name: str) -> Path:
     return save_atomic(on_host(record), Path(output_dir) / name)
 

@@ -198,6 +198,8 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     if steps_per_epoch == 0:
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
                           f"({layout.accum_steps}); lower --batch-size or --accum-steps")
+    if record is not None:
+        checkpoints.check_same_schedule(resume_from, record, steps_per_epoch)
     peak_lr = config.base_lr * config.batch_size / 256
     schedule = Schedule(total_steps=config.epochs * steps_per_epoch,
                         warmup_steps=round(config.warmup_epochs * steps_per_epoch),

@@ -67,13 +67,20 @@ def test_finetune_beats_chance_and_eval_only_reproduces(workspace):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(workspace):
+def test_resume_continues_exactly(workspace, capsys):
     straight, split = workspace / "straight", workspace / "split"
     tricks = ["--epochs", "3", "--mixup", "0.2", "--cutmix", "1.0", "--loss", "bce", "--opt", "lamb",
               "--auto-augment", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--clip-grad", "5"]
     run_cli(*common_args(workspace, straight), *tricks)
     run_cli(*common_args(workspace, split), *tricks, "--stop-after-epoch", "2")
     assert [row["epoch"] for row in epochs_of(split)] == [1, 2]
+    # another --batch-size: its step 6 would be past the new schedule's 2 epochs (lr at its floor); refused, and
+    # nothing in the folder changes
+    metrics = (split / "metrics.jsonl").read_text()
+    assert main([*common_args(workspace, split), *tricks, "--resume", "auto", "--batch-size", "8", "--workers", "0"]) == 2
+    assert ("was written at 3 steps per epoch (--batch-size 16), this run has 6: --batch-size, the number of "
+            "processes or the training images changed, so its step 6") in capsys.readouterr().err
+    assert (split / "metrics.jsonl").read_text() == metrics
     run_cli(*common_args(workspace, split), *tricks, "--resume", "auto")
     assert [row["epoch"] for row in epochs_of(split)] == [1, 2, 3]
     whole = torch.load(straight / "checkpoint_last.pth", weights_only=True)
