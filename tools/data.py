@@ -11,6 +11,7 @@ The output is read by ``spark-pretrain --data 'DST/train-{000000..000127}.tar'``
 and by any WebDataset reader.
 """
 import argparse
+import os
 import logging
 import random
 import sys
@@ -47,7 +48,10 @@ def member_extension(path: Path) -> str:
 
 
 def check_destination(folder: Path, prefix: str, overwrite: bool) -> None:
-    """Refuse to mix a new pack with an old one, unless asked to replace it."""
+    """Refuse to mix a new pack with an old one, unless asked to replace it; the prefix names files in it."""
+    if not prefix or "/" in prefix or (os.sep in prefix) or prefix in (".", ".."):
+        raise UserError(f"--prefix {prefix!r} must be a file name without a folder (the shards go into DST: "
+                        f"give the folder as DST, e.g. DST/sub and --prefix {Path(prefix).name or 'train'})")
     old = sorted(folder.glob(f"{prefix}-*.tar")) + ([folder / INDEX_NAME] if (folder / INDEX_NAME).exists() else [])
     if old and not overwrite:
         raise UserError(f"{folder} already holds shards ({old[0].name}, ...); choose another DST or pass --overwrite")

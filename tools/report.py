@@ -195,10 +195,13 @@ def report(args: argparse.Namespace) -> int:
     markdown, pairs = render(load_paper(), results)
     print(markdown, end="")
     if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(markdown)
     if args.plot:
+        from sparkmim.utils.pictures import picture_path  # torch and matplotlib: only for a chart
+
         if any(ours is not None for _, _, ours in pairs):
-            print(f"\nchart: {plot(pairs, args.plot)}")
+            print(f"\nchart: {plot(pairs, picture_path(args.plot, '--plot'))}")
         else:
             print("\nno top-1 or AP results yet: no chart written")
     return 0

@@ -155,13 +155,16 @@ def _size(value: Optional[List[int]], default: Tuple[int, int], stride: int) -> 
 
 
 def run(args: argparse.Namespace) -> Path:
+    from sparkmim.utils.pictures import picture_path
+
+    out = picture_path(args.out)
     if args.spconv_demo:
         from .spconv_demo import draw_demo
 
         if len(args.inputs) > 1:
             raise VizError("--spconv-demo takes at most one image")
         try:
-            return draw_demo(Path(args.inputs[0]) if args.inputs else None, args.out, layers=args.layers, seed=args.seed)
+            return draw_demo(Path(args.inputs[0]) if args.inputs else None, out, layers=args.layers, seed=args.seed)
         except (ValueError, OSError) as error:
             raise VizError(str(error)) from error
     if len(args.inputs) < 2:
@@ -174,9 +177,9 @@ def run(args: argparse.Namespace) -> Path:
     from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 
     panels = reconstruct(spark, images, seed=args.seed, mask_ratio=mask_ratio)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return plot_reconstructions(panels, args.out, bands=args.bands, stretch=values is not None)
+        return plot_reconstructions(panels, out, bands=args.bands, stretch=values is not None)
     except ValueError as error:  # bands that the images do not have
         raise VizError(f"--bands: {error}") from error
 

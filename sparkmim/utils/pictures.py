@@ -18,11 +18,26 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
+from sparkmim.utils.errors import UserError
 from sparkmim.utils.metrics import read_rows
 
 logger = logging.getLogger(__name__)
 
 PANEL_TITLES = ("input", "masked input", "reconstruction", "reconstruction + visible")
+
+
+def picture_path(out: Path, option: str = "--out") -> Path:
+    """The file a picture asked for as ``out`` is written to: matplotlib appends ``.png`` to a name without a
+    picture format's suffix (the commands printed the name as given, not the file), and writes a folder's name
+    plus ``.png`` beside a folder."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{option} {out} is a folder; give a file name, e.g. {out / 'picture.png'}")
+    if out.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        out = out.with_name(out.name + ".png")
+    return out
 
 
 def _pyplot():

@@ -74,3 +74,11 @@ def test_an_existing_pack_is_not_mixed_with_a_new_one(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shards.json", "train-000000.tar"]
     assert main(["pack", str(tmp_path / "nowhere"), str(tmp_path / "x"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_prefix_with_a_folder_is_one_line_before_anything_is_written(tmp_path, capsys):
+    # webdataset's FileNotFoundError for DST/a/b-000000.tar.partial ended the command with a traceback
+    write_flat_images(tmp_path / "images", 2)
+    assert main(["pack", str(tmp_path / "images"), str(tmp_path / "shards"), "--prefix", "a/b", "--no-progress"]) == 2
+    assert "--prefix 'a/b' must be a file name without a folder" in capsys.readouterr().err
+    assert not (tmp_path / "shards").exists() or not any((tmp_path / "shards").iterdir())

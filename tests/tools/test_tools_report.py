@@ -102,10 +102,14 @@ def test_only_1000_class_fine_tunings_fill_the_paper_rows(runs, capsys):
 
 def test_plot_writes_a_png(runs, tmp_path, capsys):
     chart = tmp_path / "out" / "chart.png"
-    assert main([str(runs), "--plot", str(chart), "--output", str(tmp_path / "report.md")]) == 0
+    assert main([str(runs), "--plot", str(chart), "--output", str(tmp_path / "new" / "report.md")]) == 0
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 300
-    assert (tmp_path / "report.md").read_text().startswith("## SparK: paper vs ours")
+    assert (tmp_path / "new" / "report.md").read_text().startswith("## SparK: paper vs ours")  # its folder made
+    capsys.readouterr()
+    assert main([str(runs), "--plot", str(tmp_path / "out" / "bars")]) == 0  # matplotlib appends .png
+    assert capsys.readouterr().out.rstrip().endswith(f"chart: {tmp_path / 'out' / 'bars.png'}")
+    assert (tmp_path / "out" / "bars.png").is_file()
 
 
 def test_json_output_and_errors(runs, tmp_path, capsys):

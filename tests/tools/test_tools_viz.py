@@ -67,6 +67,16 @@ def test_errors_are_one_line(workspace, tmp_path, capsys):
     assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path / "x.png"),
                  "--mask-ratio", "1.0"]) == 2
     assert "mask ratio must be strictly between 0 and 1" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_the_path_printed_is_the_file_written(workspace, tmp_path, capsys):
+    # matplotlib appends .png to a name without a picture suffix; the command printed the name as given
+    for out, written in ((tmp_path / "grid", tmp_path / "grid.png"), (tmp_path / "grid.v2", tmp_path / "grid.v2.png"),
+                         (tmp_path / "grid.pdf", tmp_path / "grid.pdf")):
+        assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(out)]) == 0
+        assert capsys.readouterr().out == f"spark-viz: wrote {written}\n" and written.is_file()
 
 
 def test_spconv_demo(workspace, tmp_path):
