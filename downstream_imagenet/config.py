@@ -291,7 +291,9 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
     config["amp"] = canonical_amp(config["amp"])
     if config["in_chans"] is None:  # a checkpoint written before the option existed: RGB
         config["in_chans"] = 3
-    return FinetuneConfig.from_mapping(config)
+    resolved = FinetuneConfig.from_mapping(config)
+    check_input_size_fits(resolved)
+    return resolved
 
 
 def reads_values(config: FinetuneConfig) -> bool:
@@ -318,6 +320,14 @@ def _encoder_stride(model: str, model_kwargs: Dict[str, Any]) -> int:
         return 32
 
 
+def check_input_size_fits(config: FinetuneConfig) -> None:
+    """--input-size a multiple of the model's total stride, as in pre-training, for training and --eval-only alike."""
+    try:
+        check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))
+    except InputSizeError as error:
+        raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]}") from None
+
+
 def validate(config: FinetuneConfig) -> None:
     """Refuse incomplete or inconsistent configurations with one actionable line."""
     if not config.model:
@@ -332,10 +342,7 @@ def validate(config: FinetuneConfig) -> None:
     check_device_name(config.device, ConfigError)
     check_workers(config.workers)
     check_model_name(config.model)  # before any data is read; the hint names the closest timm models
-    try:  # as in pre-training
-        check_input_size(config.input_size, config.input_size, _encoder_stride(config.model, config.model_kwargs))
-    except InputSizeError as error:
-        raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]}") from None
+    check_input_size_fits(config)
     if config.batch_size <= 0 or config.epochs <= 0:
         raise ConfigError("batch_size and epochs must be positive")
     for key in ("accum_steps", "micro_batch"):

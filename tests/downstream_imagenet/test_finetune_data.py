@@ -64,6 +64,8 @@ def test_eval_only_reads_the_data_it_is_given_and_needs_only_val(tmp_path, capsy
             "['b'], only in the validation folder ['c']") in capsys.readouterr().err
     assert main([*evaluate, "--data", str(tmp_path / "nothing")]) == 2
     assert "must contain a val/ class folder (missing val/); or give --val-dir" in capsys.readouterr().err
+    assert main([*evaluate, "--input-size", "70"]) == 2  # training refuses it; evaluation accepted it
+    assert "multiple of the encoder's total stride 32; use e.g. --input-size 64" in capsys.readouterr().err
 
 
 def test_options_that_build_another_network_are_named_not_a_tensor_list(tmp_path, capsys):
