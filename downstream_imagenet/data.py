@@ -124,18 +124,20 @@ def dataset_dirs(config: FinetuneConfig, training: bool = True) -> Tuple[Optiona
     return (root / "train" if (root / "train").is_dir() else None), root / "val"
 
 
-def class_difference(first: Sequence[str], second: Sequence[str]) -> Tuple[str, str]:
-    """The classes only in ``first`` and only in ``second``, each as a short list for an error message."""
+def class_difference(first: Sequence[str], second: Sequence[str], first_name: str, second_name: str) -> str:
+    """How two class lists differ, for an error message: ``only in <first_name> [...]`` and ``only in
+    <second_name> [...]``, each only when not empty (at most 10 names each)."""
     def listed(names: Set[str]) -> str:
         names = sorted(names)
         return f"{names[:10]}{' ...' if len(names) > 10 else ''}"
-    return listed(set(first) - set(second)), listed(set(second) - set(first))
+    parts = [f"only in {name} {listed(only)}" for name, only in ((first_name, set(first) - set(second)),
+                                                                   (second_name, set(second) - set(first))) if only]
+    return ", ".join(parts) or "the same classes in another order"
 
 
 def check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> None:
     if train.classes != val.classes:
-        only_train, only_val = class_difference(train.classes, val.classes)
-        raise DataError(f"train and val class folders differ: only in train {only_train}, only in val {only_val}")
+        raise DataError(f"train and val class folders differ: {class_difference(train.classes, val.classes, 'train', 'val')}")
 
 
 def _interpolation_mode(name: str):

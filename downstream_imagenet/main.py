@@ -93,11 +93,11 @@ def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: Lis
     record = checkpoints.load_record(resume_from, kind="training") if resume_from else None
     if record is not None:
         if record["arch"] != config.model or record["classes"] != classes:
-            only_trained, only_now = class_difference(record["classes"], classes)
+            classes_differ = (f" ({class_difference(record['classes'], classes, 'the checkpoint', 'the data')})"
+                              if record["classes"] != classes else "")
             raise checkpoints.CheckpointError(
                 f"{resume_from} was trained as {record['arch']} on {len(record['classes'])} classes, not as this "
-                f"run's {config.model} on {len(classes)} (classes only in the checkpoint {only_trained}, only in "
-                f"the data {only_now})")
+                f"run's {config.model} on {len(classes)}{classes_differ}")
         checkpoints.load_network_state(model, record["model"], record, config.as_dict(), resume_from)
         logger.info("resuming from %s (epoch %d done, step %d)", resume_from, record["epoch"], record["step"])
     elif config.weights:
@@ -252,7 +252,8 @@ def train_in_folder(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> D
     start_epoch = record["epoch"] if record is not None else 0
     last_epoch = min(config.epochs, config.stop_after_epoch or config.epochs)
     if start_epoch >= last_epoch:
-        logger.info("nothing to train: %d of %d epochs already done", start_epoch, last_epoch)
+        until = (f"--stop-after-epoch {last_epoch}" if last_epoch < config.epochs else f"--epochs {last_epoch}")
+        logger.info("nothing to train: %d epoch(s) already done, %s", start_epoch, until)
     for epoch in range(start_epoch, last_epoch):
         # random streams are a function of (seed, rank, epoch), so a resumed run continues exactly
         seed_everything(config.seed + dist_info.rank + 7919 * epoch)
@@ -337,10 +338,9 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
             raise ConfigError(f"{path} holds the model's weights; for the EMA's use {checkpoints.BEST_EMA}")
     _, val_set = load_datasets(config, training=False)
     if val_set.classes != record["classes"]:
-        only_trained, only_val = class_difference(record["classes"], val_set.classes)
         raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes the checkpoint "
-                          f"was trained on: only in the checkpoint {only_trained}, only in the validation folder "
-                          f"{only_val}")
+                          f"was trained on: "
+                          f"{class_difference(record['classes'], val_set.classes, 'the checkpoint', 'the validation folder')}")
     model = build_model(config, len(record["classes"]))
     checkpoints.load_network_state(model, state, record, config.as_dict(), Path(path))
     model.to(dist_info.device)

@@ -82,6 +82,8 @@ def build_parser(prog: str = "spark-convert", fixed_to: Optional[str] = None) ->
 
 
 def load_source(path: Path, allow_unsafe: bool) -> Any:
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise UsageError(f"file not found: {path}")
     if path.suffix == ".pkl":

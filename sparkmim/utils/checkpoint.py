@@ -95,6 +95,8 @@ def load_file(path: PathLike, allow_unsafe: bool = False, map_location: Any = "c
     that reading a small part of a large file (a full checkpoint's config) costs little (zip-format
     files only: torch.save's since PyTorch 1.6)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointReadError(f"{path} is a folder, not a checkpoint file (e.g. {path / 'checkpoint_last.pth'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

@@ -34,6 +34,9 @@ def test_empty_class_folder_and_class_mismatch_are_errors(tmp_path):
     make_folder(tmp_path / "val", ["a", "c"])
     with pytest.raises(DataError, match="only in train \\['b'\\], only in val \\['c'\\]"):
         check_same_classes(ImageFolderDataset(tmp_path / "train"), ImageFolderDataset(tmp_path / "val"))
+    make_folder(tmp_path / "val2", ["a", "b", "c"])  # a side with nothing of its own is not listed as []
+    with pytest.raises(DataError, match="class folders differ: only in val \\['c'\\]$"):
+        check_same_classes(ImageFolderDataset(tmp_path / "train"), ImageFolderDataset(tmp_path / "val2"))
     (tmp_path / "train" / "empty").mkdir()
     with pytest.raises(DataError, match="contains no image files"):
         ImageFolderDataset(tmp_path / "train")

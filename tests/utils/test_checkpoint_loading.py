@@ -80,3 +80,10 @@ def test_a_saved_checkpoint_has_the_permissions_of_any_new_file(tmp_path):
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path):
+    # "checkpoint not found: run" for a run folder that exists sent users looking for a missing path
+    with pytest.raises(CheckpointReadError, match=f"{tmp_path} is a folder, not a checkpoint file "
+                                                  r"\(e\.g\. .*checkpoint_last\.pth\)"):
+        load_file(tmp_path)
