@@ -14,7 +14,7 @@ from sparkmim.convert.formats import SPARKMIM_FULL, SPARKMIM_WEIGHTS, configured
 from sparkmim.model.settings import InputSizeError, check_input_size
 from sparkmim.sparse.encoder import check_model_name
 from sparkmim.utils.checkpoint import recorded_config
-from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
+from sparkmim.utils.config import ConfigError, TypedConfig, check_number_ranges, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import check_device_name
 from sparkmim.utils.run import canonical_amp, check_workers
@@ -352,6 +352,7 @@ def validate(config: FinetuneConfig) -> None:
         raise ConfigError(f"--warmup-epochs {config.warmup_epochs} is not within [0, --epochs {config.epochs}]; give "
                           "--warmup-epochs with a short run (the recipe's warm-up does not shrink with --epochs)")
     check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
+    check_number_ranges(config, positive=("base_lr",), non_negative=("weight_decay", "clip_grad", "mixup", "cutmix"))
     if not 0 < config.layer_decay:
         raise ConfigError(f"layer_decay must be positive, got {config.layer_decay}")
     if not 0 <= config.ema < 1:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from sparkmim.model import settings as spark_settings
 from sparkmim.sparse.norms import NORM_KERNELS
-from sparkmim.utils.config import ConfigError, TypedConfig, load_recipe, merge
+from sparkmim.utils.config import ConfigError, TypedConfig, check_number_ranges, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import check_device_name
 from sparkmim.utils.run import canonical_amp, check_workers
@@ -219,6 +219,10 @@ def validate(config: PretrainConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config.shuffle_buffer < 0:
         raise ConfigError(f"shuffle_buffer must be 0 or more, got {config.shuffle_buffer}")
+    check_number_ranges(config, positive=("base_lr", "lr"),
+                        non_negative=("weight_decay", "weight_decay_end", "clip_grad", "warmup_start", "final_lr"))
+    if config.num_vis < 0:
+        raise ConfigError(f"--num-vis must be 0 (no picture) or more, got {config.num_vis}")
     check_workers(config.workers)
     if config.decoder_width <= 0:
         raise ConfigError(f"--decoder-width must be positive, got {config.decoder_width}")
@@ -241,14 +245,21 @@ def validate_channels(config: PretrainConfig) -> None:
 
 def check_input_size(config: PretrainConfig) -> None:
     """The input size fits the encoder: a multiple of its total stride, which the core reads from the
-    model's ``feature_info`` (32 for timm CNNs, 16 for ``sparkmim.models:small_resnet``)."""
+    model's ``feature_info`` (32 for timm CNNs, 16 for ``sparkmim.models:small_resnet``), and large enough
+    that the mask leaves patches both visible and masked."""
     from sparkmim.sparse.encoder import total_stride
 
     height, width = normalise_size(config.input_size)
+    stride = total_stride(config.model)
     try:
-        spark_settings.check_input_size(height, width, total_stride(config.model))
+        spark_settings.check_input_size(height, width, stride)
     except spark_settings.InputSizeError as error:
         raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]} {error.suggestion[1]}") from None
+    try:
+        spark_settings.check_mask_fits(height // stride, width // stride, config.mask_ratio)
+    except spark_settings.SparKSettingError as error:
+        raise ConfigError(f"--input-size {height} {width} with --mask-ratio {config.mask_ratio}: {error} "
+                          f"(one patch is {stride}x{stride} px on {config.model})") from None
 
 
 def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
@@ -266,7 +277,9 @@ def resolve(argv: Optional[Sequence[str]] = None) -> PretrainConfig:
     config = merge(DEFAULTS, recipe, cli)
     config["recipe"] = recipe_name
     if cli.get("epochs") is not None and cli.get("warmup_epochs") is None:
-        config["warmup_epochs"] = scaled_warmup(merge(DEFAULTS, recipe), int(cli["epochs"]))
+        # typed first, so that a recipe's 'epochs: ten' is the config's one-line error, not a traceback here
+        base = PretrainConfig.from_mapping(merge(DEFAULTS, recipe))
+        config["warmup_epochs"] = scaled_warmup(base.as_dict(), int(cli["epochs"]))
     model = config["model"]
     if config["betas"] is None:
         config["betas"] = family_betas(model)

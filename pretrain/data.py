@@ -66,8 +66,13 @@ def list_images(source: str, arrays: bool = False) -> List[Path]:
     if path.is_file():
         if is_image_file(path):
             raise DataError(f"{path} is a single image; give a folder of images or a text file listing paths")
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a list saved by a Windows editor starts with a BOM
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not a text file listing image paths (not UTF-8 text); give a folder of "
+                            "images or a text file with one image path per line") from None
         files = []
-        for line in path.read_text().splitlines():
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 entry = Path(line).expanduser()

@@ -35,3 +35,20 @@ def check_mask_ratio(ratio: float) -> None:
     """Some patches must stay visible and some be masked."""
     if not 0.0 < float(ratio) < 1.0:
         raise SparKSettingError(f"mask ratio must be strictly between 0 and 1, got {ratio} (the paper uses 0.6)")
+
+
+def visible_patches(grid_h: int, grid_w: int, ratio: float) -> int:
+    """How many of a ``grid_h`` x ``grid_w`` grid of patches stay visible: round(h*w*(1-ratio)), the same
+    number for every image of a batch."""
+    return round(grid_h * grid_w * (1 - float(ratio)))
+
+
+def check_mask_fits(grid_h: int, grid_w: int, ratio: float) -> None:
+    """The mask leaves some patches visible and some masked on this grid: with none visible the encoder sees
+    nothing (NaN features), with none masked the loss is 0 and nothing is learned. A small input on a
+    stride-32 encoder (a 1x1 or 2x1 grid) is the usual cause."""
+    patches, visible = grid_h * grid_w, visible_patches(grid_h, grid_w, ratio)
+    if not 0 < visible < patches:
+        raise SparKSettingError(
+            f"mask ratio {ratio} leaves {visible} of the {grid_h}x{grid_w} = {patches} patches visible; SparK "
+            "needs at least one visible and one masked patch: use a larger input size or a mask ratio nearer 0.5")

@@ -13,7 +13,7 @@ from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLay
 from ..utils.precision import widened
 from .decoder import LightDecoder, densify_projection
 from .patches import patchify, unpatchify
-from .settings import check_input_size, check_mask_ratio
+from .settings import check_input_size, check_mask_fits, check_mask_ratio, visible_patches
 
 DENSIFY_NORMS = ("bn", "ln", "identity")
 
@@ -84,6 +84,8 @@ class SparK(nn.Module):
         self.input_size = _as_hw(input_size)
         self._check_size(*self.input_size)
         self.mask_ratio = mask_ratio
+        check_mask_fits(self.input_size[0] // self.downsample_ratio, self.input_size[1] // self.downsample_ratio,
+                        mask_ratio)
         if densify_norm == "auto":
             has_bn = any(isinstance(m, SparseBatchNorm2d) for m in encoder.modules())
             densify_norm = "bn" if has_bn else "ln"
@@ -126,7 +128,10 @@ class SparK(nn.Module):
 
     # --- 1. mask -------------------------------------------------------------------------------
     def num_visible(self, h: int, w: int) -> int:
-        return round(h * w * (1 - self.mask_ratio))
+        """Visible patches per image on an h x w grid; an error when none or all would be (see
+        :func:`check_mask_fits`: images smaller than ``input_size`` can reach it)."""
+        check_mask_fits(h, w, self.mask_ratio)
+        return visible_patches(h, w, self.mask_ratio)
 
     def mask(self, batch: int, h: int, w: int, device: torch.device,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:

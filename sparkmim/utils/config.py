@@ -4,6 +4,7 @@ into a frozen, typed dataclass (:class:`TypedConfig`).
 The resolved configuration is written to the run folder so that every run can be repeated."""
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -68,6 +69,19 @@ def as_flag(key: str, value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"{flag} {' '.join(map(str, value))}"
     return f"{flag} {value}"
+
+
+def check_number_ranges(config: Mapping[str, Any], positive: Sequence[str] = (),
+                        non_negative: Sequence[str] = ()) -> None:
+    """Numeric options in range and finite, each error naming the option as the command line gives it
+    (``--base-lr``); an unset (None) option passes. The libraries take a negative decay or clip without a
+    word, or refuse a negative lr with a traceback."""
+    for keys, fits, wanted in ((positive, lambda v: v > 0, "a positive number"),
+                               (non_negative, lambda v: v >= 0, "0 or more")):
+        for key in keys:
+            value = config[key]
+            if value is not None and not (math.isfinite(value) and fits(value)):
+                raise ConfigError(f"--{key.replace('_', '-')} must be {wanted}, got {value}")
 
 
 def option_difference(saved: Mapping[str, Any], current: Mapping[str, Any],

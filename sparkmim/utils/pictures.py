@@ -90,12 +90,13 @@ def reconstruct(spark: torch.nn.Module, images: torch.Tensor, seed: int = 0,
     panel is the decoder's prediction de-normalised with each patch's own mean and std (as the loss sees
     it), on every patch. The model is run in eval mode and left in the mode it was in."""
     from sparkmim.model.patches import patchify, unpatchify
+    from sparkmim.model.settings import visible_patches
     from sparkmim.model.spark import random_visible_mask
 
     ratio = spark.downsample_ratio
     height, width = images.shape[-2:]
     h, w = height // ratio, width // ratio
-    visible = round(h * w * (1 - (spark.mask_ratio if mask_ratio is None else mask_ratio)))
+    visible = visible_patches(h, w, spark.mask_ratio if mask_ratio is None else mask_ratio)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     active = random_visible_mask(images.shape[0], h, w, max(1, visible), images.device, generator)
     was_training = spark.training

@@ -12,6 +12,7 @@ optional dependency: ``pip install tifffile``); their channel axis is the first 
 whichever is shorter.
 """
 import io
+import math
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -83,11 +84,15 @@ def read_values(path: Union[str, Path], source: Union[Path, BinaryIO, None] = No
 
 
 def load_values(path: Union[str, Path], in_chans: int, source: Union[Path, BinaryIO, None] = None) -> torch.Tensor:
-    """float32 (C, H, W) with exactly ``in_chans`` channels, else :class:`ChannelMismatchError`."""
+    """float32 (C, H, W) with exactly ``in_chans`` channels, else :class:`ChannelMismatchError`; a float file
+    holding NaN or infinity (a no-data fill) is unreadable: one such pixel makes the loss and the statistics NaN."""
     array = read_values(path, source)
     if array.shape[-1] != in_chans:
         raise ChannelMismatchError(f"{path}: {array.shape[-1]} channel(s), the run expects {in_chans} (--in-chans)",
                                    found=array.shape[-1], expected=in_chans)
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise UnreadableImageError(f"{path}: holds NaN or infinite values (a no-data fill?); replace them with "
+                                   "numbers, e.g. numpy.nan_to_num, before training on the file")
     return torch.from_numpy(np.ascontiguousarray(array.astype(np.float32))).permute(2, 0, 1).contiguous()
 
 
@@ -101,7 +106,7 @@ def check_channel_options(in_chans: int, mean: Optional[Sequence[float]], std: O
     from .config import ConfigError
 
     if in_chans <= 0:
-        raise ConfigError(f"in_chans must be positive, got {in_chans}")
+        raise ConfigError(f"--in-chans must be positive, got {in_chans}")
     if norm_stats not in NORM_STATS:
         raise ConfigError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {norm_stats!r}")
     if (mean is None) != (std is None):
@@ -110,6 +115,8 @@ def check_channel_options(in_chans: int, mean: Optional[Sequence[float]], std: O
         if len(mean) != in_chans or len(std) != in_chans:
             raise ConfigError(f"--mean and --std need {in_chans} values each (--in-chans {in_chans}), "
                               f"got {len(mean)} and {len(std)}")
+        if not all(math.isfinite(value) for value in (*mean, *std)):
+            raise ConfigError(f"--mean and --std must be finite numbers, got {list(mean)} and {list(std)}")
         if min(std) <= 0:
             raise ConfigError(f"--std values must be positive, got {list(std)}")
     elif in_chans != 3 and norm_stats != "auto":
@@ -137,14 +144,19 @@ def estimate_norm_stats(paths: Sequence[Path], in_chans: int, max_files: int = 2
     """Per-channel mean and std over every pixel of up to ``max_files`` files spread evenly over the data set
     (unreadable and mismatched files are passed over)."""
     step = max(1, len(paths) // max_files)
-    return norm_stats_of((_load_or_none(path, in_chans) for path in list(paths)[::step][:max_files]), in_chans)
+    first_problem: List[str] = []
 
+    def load_or_none(path: Path) -> Optional[torch.Tensor]:
+        try:
+            return load_values(path, in_chans)
+        except UnreadableImageError as error:
+            first_problem[:] = first_problem or [str(error)]
+            return None
 
-def _load_or_none(path: Path, in_chans: int):
     try:
-        return load_values(path, in_chans)
-    except UnreadableImageError:
-        return None
+        return norm_stats_of(map(load_or_none, list(paths)[::step][:max_files]), in_chans)
+    except UnreadableImageError as error:
+        raise UnreadableImageError(f"{error} (the first: {first_problem[0]})" if first_problem else str(error)) from None
 
 
 def saved_norm_stats(checkpoint: Optional[Path], in_chans: int, allow_unsafe: bool = False

@@ -277,6 +277,8 @@ def test_a_map_off_the_mask_grid_is_refused_with_its_sizes():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(encoder="resnet18", input_size=70), "not a multiple of the encoder's total stride 32"),
     (dict(encoder="resnet18", mask_ratio=1.0), "mask ratio must be strictly between 0 and 1"),
+    (dict(encoder="resnet18", input_size=32), "leaves 0 of the 1x1 = 1 patches visible"),
+    (dict(encoder="resnet18", input_size=64, mask_ratio=0.1), "leaves 4 of the 2x2 = 4 patches visible"),
     (dict(encoder="no_such_net_xyz"), "unknown timm model 'no_such_net_xyz'"),
 ])
 def test_build_errors_are_actionable(kwargs, message):
@@ -355,4 +357,7 @@ def test_the_setting_rules_live_in_the_core_and_say_what_would_work():
     for ratio in (0.0, 1.0, -0.1):
         with pytest.raises(SparKSettingError, match="strictly between 0 and 1"):
             check_mask_ratio(ratio)
+    spark = build_spark("resnet18", input_size=64)  # a 2x2 grid: fine; a smaller image has 1 patch
+    with pytest.raises(SparKSettingError, match="leaves 0 of the 1x1 = 1 patches visible"):
+        spark(torch.randn(1, 3, 32, 32))
     assert issubclass(SparKSettingError, UserError) and issubclass(SparKSettingError, ValueError)

@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from sparkmim.utils.images import UnreadableImageError
 from sparkmim.utils.values import ChannelMismatchError, estimate_norm_stats, load_values, read_values
 from tests.pretrain_fixtures import read_rows, run_cli
 
@@ -78,14 +79,18 @@ def test_a_resumed_run_keeps_the_statistics_it_was_trained_with(tmp_path):
 def test_multispectral_arrays_skip_a_file_with_other_bands(tmp_path):
     data = bands(tmp_path / "bands", 12)
     np.save(data / "rgb.npy", np.zeros((72, 72, 3), np.float32))
+    nodata = np.ones((72, 72, 5), np.float32)
+    nodata[3, 4, 1] = np.nan  # one no-data pixel made every later loss NaN
+    np.save(data / "nodata.npy", nodata)
     run = tmp_path / "run"
     done = run_cli([str(data), *TINY, "--in-chans", "5", "--mean", "0", "1000", "2000", "3000", "4000",
                     "--std", "100", "200", "300", "400", "500", "--output-dir", str(run)])
     assert done.returncode == 0, done.stderr[-3000:]
     epochs = read_rows(run / "metrics.jsonl", "epoch")
-    assert [row["skipped_images"] for row in epochs] == [1, 1]
-    assert re.search(r"skipping unreadable image \S*rgb\.npy: 3 channel\(s\), the run expects 5 \(--in-chans\)",
-                     (run / "log_rank0.txt").read_text())
+    assert [row["skipped_images"] for row in epochs] == [2, 2]
+    log = (run / "log_rank0.txt").read_text()
+    assert re.search(r"skipping unreadable image \S*rgb\.npy: 3 channel\(s\), the run expects 5 \(--in-chans\)", log)
+    assert re.search(r"skipping unreadable image \S*nodata\.npy: holds NaN or infinite values", log)
     assert all(np.isfinite(row["loss_mean"]) for row in epochs)
     encoder_loads(run, 5)
     assert (run / "reconstruction.png").is_file()
@@ -96,6 +101,8 @@ def test_multispectral_arrays_skip_a_file_with_other_bands(tmp_path):
     (["--in-chans", "2", "--mean", "1", "--std", "1"], "--mean and --std need 2 values each"),
     (["--in-chans", "1", "--norm-stats", "auto", "--decode-on-device"], "--decode-on-device decodes 8-bit RGB"),
     (["--mean", "1", "2", "3"], "give --mean and --std together"),
+    (["--in-chans", "1", "--mean", "nan", "--std", "1"], "--mean and --std must be finite numbers, got [nan] and [1.0]"),
+    (["--in-chans", "0", "--norm-stats", "auto"], "--in-chans must be positive, got 0"),
     # the given values were used without a word, and config.yaml said norm_stats: auto beside them
     (["--in-chans", "1", "--norm-stats", "auto", "--mean", "1", "--std", "1"],
      "--norm-stats auto computes the mean and std from the data: give it or --mean/--std, not both"),
@@ -119,8 +126,12 @@ def test_readers_keep_values_and_band_layouts(tmp_path):
         assert torch.equal(load_values(tmp_path / name, 4), torch.from_numpy(cube.astype(np.float32)).permute(2, 0, 1))
     with pytest.raises(ChannelMismatchError, match="4 channel\\(s\\), the run expects 13"):
         load_values(tmp_path / "contig.tif", 13)
-    mean, std = estimate_norm_stats([tmp_path / "contig.tif", tmp_path / "deep.png"], 4)
+    np.save(tmp_path / "nodata.npy", np.full((8, 10, 4), np.inf, np.float32))
+    mean, std = estimate_norm_stats([tmp_path / "contig.tif", tmp_path / "deep.png", tmp_path / "nodata.npy"], 4)
     assert mean == pytest.approx(cube.reshape(-1, 4).mean(0).tolist()) and len(std) == 4
+    with pytest.raises(UnreadableImageError, match=r"none of the sampled files has 4 readable channel\(s\) "
+                                                   r"\(the first: \S*nodata\.npy: holds NaN or infinite values"):
+        estimate_norm_stats([tmp_path / "nodata.npy", tmp_path / "deep.png"], 4)
 
 
 def test_a_checkpoint_from_before_the_channel_options_resumes_without_a_changed_warning():

@@ -107,6 +107,9 @@ def _error_line(capsys, argv):
     (["--input-size", "64", "90"], "--input-size 64 96"),
     (["--mask-ratio", "1.0"], "mask ratio must be strictly between 0 and 1"),
     (["--mask-ratio", "0"], "mask ratio must be strictly between 0 and 1"),
+    # one 32-px patch: nothing visible (NaN features, blamed on the lr); 0.05 of 4 patches: nothing masked, loss 0
+    (["--input-size", "32"], "--input-size 32 32 with --mask-ratio 0.6: mask ratio 0.6 leaves 0 of the 1x1 = 1"),
+    (["--input-size", "64", "--mask-ratio", "0.05"], "leaves 4 of the 2x2 = 4 patches visible"),
     (["--model", "resnet_5O"], "unknown timm model 'resnet_5O'; did you mean resnet50"),
     (["--accum-steps", "3"], "--accum-steps 3 must divide the per-process batch 8"),
     (["--micro-batch", "2", "--accum-steps", "2"], "--micro-batch 2 x --accum-steps 2 must equal"),
@@ -203,6 +206,10 @@ def test_unknown_recipe_and_missing_data(tmp_path, capsys):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     line = _error_line(capsys, ["data", "--recipe", "resnet5000"])
     assert "unknown recipe 'resnet5000'" in line
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: ten\n")  # was a traceback from the warm-up scaling of --epochs
+    line = _error_line(capsys, ["data", "--recipe", str(recipe), "--epochs", "10"])
+    assert line == "spark-pretrain: error: option 'epochs' must be an integer, got 'ten'"
 
 
 @pytest.mark.parametrize("option, message", [
@@ -211,6 +218,12 @@ def test_unknown_recipe_and_missing_data(tmp_path, capsys):
     (["--betas", "0.9", "1.5"], "--betas must be two numbers in [0, 1), got [0.9, 1.5]"),
     (["--drop-path", "2"], "--drop-path must be in [0, 1), got 2.0"),
     (["--device", "gpu"], "--device must be auto, cuda, cuda:N or cpu, got 'gpu'"),
+    (["--lr", "-0.001"], "--lr must be a positive number, got -0.001"),
+    (["--base-lr", "0"], "--base-lr must be a positive number, got 0.0"),
+    # taken without a word: a negative decay grows the weights, a negative clip was a no-op
+    (["--weight-decay-end", "-0.2"], "--weight-decay-end must be 0 or more, got -0.2"),
+    (["--clip-grad", "nan"], "--clip-grad must be 0 or more, got nan"),
+    (["--num-vis", "-1"], "--num-vis must be 0 (no picture) or more, got -1"),
 ])
 def test_values_the_libraries_would_refuse_with_a_traceback_are_one_line(tmp_path, capsys, option, message):
     # they ended in torch's own errors (or, for --device, ran silently on the CPU)

@@ -30,6 +30,11 @@ def test_folder_is_searched_recursively_and_list_files_work(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# comment\ntrain/class_a/img0.png\n\n" + str(files[-1]) + "\n")
     assert list_images(str(listing)) == [tmp_path / "train/class_a/img0.png", files[-1]]
+    listing.write_text("train/class_a/img0.png\n", encoding="utf-8-sig")  # a BOM is not part of the first path
+    assert list_images(str(listing)) == [tmp_path / "train/class_a/img0.png"]
+    np.save(tmp_path / "stack.npy", np.zeros((2, 8, 8), np.float32))  # a binary file was a UnicodeDecodeError
+    with pytest.raises(DataError, match=r"stack\.npy is not a text file listing image paths \(not UTF-8 text\)"):
+        list_images(str(tmp_path / "stack.npy"))
     with pytest.raises(DataError, match="does not exist"):
         list_images(str(tmp_path / "missing"))
     # a folder of data read another way says so: arrays need their own values, shards their index

@@ -85,3 +85,16 @@ def test_a_recipe_that_is_not_valid_yaml_is_one_line_naming_the_place(tmp_path):
         pretrain_resolve([str(tmp_path), "--recipe", str(recipe)])
     with pytest.raises(ConfigError, match=message):
         _finetune(tmp_path, "--recipe", str(recipe))
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--base-lr", "-0.5"], r"--base-lr must be a positive number, got -0\.5"),
+    (["--weight-decay", "-0.05"], r"--weight-decay must be 0 or more, got -0\.05"),
+    (["--clip-grad", "inf"], r"--clip-grad must be 0 or more, got inf"),
+])
+def test_both_trainers_refuse_out_of_range_optimizer_numbers_in_one_line(tmp_path, option, message):
+    # a negative lr was timm's traceback; a negative decay (which grows the weights) or clip went unsaid
+    with pytest.raises(ConfigError, match=message):
+        pretrain_resolve([str(tmp_path), *option])
+    with pytest.raises(ConfigError, match=message):
+        _finetune(tmp_path, *option)
