@@ -219,9 +219,19 @@ def parse(argv: Optional[Sequence[str]] = None) -> UserLayers:
     return UserLayers(recipe_file, recipe, {key: value for key, value in args.items() if value is not None})
 
 
+def check_one_data_source(user: UserLayers) -> None:
+    """--data, or --train-dir/--val-dir: with both, the folders won without a word (and --data with
+    --train-dir alone ended in a traceback)."""
+    if user.get("data") and (user.get("train_dir") or user.get("val_dir")):
+        given = " and ".join(f"--{key.replace('_', '-')}" for key in ("train_dir", "val_dir") if user.get(key))
+        raise ConfigError(f"give --data (a folder holding train/ and val/) or --train-dir and --val-dir, not "
+                          f"--data with {given}")
+
+
 def resolve(user: UserLayers) -> FinetuneConfig:
     """Training configuration: defaults <- model recipe (<- linear-probe recipe) <- --recipe <- CLI."""
     check_one_normalisation(user.cli)
+    check_one_data_source(user)
     probe = merge(DEFAULTS, user.recipe, user.cli)
     layers, model_recipe = [], None
     if probe["model"]:
@@ -282,6 +292,7 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
     """Evaluation configuration: the checkpoint's own configuration (so the evaluation transform
     matches the one used during training) <- --recipe <- CLI. Data given by the user replaces all of the
     training's data options: a saved --val-dir would otherwise win over a new --data."""
+    check_one_data_source(user)
     known = {key: value for key, value in trained.items() if key in DEFAULTS}
     if any(user.get(key) for key in DATA_OPTIONS):
         known = {key: value for key, value in known.items() if key not in DATA_OPTIONS}

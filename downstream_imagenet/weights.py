@@ -107,8 +107,10 @@ def load_pretrained(model: nn.Module, path: Union[str, Path], allow_unsafe: bool
     check_stem_channels(model, encoder_state, path)
     report = load_into_classifier(model, encoder_state)
     report.dropped_by_converter = sorted(getattr(conversion, "dropped", []) or [])
-    logger.info("loaded %d tensors from %s; classifier left to train: %s%s", report.loaded, path,
-                shown(report.classifier_missing, 20) or "none",
+    left = shown(report.classifier_missing, 20)
+    # nothing left over: a linear probe's backbone (its head is outside the module given here, and trains)
+    logger.info("loaded %d tensors from %s; %s%s", report.loaded, path,
+                f"classifier left to train: {left}" if left else "every tensor of the backbone",
                 f"; dropped by the converter: {len(report.dropped_by_converter)} keys "
                 f"({shown(report.dropped_by_converter, 5)})" if report.dropped_by_converter else "")
     return report

@@ -27,6 +27,7 @@ from sparkmim.convert.detectron2 import check_d2_target, timm_resnet_to_d2, writ
 from sparkmim.convert.formats import SourceInfo, WEIGHTS_FORMAT, check_against_model_any_channels, recognise
 from sparkmim.convert.key_rules import RefusedKeysError
 from sparkmim.convert.mmdet import FINAL_NORM_CHOICES, timm_convnext_to_mmpretrain, write_checkpoint
+from sparkmim.convert.mmdet import is_converted as is_mmdet_checkpoint
 from sparkmim.sparse.encoder import EncoderSpecError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
 from sparkmim.utils.errors import UserError, describe_error, run_command
@@ -123,6 +124,13 @@ def describe(path: Path, obj: Any, info: Optional[SourceInfo]) -> Dict[str, Any]
         return {"file": str(path), "format": "detectron2-pkl",
                 "description": "Detectron2 weights (.pkl, numpy arrays; MODEL.WEIGHTS)",
                 "tensors": len(obj["model"]), "author": obj.get("__author__")}
+    if is_mmdet_checkpoint(obj):
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        return {"file": str(path), "format": "mmdet",
+                "description": "MMDetection backbone weights ('backbone.' keys under 'state_dict'; a detector's "
+                               "init_cfg checkpoint)",
+                "tensors": len(obj["state_dict"]), "converted_by": meta.get("converted_by"),
+                "notes": list(meta.get("notes") or [])}
     assert info is not None
     facts = {"file": str(path), "format": info.format, "description": info.description,
              "model": info.model, "model_from": info.model_from or None,
@@ -260,6 +268,9 @@ def convert(args: argparse.Namespace) -> int:
     obj = load_source(args.source, args.allow_unsafe)
     if isinstance(obj, dict) and obj.get("matching_heuristics") is not None:
         raise UsageError(f"{args.source} is a Detectron2 .pkl (an output format); convert the original checkpoint")
+    if is_mmdet_checkpoint(obj):
+        raise UsageError(f"{args.source} holds MMDetection backbone weights (an output format); convert the "
+                         "original checkpoint")
     try:
         info = recognise(obj, args.model)
     except ValueError as error:
@@ -313,7 +324,7 @@ def print_report(report: Dict[str, Any], as_json: bool) -> None:
 def inspect(args: argparse.Namespace) -> int:
     obj = load_source(args.inspect, args.allow_unsafe)
     info = None
-    if not (isinstance(obj, dict) and obj.get("matching_heuristics") is not None):
+    if not (isinstance(obj, dict) and obj.get("matching_heuristics") is not None) and not is_mmdet_checkpoint(obj):
         try:
             info = recognise(obj, args.model)
         except ValueError as error:

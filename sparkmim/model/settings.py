@@ -16,7 +16,8 @@ class InputSizeError(SparKSettingError):
     def __init__(self, height: int, width: int, stride: int) -> None:
         self.size, self.stride = (height, width), stride
         self.suggestion = nearest_input_size(height, width, stride)
-        self.problem = f"input size {height}x{width} is not a multiple of the encoder's total stride {stride}"
+        positive = "" if height > 0 and width > 0 else "positive "
+        self.problem = f"input size {height}x{width} is not a {positive}multiple of the encoder's total stride {stride}"
         super().__init__(f"{self.problem}; use e.g. {self.suggestion[0]}x{self.suggestion[1]}")
 
 

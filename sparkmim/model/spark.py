@@ -1,4 +1,5 @@
 """SparK: mask -> sparse encode -> densify -> decode -> loss on masked patches (one method each)."""
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -13,7 +14,7 @@ from ..sparse.norms import CrossProcessBatchNorm2d, SparseBatchNorm2d, SparseLay
 from ..utils.precision import widened
 from .decoder import LightDecoder, densify_projection
 from .patches import patchify, unpatchify
-from .settings import check_input_size, check_mask_fits, check_mask_ratio, visible_patches
+from .settings import SparKSettingError, check_input_size, check_mask_fits, check_mask_ratio, visible_patches
 
 DENSIFY_NORMS = ("bn", "ln", "identity")
 
@@ -58,10 +59,15 @@ class SparKOutput:
 
 
 def _as_hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
+    """224, [224] or (192, 256) -> (height, width); numpy integers too, a float or a string is refused."""
+    sides = [size] if not isinstance(size, (list, tuple)) else list(size)
+    try:
+        if len(sides) not in (1, 2) or any(isinstance(side, bool) for side in sides):
+            raise TypeError
+        height, width = operator.index(sides[0]), operator.index(sides[-1])
+    except TypeError:
+        raise SparKSettingError(f"input_size must be an integer or (height, width) integers, got {size!r}") from None
+    return height, width
 
 
 def random_visible_mask(batch: int, h: int, w: int, num_visible: int, device: torch.device,

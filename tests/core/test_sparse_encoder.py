@@ -278,6 +278,8 @@ def test_a_map_off_the_mask_grid_is_refused_with_its_sizes():
     (dict(encoder="resnet18", input_size=70), "not a multiple of the encoder's total stride 32"),
     (dict(encoder="resnet18", mask_ratio=1.0), "mask ratio must be strictly between 0 and 1"),
     (dict(encoder="resnet18", input_size=32), "leaves 0 of the 1x1 = 1 patches visible"),
+    (dict(encoder="resnet18", input_size=0), "input size 0x0 is not a positive multiple"),
+    (dict(encoder="resnet18", input_size=64.0), r"input_size must be an integer or \(height, width\) integers, got 64\.0"),
     (dict(encoder="resnet18", input_size=64, mask_ratio=0.1), "leaves 4 of the 2x2 = 4 patches visible"),
     (dict(encoder="no_such_net_xyz"), "unknown timm model 'no_such_net_xyz'"),
 ])

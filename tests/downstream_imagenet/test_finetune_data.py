@@ -4,7 +4,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sparkmim.downstream_imagenet.config import DEFAULTS, RECIPE_DIR, FinetuneConfig, parse, resolve
+from sparkmim.downstream_imagenet.config import DEFAULTS, RECIPE_DIR, FinetuneConfig, parse, resolve, resolve_eval
 from sparkmim.downstream_imagenet.data import (DataError, ImageFolderDataset, RedrawRefusedPosterize,
                                                ShardSampler, check_same_classes, collate_skipping,
                                                eval_transform, train_transform)
@@ -168,6 +168,17 @@ def test_layers_override_in_order(tmp_path):
     with pytest.raises(ConfigError, match="unknown option 'epoch'"):
         parse(["--recipe", str(tmp_path / "typo.yaml")])
     assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == set(PAPER_TABLE) | {"linear_probe", "default"}
+
+
+def test_data_and_separate_folders_together_are_one_line(tmp_path):
+    # --data d --train-dir t was Path(None)'s TypeError; with both folders, --data was ignored without a word
+    base = ["--model", "resnet18", "--data", "d", "--output-dir", "o"]
+    with pytest.raises(ConfigError, match="or --train-dir and --val-dir, not --data with --train-dir$"):
+        resolve(parse([*base, "--train-dir", "t"]))
+    with pytest.raises(ConfigError, match="not --data with --train-dir and --val-dir$"):
+        resolve(parse([*base, "--train-dir", "t", "--val-dir", "v"]))
+    with pytest.raises(ConfigError, match="not --data with --val-dir$"):
+        resolve_eval(parse(["--data", "d", "--val-dir", "v"]), {"model": "resnet18"})
 
 
 def test_model_without_recipe_gets_the_default_recipe_and_linear_probe_its_own():

@@ -100,7 +100,9 @@ def test_linear_probe_trains_only_the_head(workspace):
             "--batch-size", "16", "--base-lr", "1.6", "--workers", "0", "--input-size", "32", "--device", "cpu",
             "--model-kwargs", json.dumps(MODEL_KWARGS), "--no-progress", "--amp", "bf16", "--channels-last",
             "--layer-decay", "0.6")  # ignored (only the head trains), not refused
-    assert "--linear-probe trains the head only: layer decay 0.6 ignored" in (out / "log_rank0.txt").read_text()
+    log = (out / "log_rank0.txt").read_text()
+    assert "--linear-probe trains the head only: layer decay 0.6 ignored" in log
+    assert "encoder.pth; every tensor of the backbone" in log  # was "classifier left to train: none"
     record = torch.load(out / "checkpoint_last.pth", weights_only=True)
     encoder = torch.load(workspace / "encoder.pth", weights_only=True)
     for key, value in encoder.items():  # backbone frozen, BatchNorm statistics included

@@ -226,6 +226,11 @@ def test_to_mmdet_uses_the_mmdetection_converter(files, tmp_path, capsys):
         assert "was written but not checked" in captured.err
     state = torch.load(target, weights_only=True)["state_dict"]
     assert "backbone.downsample_layers.0.0.weight" in state
+    capsys.readouterr()
+    facts = inspect(target, capsys)  # was read as a timm state dict of no known model
+    assert (facts["format"], facts["tensors"], facts["converted_by"]) == ("mmdet", len(state), "sparkmim")
+    assert main([str(target), str(tmp_path / "back.pth"), "--to", "timm"]) == 2
+    assert "holds MMDetection backbone weights (an output format); convert the original" in capsys.readouterr().err
     assert main([str(files / "torchvision_resnet18.pth"), str(tmp_path / "x.pth"), "--to", "mmdet"]) == 2
     dropped = tmp_path / "cnx_no_norm3.pth"
     assert main([str(files / "cnx_1kpretrained_official_style.pth"), str(dropped), "--to", "mmdet",
