@@ -132,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decode-on-device", action=argparse.BooleanOptionalAction, default=None,
         help="workers only read files; JPEGs are decoded, cropped and resized on the training "
              "device (nvJPEG on a GPU; on a CPU device, in the training process)")
-    add("--demo-images", type=int, default=None, help="without data: the generated demo set's size (default 1024)")
-    add("--demo-image-size", type=int, default=None, help="without data: its images' side in pixels (default 128)")
+    demo = load_recipe(str(recipe_path(DEMO_RECIPE)))  # the values a plain `spark-pretrain` uses
+    add("--demo-images", type=int, default=None,
+        help=f"without data: the generated demo set's size (default {demo['demo_images']}, the demo recipe's; "
+             f"{DEFAULTS['demo_images']} under another --recipe)")
+    add("--demo-image-size", type=int, default=None,
+        help=f"without data: its images' side in pixels (default {demo['demo_image_size']}; "
+             f"{DEFAULTS['demo_image_size']} under another --recipe)")
     add = parser.add_argument_group("model and masking").add_argument
     add("--recipe", default=None,
         help="a shipped recipe name (resnet50, convnext_base, convnext_large_384, ...) or a YAML file")

@@ -28,6 +28,11 @@ def fmt(value: Optional[float], digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def cell(value: object) -> str:
+    """A cell or label for a value a result file may lack (model, schedule, input size): '?' rather than 'None'."""
+    return "?" if value is None else str(value)
+
+
 def diff(ours: Optional[float], paper: Optional[float]) -> str:
     return "–" if ours is None or paper is None else f"{ours - paper:+.1f}"
 
@@ -58,13 +63,13 @@ def imagenet_section(paper: Dict[str, Any], results: Results, pairs: List[Tuple[
     text = f"### {paper['imagenet']['title']}\n\n" + table(
         ["model", "input", "supervised (paper)", "SparK (paper)", "ours", "ours − paper", "run"], rows)
     others = [r for r in results.imagenet if id(r) not in used]
-    pairs.extend((f"{r.model} top-1", None, r.best) for r in others if r.best is not None)
+    pairs.extend((f"{cell(r.model)} top-1", None, r.best) for r in others if r.best is not None)
     if others:
         text += ("\n\nOther classification runs (no paper row: another model or input size, a linear probe, or "
                  "not 1000 classes):\n\n") + table(
             ["model", "input", "protocol", "classes", "top-1", "EMA top-1", "epochs", "run"],
-            [[str(r.model), str(r.input_size), r.protocol, "?" if r.classes is None else str(r.classes),
-              fmt(r.top1, 2), fmt(r.ema_top1, 2), f"{r.epochs_done}/{r.epochs}", r.run] for r in others])
+            [[cell(r.model), cell(r.input_size), r.protocol, cell(r.classes),
+              fmt(r.top1, 2), fmt(r.ema_top1, 2), f"{cell(r.epochs_done)}/{cell(r.epochs)}", r.run] for r in others])
     return text
 
 
@@ -98,12 +103,12 @@ def coco_section(key: str, frameworks: Tuple[str, ...], paper: Dict[str, Any], r
 
 def other_coco(results: Results, used: set, pairs: List[Tuple[str, Optional[float], float]]) -> str:
     others = [r for r in results.coco if id(r) not in used]
-    pairs.extend((f"{r.model} {r.schedule} AP box", None, r.box) for r in others if r.box is not None)
+    pairs.extend((f"{cell(r.model)} {cell(r.schedule)} AP box", None, r.box) for r in others if r.box is not None)
     if not others:
         return ""
     return "Other COCO runs (no paper row):\n\n" + table(
         ["framework", "model", "schedule", "AP box", "AP mask", "run"],
-        [[r.framework, str(r.model), str(r.schedule), fmt(r.box), fmt(r.mask), r.run] for r in others])
+        [[r.framework, cell(r.model), cell(r.schedule), fmt(r.box), fmt(r.mask), r.run] for r in others])
 
 
 def pretrain_section(paper: Dict[str, Any], results: Results) -> str:
@@ -114,7 +119,7 @@ def pretrain_section(paper: Dict[str, Any], results: Results) -> str:
     for r in results.pretrain:
         ref = reference.get(r.model or "")
         ref_text = f"{ref['img_per_s_per_gpu']} img/s per {ref['gpu']} ({ref['precision']})" if ref else "–"
-        rows.append([str(r.model), f"{r.epochs_done}/{r.epochs}", fmt(r.final_loss, 4), fmt(r.img_per_s, 1),
+        rows.append([cell(r.model), f"{r.epochs_done}/{cell(r.epochs)}", fmt(r.final_loss, 4), fmt(r.img_per_s, 1),
                      ref_text, r.run])
     return "### Pre-training\n\n" + table(
         ["model", "epochs", "final epoch loss", "img/s (whole job)", "paper reference", "run"], rows)

@@ -192,12 +192,22 @@ def _model_and_schedule(payload: Mapping[str, Any]) -> Tuple[Optional[str], Opti
 
 
 def read_coco(folder: Path) -> Optional[CocoResult]:
-    payload = _read_json(folder / COCO_FILE)
-    if not isinstance(payload, dict):
+    """The folder's COCO metrics; a file of that name that holds none is skipped with a warning that says
+    why (a list is COCO's detections format, which has no AP: evaluate it first)."""
+    path = folder / COCO_FILE
+    payload = _read_json(path)
+    if payload is None:
+        return None
+    box, mask = (_coco_ap(payload, "bbox"), _coco_ap(payload, "segm")) if isinstance(payload, dict) else (None, None)
+    if box is None and mask is None:
+        found = "a list (COCO detections, not metrics)" if isinstance(payload, list) else (
+            f"keys {', '.join(sorted(map(str, payload))[:6])}" if isinstance(payload, dict) else type(payload).__name__)
+        logger.warning("skipping %s: no box or mask AP in it (found %s); expected {\"bbox\": {\"AP\": ...}, "
+                       "\"segm\": {...}} or mmengine's coco/bbox_mAP keys", path, found)
         return None
     model, schedule = _model_and_schedule(payload)
     return CocoResult(run=str(folder), framework=str(payload.get("framework", "unknown")), model=model,
-                      schedule=schedule, box=_coco_ap(payload, "bbox"), mask=_coco_ap(payload, "segm"),
+                      schedule=schedule, box=box, mask=mask,
                       box_ap75=_coco_ap(payload, "bbox", "AP75"), mask_ap75=_coco_ap(payload, "segm", "AP75"))
 
 

@@ -62,6 +62,25 @@ def test_results_are_collected_from_nested_run_folders(runs):
     assert pretrain.img_per_s == pytest.approx(103.5)  # median of the steps after start-up
 
 
+def test_a_coco_file_without_metrics_is_skipped_with_the_reason(tmp_path, caplog, capsys):
+    # a detections list (COCO's results format, same file name in many tools) vanished without a word
+    write_d2(tmp_path / "ok", "mask_rcnn_R_50_FPN_1x", 41.0, 37.5)
+    (tmp_path / "dets").mkdir()
+    (tmp_path / "dets" / "coco_results.json").write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 1, 1]}]))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "coco_results.json").write_text(json.dumps({"loss": 0.3}))
+    with caplog.at_level("WARNING"):
+        results = collect([tmp_path])
+    assert [r.box for r in results.coco] == [41.0]
+    (tmp_path / "other" / "coco_results.json").write_text(json.dumps({"bbox": {"AP": 40.0}}))  # no model, no schedule
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert row_of(out, "unknown", "?", "?", "40.0") and "None" not in out  # was 'None | None'
+    assert re.search(r"skipping \S*dets/coco_results\.json: no box or mask AP in it \(found a list \(COCO "
+                     r"detections, not metrics\)\)", caplog.text)
+    assert re.search(r"skipping \S*other/coco_results\.json: no box or mask AP in it \(found keys loss\)", caplog.text)
+
+
 def row_of(markdown: str, *cells: str) -> list:
     for line in markdown.splitlines():
         parts = [p.strip() for p in line.strip("|").split("|")]
