@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--repeated-aug", type=int, help="repeated augmentation count (0 = off)")
     add = parser.add_argument_group("evaluation").add_argument
     add("--eval-only", help="evaluate a fine-tuned checkpoint and exit", **flag)
-    add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth)")
+    add("--checkpoint", help="fine-tuned checkpoint for --eval-only (default: <output-dir>/checkpoint_best.pth; "
+                             "checkpoint_best_ema.pth with --eval-ema)")
     add("--eval-ema", help="with --eval-only: evaluate the checkpoint's EMA weights", **flag)
     add("--eval-batch-size", type=int, help="evaluation batch per process (default: the training "
                                              "micro-batch; 128 with --eval-only)")
@@ -304,6 +305,7 @@ def resolve_eval(user: UserLayers, trained: Dict[str, Any]) -> FinetuneConfig:
         config["in_chans"] = 3
     resolved = FinetuneConfig.from_mapping(config)
     check_input_size_fits(resolved)
+    check_number_ranges(resolved, positive=("eval_batch_size",))
     return resolved
 
 
@@ -363,7 +365,13 @@ def validate(config: FinetuneConfig) -> None:
         raise ConfigError(f"--warmup-epochs {config.warmup_epochs} is not within [0, --epochs {config.epochs}]; give "
                           "--warmup-epochs with a short run (the recipe's warm-up does not shrink with --epochs)")
     check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
-    check_number_ranges(config, positive=("base_lr",), non_negative=("weight_decay", "clip_grad", "mixup", "cutmix"))
+    check_number_ranges(config, positive=("base_lr", "log_interval", "eval_batch_size", "stop_after_epoch"),
+                        non_negative=("weight_decay", "clip_grad", "mixup", "cutmix", "repeated_aug"))
+    if config.drop_path is not None and not 0 <= config.drop_path < 1:
+        raise ConfigError(f"--drop-path must be in [0, 1), got {config.drop_path}")
+    if config.checkpoint or config.eval_ema:
+        raise ConfigError("--checkpoint and --eval-ema choose what --eval-only evaluates: add --eval-only (pre-trained "
+                          "weights to fine-tune go to --weights)")
     if not 0 < config.layer_decay:
         raise ConfigError(f"layer_decay must be positive, got {config.layer_decay}")
     if not 0 <= config.ema < 1:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from sparkmim.utils.checkpoint import UnsafeCheckpointError
+from sparkmim.utils.checkpoint import UnsafeCheckpointError, checkpoint_format
 from sparkmim.utils.config import ConfigError, save_config
 from sparkmim.utils.disk import check_space_for_saves, keeping_last_good, state_bytes, tensor_bytes
 from sparkmim.utils.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -220,10 +220,36 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     return FinetuneRun(config, trainer, loader, val_loader, steps_per_epoch, classes, record)
 
 
+def check_inputs_before_claiming(config: FinetuneConfig, out: Path) -> None:
+    """What claiming the folder could destroy or would be wasted on, checked first: the data folders and
+    --weights exist, --overwrite would not delete the --weights file, and the folder's checkpoint_last.pth
+    (if any) is a spark-finetune one: a spark-pretrain folder given as --output-dir was refused with
+    advice to resume it, and with --overwrite lost its checkpoint."""
+    train_dir, val_dir = dataset_dirs(config)
+    for flag, folder in (("--train-dir", train_dir), ("--val-dir", val_dir)):
+        if folder is not None and not folder.is_dir():
+            raise DataError(f"{flag} {folder}: folder not found")
+    if config.weights:
+        weights = Path(config.weights)
+        if not weights.is_file():
+            raise WeightLoadingError(f"--weights {weights}: {'a folder, not a file' if weights.is_dir() else 'file not found'}")
+        outputs = (checkpoints.LAST, checkpoints.BEST, checkpoints.BEST_EMA)
+        if config.overwrite and weights.resolve().parent == out.resolve() and weights.name in outputs:
+            raise ConfigError(f"--overwrite would delete the --weights file {weights}: copy it elsewhere or choose "
+                              "another --output-dir")
+    last = out / checkpoints.LAST
+    if last.is_file():
+        kind = checkpoint_format(last, config.allow_unsafe)
+        if kind is not None and kind != checkpoints.FORMAT:
+            raise ConfigError(f"{out} holds a {kind or 'foreign'} run ({checkpoints.LAST}), not a spark-finetune one: "
+                              "give spark-finetune its own --output-dir (pre-trained weights go to --weights)")
+
+
 def train(config: FinetuneConfig, dist_info: DistInfo) -> Dict[str, Any]:
     """The fine-tuning run in its claimed folder (one writer: see :mod:`sparkmim.utils.run_folder`);
     returns the final summary (best accuracies and checkpoint paths)."""
     out = Path(config.output_dir)
+    check_inputs_before_claiming(config, out)
     out.mkdir(parents=True, exist_ok=True)
     lock = claim_run_folder(out, "spark-finetune", checkpoints.LAST, config.resume, config.overwrite,
                             is_main=dist_info.is_main,
@@ -320,7 +346,8 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     if not path:
         if not user.get("output_dir"):
             raise ConfigError("--eval-only needs --checkpoint (or --output-dir holding checkpoint_best.pth)")
-        path = Path(user.get("output_dir")) / checkpoints.BEST
+        # the run's best EMA weights are in their own file
+        path = Path(user.get("output_dir")) / (checkpoints.BEST_EMA if user.get("eval_ema") else checkpoints.BEST)
     record = checkpoints.load_record(Path(path))
     config = resolve_eval(user, record["config"])
     setup_logging(Path(config.output_dir) if user.get("output_dir") else None, dist_info.rank)
@@ -350,7 +377,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     batch = config.eval_batch_size or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
     result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), channels_last)
-    result["checkpoint"] = str(path)
+    result["checkpoint"], result["ema"] = str(path), bool(user.get("eval_ema"))
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
     return result
@@ -364,7 +391,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         result = evaluate_checkpoint(user, dist_info)
         if dist_info.is_main:
             print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images, "
-                  f"{result['skipped']} unreadable skipped) from {result['checkpoint']}")
+                  f"{result['skipped']} unreadable skipped) from {result['checkpoint']}"
+                  f"{' (EMA weights)' if result['ema'] else ''}")
         return 0
     config = resolve(user)
     dist_info = init_distributed(config.device)

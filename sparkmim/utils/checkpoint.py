@@ -151,6 +151,16 @@ def recorded_config(path: PathLike, formats: Optional[Collection[str]] = None, a
     return dict(obj.get("config") or {})
 
 
+def checkpoint_format(path: PathLike, allow_unsafe: bool = False) -> Optional[str]:
+    """The ``format`` a checkpoint records ('' for a file without one, such as a bare state dict), read
+    memory-mapped; None for a file that cannot be read (loading it for real reports why)."""
+    try:
+        obj = load_file(path, allow_unsafe=allow_unsafe, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: its real load says what is wrong
+        return None
+    return str(obj.get("format") or "") if isinstance(obj, Mapping) else ""
+
+
 def unwrap_state_dict(obj: Any) -> Dict[str, torch.Tensor]:
     """Return the tensor state dict inside ``obj``, descending through 'model'/'module'/'state_dict'.
 

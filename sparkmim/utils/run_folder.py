@@ -151,12 +151,30 @@ def remove_orphan_temporaries(folder: Path) -> int:
     return removed
 
 
-def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str], overwrite: bool) -> None:
-    """A run without ``--resume`` must not start over a folder that already holds its checkpoint."""
-    existing = Path(folder) / checkpoint_name
-    if resume is None and not overwrite and existing.is_file():
-        raise RunFolderError(f"{folder} already holds a run ({existing.name}); continue it with --resume auto, "
-                             "choose another --output-dir, or pass --overwrite to train again from the start")
+def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str], overwrite: bool,
+                      other_outputs: Sequence[str] = ()) -> None:
+    """A run must not write over a folder that holds another run's files: without ``--resume`` over its
+    checkpoint or ``other_outputs`` (a best checkpoint kept after the last one was deleted to save space),
+    with ``--resume`` of another folder's checkpoint over this folder's own run. ``--overwrite`` (a fresh
+    start) and ``--resume`` (a continuation) contradict each other. An empty ``resume`` is no resume."""
+    folder, resume = Path(folder), resume or None
+    if overwrite and resume is not None:
+        raise RunFolderError(f"--overwrite starts again from step 0 and --resume {resume} continues a run: give "
+                             "one of them")
+    if overwrite:
+        return
+    existing = folder / checkpoint_name
+    if resume is None:
+        earlier = next((folder / name for name in (checkpoint_name, *other_outputs) if (folder / name).is_file()), None)
+        if earlier == existing:
+            raise RunFolderError(f"{folder} already holds a run ({existing.name}); continue it with --resume auto, "
+                                 "choose another --output-dir, or pass --overwrite to train again from the start")
+        if earlier is not None:
+            raise RunFolderError(f"{folder} holds an earlier run's {earlier.name}; choose another --output-dir, or "
+                                 "pass --overwrite to replace that run")
+    elif resume != "auto" and existing.is_file() and Path(resume).resolve() != existing.resolve():
+        raise RunFolderError(f"{folder} holds a run of its own ({existing.name}), which --resume {resume} would "
+                             "write over; give that checkpoint's folder as --output-dir, or a new one")
 
 
 def claim_run_folder(folder: Path, command: str, checkpoint_name: str, resume: Optional[str], overwrite: bool,
@@ -167,12 +185,12 @@ def claim_run_folder(folder: Path, command: str, checkpoint_name: str, resume: O
     ``overwrite``, delete the earlier run's checkpoint, metrics and ``other_outputs`` (files the new run may
     never write, such as a best checkpoint) so they cannot mix with the new run's.
     Returns the lock (None on other processes); release it when the run ends."""
-    check_fresh_start(folder, checkpoint_name, resume, overwrite)
+    check_fresh_start(folder, checkpoint_name, resume, overwrite, other_outputs)
     if not is_main:
         return None
     lock = RunFolderLock(folder, command).acquire()
     remove_orphan_temporaries(folder)
-    if overwrite and resume is None:
+    if overwrite:
         for name in (checkpoint_name, metrics_file, *other_outputs):
             (Path(folder) / name).unlink(missing_ok=True)
     return lock

@@ -63,6 +63,19 @@ def test_fresh_start_over_an_existing_run_is_refused(tmp_path):
         check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False)
     check_fresh_start(tmp_path, "checkpoint_last.pth", "auto", overwrite=False)
     check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=True)
+    with pytest.raises(RunFolderError, match="already holds a run"):  # an empty --resume is no resume
+        check_fresh_start(tmp_path, "checkpoint_last.pth", "", overwrite=False)
+    with pytest.raises(RunFolderError, match="--overwrite starts again from step 0 and --resume auto continues"):
+        check_fresh_start(tmp_path, "checkpoint_last.pth", "auto", overwrite=True)
+    check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "checkpoint_last.pth"), overwrite=False)
+    (tmp_path / "elsewhere.pth").write_bytes(b"x")
+    with pytest.raises(RunFolderError, match="holds a run of its own .* which --resume .*elsewhere.pth would write over"):
+        check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "elsewhere.pth"), overwrite=False)
+    (tmp_path / "checkpoint_last.pth").unlink()
+    (tmp_path / "summary.json").write_text("{}")
+    check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False)  # not one of this command's outputs
+    with pytest.raises(RunFolderError, match="holds an earlier run's summary.json; .* --overwrite"):
+        check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False, other_outputs=("summary.json",))
 
 
 def test_only_our_temporary_files_in_the_folder_itself_are_removed(tmp_path):
