@@ -14,6 +14,7 @@ import argparse
 import os
 import logging
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.images import UnreadableImageError
-from sparkmim.utils.shards import INDEX_NAME, webdataset_module, write_index
+from sparkmim.utils.shards import INDEX_NAME, SAMPLE_EXTENSIONS, ShardError, parse_index, webdataset_module, write_index
 from sparkmim.utils.values import read_values
 
 logger = logging.getLogger("sparkmim.tools.data")
@@ -47,16 +48,46 @@ def member_extension(path: Path) -> str:
     return path.suffix.lower().lstrip(".")
 
 
-def check_destination(folder: Path, prefix: str, overwrite: bool) -> None:
-    """Refuse to mix a new pack with an old one, unless asked to replace it; the prefix names files in it."""
+def old_pack(folder: Path, prefix: str) -> List[Path]:
+    """The files of a pack with ``prefix`` in ``folder``: its shards ``<prefix>-NNNNNN.tar`` (an interrupted
+    pack's ``.partial`` ones too) and the index. Other files, such as ``train-notes.tar``, are not part of it."""
+    if not folder.is_dir():
+        return []
+    shard = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar(?:{re.escape(PARTIAL_SUFFIX)})?")
+    found = sorted(path for path in folder.iterdir() if shard.fullmatch(path.name))
+    return found + ([folder / INDEX_NAME] if (folder / INDEX_NAME).exists() else [])
+
+
+def check_destination(folder: Path, prefix: str, overwrite: bool) -> List[Path]:
+    """Refuse to mix a new pack with an old one, unless asked to replace it; the prefix names files in it.
+    Returns the old pack's files, which the caller deletes only once the new pack is complete (an
+    interrupted or failed pack leaves the old one as it was)."""
     if not prefix or "/" in prefix or (os.sep in prefix) or prefix in (".", ".."):
         raise UserError(f"--prefix {prefix!r} must be a file name without a folder (the shards go into DST: "
                         f"give the folder as DST, e.g. DST/sub and --prefix {Path(prefix).name or 'train'})")
-    old = sorted(folder.glob(f"{prefix}-*.tar")) + ([folder / INDEX_NAME] if (folder / INDEX_NAME).exists() else [])
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            indexed = list(parse_index(index.read_text(), str(index)))
+        except (OSError, ShardError):
+            indexed = []
+        others = [name for name in indexed if not name.startswith(f"{prefix}-")]
+        if others:  # one index per folder: replacing it would leave the other pack's shards unlisted
+            raise UserError(f"{folder} holds another pack ({others[0]}, ... in {INDEX_NAME}); one pack per folder: "
+                            f"give --prefix {prefix} its own DST")
+    old = old_pack(folder, prefix)
     if old and not overwrite:
-        raise UserError(f"{folder} already holds shards ({old[0].name}, ...); choose another DST or pass --overwrite")
-    for path in old:
-        path.unlink()
+        state = ("an interrupted pack" if all(path.name.endswith(PARTIAL_SUFFIX) for path in old)
+                 else "shards")
+        raise UserError(f"{folder} already holds {state} ({old[0].name}, ...); choose another DST or pass --overwrite")
+    return old
+
+
+def make_destination(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"DST {folder} cannot be made a folder ({error.strerror or error})") from None
 
 
 def pack_shards(paths: Sequence[Path], folder: Path, shard_size: int = 1000, prefix: str = "train",
@@ -66,23 +97,26 @@ def pack_shards(paths: Sequence[Path], folder: Path, shard_size: int = 1000, pre
 
     ``seed``: shuffle the order first (None keeps it). ``verify``: decode every file and leave out the
     ones that do not decode (otherwise only unreadable files are left out, and damaged images are
-    skipped and counted at training time). Each shard is written under a temporary name and renamed
-    when complete, and the index last, so an interrupted pack never looks finished."""
+    skipped and counted at training time). Files of no image or array type are left out. The shards are
+    written under temporary names and renamed when all are complete, and the index last, so an interrupted
+    pack never looks finished; with ``overwrite``, the old pack is deleted only then."""
     if shard_size <= 0:
         raise UserError(f"--shard-size must be positive, got {shard_size}")
     wds = webdataset_module()
-    folder.mkdir(parents=True, exist_ok=True)
-    check_destination(folder, prefix, overwrite)
+    make_destination(folder)
+    old = check_destination(folder, prefix, overwrite)
+    for leftover in [path for path in old if path.name.endswith(PARTIAL_SUFFIX)]:
+        leftover.unlink()  # an interrupted pack's: its names are the ones this pack writes
     order = list(paths)
     if seed is not None:
         random.Random(seed).shuffle(order)
     result = PackResult(folder=folder, prefix=prefix)
-    writer, shard_path, in_shard = None, None, 0
+    written: List[Path] = []
+    writer, in_shard = None, 0
 
     def close_shard() -> None:
         writer.close()
-        shard_path.rename(shard_path.with_suffix(""))  # drop .partial
-        result.counts[shard_path.with_suffix("").name] = in_shard
+        result.counts[written[-1].with_suffix("").name] = in_shard
 
     bar = None
     if progress:
@@ -92,6 +126,9 @@ def pack_shards(paths: Sequence[Path], folder: Path, shard_size: int = 1000, pre
         if bar is not None:
             bar.update(1)
         try:
+            if member_extension(path) not in SAMPLE_EXTENSIONS:
+                raise UnreadableImageError(f"not an image or array file (its type, {path.suffix or 'none'}, is "
+                                           "not one the trainers read)")
             data = path.read_bytes()
             if verify:
                 read_values(path)
@@ -102,15 +139,20 @@ def pack_shards(paths: Sequence[Path], folder: Path, shard_size: int = 1000, pre
         if writer is None or in_shard >= shard_size:
             if writer is not None:
                 close_shard()
-            shard_path = folder / f"{prefix}-{len(result.counts):06d}.tar{PARTIAL_SUFFIX}"
-            writer, in_shard = wds.TarWriter(str(shard_path), encoder=False, mtime=0.0), 0
+            written.append(folder / f"{prefix}-{len(written):06d}.tar{PARTIAL_SUFFIX}")
+            writer, in_shard = wds.TarWriter(str(written[-1]), encoder=False, mtime=0.0), 0
         writer.write({"__key__": f"{index:09d}", member_extension(path): data})
         in_shard += 1
     if bar is not None:
         bar.close()
     if writer is None:
-        raise UserError(f"none of the {len(order)} files could be read; nothing was packed")
+        raise UserError(f"none of the {len(order)} files could be read; nothing was packed"
+                        f"{' (the old pack is kept)' if old else ''}")
     close_shard()
+    for path in sorted(old, key=lambda p: p.name != INDEX_NAME):  # the index first: never one naming a mix
+        path.unlink(missing_ok=True)
+    for path in written:
+        path.rename(path.with_suffix(""))  # drop .partial
     write_index(folder, result.counts, source)
     return result
 
@@ -142,7 +184,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
     paths = list_images(args.source, arrays=True)
     logger.info("packing %d files from %s into shards of %d", len(paths), args.source, args.shard_size)
-    result = pack_shards(paths, Path(args.destination), args.shard_size, args.prefix,
+    result = pack_shards(paths, Path(args.destination).expanduser(), args.shard_size, args.prefix,
                          None if args.no_shuffle else args.seed, args.verify, args.overwrite, str(args.source),
                          args.progress)
     total = sum(result.counts.values())

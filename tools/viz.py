@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from sparkmim.convert import KeyAccountingError
-from sparkmim.model.settings import InputSizeError, check_input_size, check_mask_ratio
+from sparkmim.model.settings import InputSizeError, SparKSettingError, check_input_size, check_mask_fits, check_mask_ratio
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command
@@ -169,19 +169,27 @@ def run(args: argparse.Namespace) -> Path:
             raise VizError(str(error)) from error
     if len(args.inputs) < 2:
         raise VizError("give a checkpoint and at least one image: spark-viz CHECKPOINT IMAGE... --out grid.png")
+    if any(Path(name).resolve() == out.resolve() for name in args.inputs):  # the picture replaced the photo
+        raise VizError(f"--out {out} is one of the inputs; give the picture another file name")
     spark, values = read_checkpoint(Path(args.inputs[0]), args.model, args.allow_unsafe)
     size = _size(args.input_size, tuple(spark.input_size), spark.downsample_ratio)
     mask_ratio = spark.mask_ratio if args.mask_ratio is None else args.mask_ratio
     check_mask_ratio(mask_ratio)
+    try:  # a picture with nothing masked (or nothing visible) shows nothing of the method
+        check_mask_fits(size[0] // spark.downsample_ratio, size[1] // spark.downsample_ratio, mask_ratio)
+    except SparKSettingError as error:
+        raise VizError(f"--input-size {size[0]} {size[1]} with --mask-ratio {mask_ratio}: {error}") from None
     images = load_images([Path(p) for p in args.inputs[1:]], size, values)
     from sparkmim.utils.pictures import plot_reconstructions, reconstruct
 
     panels = reconstruct(spark, images, seed=args.seed, mask_ratio=mask_ratio)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         return plot_reconstructions(panels, out, bands=args.bands, stretch=values is not None)
     except ValueError as error:  # bands that the images do not have
         raise VizError(f"--bands: {error}") from error
+    except OSError as error:  # a folder that cannot be made or written
+        raise VizError(f"--out {out}: {error.strerror or error}") from error
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -35,6 +35,9 @@ def picture_path(out: Path, option: str = "--out") -> Path:
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{option} {out} is a folder; give a file name, e.g. {out / 'picture.png'}")
+    nearest = next((parent for parent in out.parents if parent.exists()), None)  # checked before any work is done
+    if nearest is not None and not nearest.is_dir():
+        raise UserError(f"{option} {out}: {nearest} is a file, not a folder")
     if out.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         out = out.with_name(out.name + ".png")
     return out

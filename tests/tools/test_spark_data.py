@@ -82,3 +82,32 @@ def test_a_prefix_with_a_folder_is_one_line_before_anything_is_written(tmp_path,
     assert main(["pack", str(tmp_path / "images"), str(tmp_path / "shards"), "--prefix", "a/b", "--no-progress"]) == 2
     assert "--prefix 'a/b' must be a file name without a folder" in capsys.readouterr().err
     assert not (tmp_path / "shards").exists() or not any((tmp_path / "shards").iterdir())
+
+
+def test_a_repack_keeps_the_old_pack_until_the_new_one_is_complete_and_touches_nothing_else(tmp_path, capsys):
+    paths = write_flat_images(tmp_path / "images", 4)
+    shards = tmp_path / "shards"
+    assert main(["pack", str(tmp_path / "images"), str(shards), "--shard-size", "2", "--no-progress"]) == 0
+    pack = {p.name: p.read_bytes() for p in shards.iterdir()}
+    (shards / "train-notes.tar").write_bytes(b"the user's own")  # matched the old 'train-*.tar' and was deleted
+    missing = tmp_path / "missing.txt"
+    missing.write_text("gone1.png\ngone2.png\n")
+    # --overwrite deleted the old pack first; a pack that then wrote nothing left the folder empty
+    assert main(["pack", str(missing), str(shards), "--overwrite", "--no-progress"]) == 2
+    assert "nothing was packed (the old pack is kept)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in shards.iterdir() if p.name != "train-notes.tar"} == pack
+    # a second pack with another prefix replaced the index, leaving the first pack's shards unlisted
+    assert main(["pack", str(tmp_path / "images"), str(shards), "--prefix", "val", "--overwrite", "--no-progress"]) == 2
+    assert "holds another pack (train-000000.tar, ... in shards.json); one pack per folder" in capsys.readouterr().err
+    # entries of a list file that are no image were packed and counted as samples; one without a suffix was a traceback
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "noext").write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(p) for p in [*paths, tmp_path / "notes.txt", tmp_path / "noext"]) + "\n")
+    (shards / "train-000009.tar.partial").write_bytes(b"an interrupted pack's")
+    assert main(["pack", str(listing), str(shards), "--overwrite", "--no-progress"]) == 0
+    assert "4 images in 1 shard(s), 2 file(s) left out" in capsys.readouterr().out
+    assert sorted(p.name for p in shards.iterdir()) == ["shards.json", "train-000000.tar", "train-notes.tar"]
+    assert (shards / "train-notes.tar").read_bytes() == b"the user's own"
+    assert main(["pack", str(tmp_path / "images"), str(listing), "--no-progress"]) == 2  # DST is a file
+    assert f"DST {listing} cannot be made a folder" in capsys.readouterr().err

@@ -69,6 +69,17 @@ def test_errors_are_one_line(workspace, tmp_path, capsys):
     assert "mask ratio must be strictly between 0 and 1" in capsys.readouterr().err
     assert main([str(workspace / "checkpoint_last.pth"), str(workspace / "wide.jpg"), "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+    # a picture that replaced its input photo, one with nothing masked, an --out under a file (a traceback)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((workspace / "wide.jpg").read_bytes())
+    assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(photo)]) == 2
+    assert f"--out {photo} is one of the inputs" in capsys.readouterr().err
+    assert photo.read_bytes() == (workspace / "wide.jpg").read_bytes()
+    assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(tmp_path / "m.png"),
+                 "--input-size", "64", "--mask-ratio", "0.05"]) == 2
+    assert "--mask-ratio 0.05: mask ratio 0.05 leaves 4 of the 2x2 = 4 patches visible" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(photo / "x.png")]) == 2
+    assert f"--out {photo / 'x.png'}: {photo} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_the_path_printed_is_the_file_written(workspace, tmp_path, capsys):
