@@ -62,6 +62,14 @@ def check_same_schedule(path: Path, record: Mapping[str, Any], steps_per_epoch: 
         f"a new run from its weights with --weights {path} and another --output-dir")
 
 
+def check_epochs_not_passed(path: Path, record: Mapping[str, Any], epochs: int) -> None:
+    """A resume with fewer --epochs than the checkpoint has done would train nothing and write a summary and
+    config.yaml claiming a run of that length."""
+    if int(record["epoch"]) > epochs:
+        raise CheckpointError(f"{path} has {record['epoch']} epochs done, more than --epochs {epochs}: resume with "
+                              f"--epochs {record['epoch']} or more (or --stop-after-epoch to end earlier next time)")
+
+
 def save(record: Dict[str, Any], output_dir: Path, name: str) -> Path:
     return save_atomic(on_host(record), Path(output_dir) / name)
 
@@ -75,7 +83,7 @@ def resume_path(resume: Optional[str], output_dir: Path) -> Optional[Path]:
         candidate = Path(output_dir) / LAST
         if candidate.is_file():
             return candidate
-        logger.info("--resume auto: no %s in %s, starting from the pre-trained weights", LAST, output_dir)
+        logger.info("--resume auto: no %s in %s, a fresh start", LAST, output_dir)
         return None
     path = Path(resume)
     if not path.is_file():

@@ -199,6 +199,7 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
         raise ConfigError(f"fewer training batches per process ({len(loader)}) than --accum-steps "
                           f"({layout.accum_steps}); lower --batch-size or --accum-steps")
     if record is not None:
+        checkpoints.check_epochs_not_passed(resume_from, record, config.epochs)
         checkpoints.check_same_schedule(resume_from, record, steps_per_epoch)
     peak_lr = config.base_lr * config.batch_size / 256
     schedule = Schedule(total_steps=config.epochs * steps_per_epoch,

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_pack(args: argparse.Namespace) -> int:
     from sparkmim.pretrain.data import list_images
 
+    if args.shard_size <= 0:  # before SRC is listed, which can take minutes on a large tree
+        raise UserError(f"--shard-size must be positive, got {args.shard_size}")
     paths = list_images(args.source, arrays=True)
     logger.info("packing %d files from %s into shards of %d", len(paths), args.source, args.shard_size)
     result = pack_shards(paths, Path(args.destination).expanduser(), args.shard_size, args.prefix,

@@ -146,6 +146,8 @@ def _size(value: Optional[List[int]], default: Tuple[int, int], stride: int) -> 
     """``--input-size``, checked against the model's own total stride."""
     if not value:
         return default
+    if len(value) > 2:  # a third number was dropped without a word
+        raise VizError(f"--input-size takes one or two numbers (PX or H W), got {len(value)}")
     height, width = (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
     try:
         check_input_size(height, width, stride)

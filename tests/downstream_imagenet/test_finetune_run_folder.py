@@ -16,13 +16,13 @@ def make_folder(root, classes, per_class):
 
 @pytest.fixture()
 def finished(tmp_path, capsys):
-    """A finished one-epoch run (with EMA) and the command that made it."""
+    """A finished two-epoch run (with EMA) and the command that made it."""
     make_folder(tmp_path / "data" / "train", ["a", "b"], per_class=4)
     make_folder(tmp_path / "data" / "val", ["a", "b"], per_class=1)
     out = tmp_path / "run"
     train = ["--model", "test_resnet", "--data", str(tmp_path / "data"), "--input-size", "32", "--batch-size", "4",
              "--warmup-epochs", "0", "--workers", "0", "--device", "cpu", "--no-progress", "--mixup", "0",
-             "--cutmix", "0", "--ema", "0.9", "--repeated-aug", "0", "--epochs", "1", "--output-dir", str(out)]
+             "--cutmix", "0", "--ema", "0.9", "--repeated-aug", "0", "--epochs", "2", "--output-dir", str(out)]
     assert main(train) == 0
     capsys.readouterr()
     return out, train
@@ -52,6 +52,10 @@ def test_nothing_of_a_finished_run_is_lost_to_a_mistaken_command(finished, tmp_p
     # another folder's checkpoint continued over this folder's own run, its metrics cut and mixed
     _refused(capsys, [*train, "--resume", str(other / "checkpoint_last.pth")], "which --resume")
     assert {path.name: path.read_bytes() for path in out.glob("*.pth")} == files
+    # fewer --epochs than done trained nothing and rewrote summary.json and config.yaml as a 1-epoch run
+    summary = (out / "summary.json").read_text()
+    _refused(capsys, [*train, "--resume", "auto", "--epochs", "1"], "has 2 epochs done, more than --epochs 1")
+    assert (out / "summary.json").read_text() == summary
     # the last checkpoint deleted to save space: the best ones and the summary were replaced without a word
     (out / "checkpoint_last.pth").unlink()
     _refused(capsys, train, "holds an earlier run's checkpoint_best.pth")

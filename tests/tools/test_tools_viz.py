@@ -78,6 +78,9 @@ def test_errors_are_one_line(workspace, tmp_path, capsys):
     assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(tmp_path / "m.png"),
                  "--input-size", "64", "--mask-ratio", "0.05"]) == 2
     assert "--mask-ratio 0.05: mask ratio 0.05 leaves 4 of the 2x2 = 4 patches visible" in capsys.readouterr().err
+    assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(tmp_path / "m.png"),
+                 "--input-size", "64", "64", "64"]) == 2
+    assert "--input-size takes one or two numbers (PX or H W), got 3" in capsys.readouterr().err
     assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(photo / "x.png")]) == 2
     assert f"--out {photo / 'x.png'}: {photo} is a file, not a folder" in capsys.readouterr().err
 
