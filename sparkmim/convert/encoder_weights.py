@@ -27,6 +27,16 @@ def _split_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Tuple[Dict[str
     return kept, [k for k in state if not k.startswith(prefix)]
 
 
+LINEAR_PROBE_BACKBONE_PREFIX = "backbone."  # spark-finetune --linear-probe: the frozen encoder, then its head
+
+
+def _is_linear_probe(obj: Any, state: Dict[str, torch.Tensor]) -> bool:
+    """A spark-finetune --linear-probe checkpoint: its config says so and its encoder sits under ``backbone.``."""
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return (isinstance(config, dict) and bool(config.get("linear_probe"))
+            and any(key.startswith(LINEAR_PROBE_BACKBONE_PREFIX) for key in state))
+
+
 def load_encoder_state_dict(obj: Any) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """Return (timm-named encoder state dict without classifier, report of converted/dropped keys)."""
     state = strip_prefix(unwrap_state_dict(obj), "module.")
@@ -35,6 +45,10 @@ def load_encoder_state_dict(obj: Any) -> Tuple[Dict[str, torch.Tensor], Conversi
         state, dropped = _split_prefix(state, SPARKMIM_ENCODER_PREFIX)
         report.dropped.extend(dropped)
         report.notes.append("sparkmim full pre-training checkpoint")
+    elif _is_linear_probe(obj, state):
+        state, dropped = _split_prefix(state, LINEAR_PROBE_BACKBONE_PREFIX)
+        report.dropped.extend(dropped)  # the probe's own head
+        report.notes.append("spark-finetune linear probe (its frozen backbone)")
     elif is_reference_spark(state):
         encoder, dropped = _split_prefix(state, REFERENCE_ENCODER_PREFIX)
         report.dropped.extend(dropped)

@@ -110,6 +110,13 @@ def test_linear_probe_trains_only_the_head(workspace):
     assert set(k for k in record["model"] if not k.startswith("backbone.")) == {
         "head.0.running_mean", "head.0.running_var", "head.0.num_batches_tracked", "head.1.weight", "head.1.bias"}
     assert record["config"]["opt"] == "lars" and record["config"]["mixup"] == 0.0
+    from sparkmim.convert import load_encoder_state_dict
+
+    # the probe's checkpoint as --weights of a fine-tuning: was ~40 unmatched 'backbone.' keys
+    state, report = load_encoder_state_dict(record)
+    assert state.keys() == encoder.keys() and all(torch.equal(state[key], encoder[key]) for key in encoder)
+    assert sorted(report.dropped) == ["head.0.num_batches_tracked", "head.0.running_mean", "head.0.running_var",
+                                      "head.1.bias", "head.1.weight"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_top1"] > 25.0
     assert summary["linear_probe"] is True and summary["classes"] == 4  # spark-report keeps it off the paper rows
