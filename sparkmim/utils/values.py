@@ -58,6 +58,18 @@ def _read_with_pil(path: Source) -> np.ndarray:
         raise UnreadableImageError(f"{path}: image mode {image.mode} is not supported")
 
 
+def _load_npy(source: Source) -> np.ndarray:
+    """An array file, never unpickled. numpy calls anything without the array header 'pickled data' and
+    suggests allow_pickle: for a damaged file, that is the wrong advice."""
+    try:
+        return np.load(source, allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error):
+            raise ValueError("not a numeric .npy array (damaged, or an object array: those are never "
+                             "unpickled)") from error
+        raise
+
+
 def read_values(path: Union[str, Path], source: Union[Path, BinaryIO, None] = None) -> np.ndarray:
     """The file's values as (H, W, C), in its own dtype and units. ``source``: an open binary stream
     holding the file (a tar shard's member); ``path`` then only names it and gives its format."""
@@ -66,7 +78,7 @@ def read_values(path: Union[str, Path], source: Union[Path, BinaryIO, None] = No
     try:
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            array = np.load(source, allow_pickle=False)
+            array = _load_npy(source)
         elif suffix in TIFF_EXTENSIONS:
             array = _read_tiff(source)
         else:

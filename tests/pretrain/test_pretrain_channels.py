@@ -126,6 +126,9 @@ def test_readers_keep_values_and_band_layouts(tmp_path):
         assert torch.equal(load_values(tmp_path / name, 4), torch.from_numpy(cube.astype(np.float32)).permute(2, 0, 1))
     with pytest.raises(ChannelMismatchError, match="4 channel\\(s\\), the run expects 13"):
         load_values(tmp_path / "contig.tif", 13)
+    (tmp_path / "damaged.npy").write_bytes(b"not an array")  # numpy's advice: load it with allow_pickle
+    with pytest.raises(UnreadableImageError, match=r"damaged\.npy: not a numeric \.npy array \(damaged, or an object"):
+        read_values(tmp_path / "damaged.npy")
     np.save(tmp_path / "nodata.npy", np.full((8, 10, 4), np.inf, np.float32))
     mean, std = estimate_norm_stats([tmp_path / "contig.tif", tmp_path / "deep.png", tmp_path / "nodata.npy"], 4)
     assert mean == pytest.approx(cube.reshape(-1, 4).mean(0).tolist()) and len(std) == 4
