@@ -26,8 +26,8 @@ from sparkmim.utils.run_folder import claim_run_folder
 from sparkmim.utils.signals import stop_at_once
 
 from . import checkpoints
-from .config import (DEFAULT_RECIPE, FinetuneConfig, UserLayers, classifier_kwargs, parse, reads_values, resolve,
-                     resolve_eval)
+from .config import (DATA_OPTIONS, DEFAULT_RECIPE, FinetuneConfig, UserLayers, classifier_kwargs, parse,
+                     reads_values, resolve, resolve_eval)
 from .data import (DataError, ImageFolderDataset, check_same_classes, class_difference, dataset_dirs, eval_loader,
                    eval_transform, fill_norm_stats, image_reader, train_loader, train_transform)
 from .engine import Schedule, Trainer, evaluate, train_one_epoch
@@ -364,7 +364,12 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
             state = record["ema"]
         elif not record.get("ema_weights"):
             raise ConfigError(f"{path} holds the model's weights; for the EMA's use {checkpoints.BEST_EMA}")
-    _, val_set = load_datasets(config, training=False)
+    try:
+        _, val_set = load_datasets(config, training=False)
+    except DataError as error:
+        if any(user.get(key) for key in DATA_OPTIONS):
+            raise
+        raise DataError(f"{error} (the data folders {path} was trained with; give --data or --val-dir)") from None
     if val_set.classes != record["classes"]:
         raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes the checkpoint "
                           f"was trained on: "
@@ -379,6 +384,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
     result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), channels_last)
     result["checkpoint"], result["ema"] = str(path), bool(user.get("eval_ema"))
+    result["val_dir"], result["input_size"] = str(dataset_dirs(config, training=False)[1]), config.input_size
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
     return result

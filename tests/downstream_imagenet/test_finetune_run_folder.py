@@ -93,3 +93,9 @@ def test_eval_ema_without_a_checkpoint_reads_the_best_ema_file(finished, capsys)
     assert main(["--eval-only", "--eval-ema", "--output-dir", str(out), "--workers", "0", "--device", "cpu"]) == 0
     shown = capsys.readouterr().out
     assert "checkpoint_best_ema.pth (EMA weights)" in shown, shown
+    row = [line for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()][-1]
+    assert '"ema": true' in row and '"input_size": 32' in row and str(out.parent / "data" / "val") in row
+    # the training's data folder, moved since: say where the path came from
+    (out.parent / "data").rename(out.parent / "moved")
+    assert main(["--eval-only", "--output-dir", str(out), "--workers", "0", "--device", "cpu"]) == 2
+    assert "(the data folders " in capsys.readouterr().err
