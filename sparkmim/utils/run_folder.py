@@ -155,7 +155,8 @@ def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str],
                       other_outputs: Sequence[str] = ()) -> None:
     """A run must not write over a folder that holds another run's files: without ``--resume`` over its
     checkpoint or ``other_outputs`` (a best checkpoint kept after the last one was deleted to save space),
-    with ``--resume`` of another folder's checkpoint over this folder's own run. ``--overwrite`` (a fresh
+    with ``--resume`` of another folder's checkpoint over this folder's own run (one of its own checkpoints,
+    such as a copy kept aside, may roll it back). ``--overwrite`` (a fresh
     start) and ``--resume`` (a continuation) contradict each other. An empty ``resume`` is no resume."""
     folder, resume = Path(folder), resume or None
     if overwrite and resume is not None:
@@ -172,7 +173,8 @@ def check_fresh_start(folder: Path, checkpoint_name: str, resume: Optional[str],
         if earlier is not None:
             raise RunFolderError(f"{folder} holds an earlier run's {earlier.name}; choose another --output-dir, or "
                                  "pass --overwrite to replace that run")
-    elif resume != "auto" and existing.is_file() and Path(resume).resolve() != existing.resolve():
+    elif resume != "auto" and existing.is_file() and Path(resume).resolve().parent != folder.resolve():
+        # (a checkpoint of this folder, such as a copy kept aside, rolls this run back: the user's choice)
         raise RunFolderError(f"{folder} holds a run of its own ({existing.name}), which --resume {resume} would "
                              "write over; give that checkpoint's folder as --output-dir, or a new one")
 

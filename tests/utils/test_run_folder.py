@@ -68,9 +68,11 @@ def test_fresh_start_over_an_existing_run_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="--overwrite starts again from step 0 and --resume auto continues"):
         check_fresh_start(tmp_path, "checkpoint_last.pth", "auto", overwrite=True)
     check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "checkpoint_last.pth"), overwrite=False)
-    (tmp_path / "elsewhere.pth").write_bytes(b"x")
+    check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "kept_aside.pth"), overwrite=False)  # a rollback
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "elsewhere.pth").write_bytes(b"x")
     with pytest.raises(RunFolderError, match="holds a run of its own .* which --resume .*elsewhere.pth would write over"):
-        check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "elsewhere.pth"), overwrite=False)
+        check_fresh_start(tmp_path, "checkpoint_last.pth", str(tmp_path / "other" / "elsewhere.pth"), overwrite=False)
     (tmp_path / "checkpoint_last.pth").unlink()
     (tmp_path / "summary.json").write_text("{}")
     check_fresh_start(tmp_path, "checkpoint_last.pth", None, overwrite=False)  # not one of this command's outputs
