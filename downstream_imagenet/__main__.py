@@ -1,6 +1,6 @@
 """``python -m sparkmim.downstream_imagenet`` = ``spark-finetune``."""
 import sys
 
-from .main import main
+from sparkmim.launch import launch
 
-sys.exit(main())
+sys.exit(launch("spark-finetune"))

@@ -1,6 +1,6 @@
 """``python -m sparkmim.pretrain``: the same as the ``spark-pretrain`` command."""
 import sys
 
-from .main import main
+from sparkmim.launch import launch
 
-sys.exit(main())
+sys.exit(launch("spark-pretrain"))

@@ -47,7 +47,8 @@ def _interrupt_behind(error: BaseException) -> Optional[KeyboardInterrupt]:
     return None
 
 
-def _interrupted(prog: str, interrupt: KeyboardInterrupt) -> int:
+def report_interrupt(prog: str, interrupt: KeyboardInterrupt) -> int:
+    """Say on one line that ``prog`` was interrupted and return the shells' status for it, 130."""
     print(f"{prog}: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
     return 130
 
@@ -69,14 +70,14 @@ def run_command(prog: str, body: Callable[[], int], statuses: Optional[Mapping[T
     try:
         return body()
     except KeyboardInterrupt as interrupt:
-        return _interrupted(prog, interrupt)
+        return report_interrupt(prog, interrupt)
     except BrokenPipeError:  # the reader went away (`spark-convert --inspect F | head`): nothing more to say
         _silence_stdout()
         return 141
     except BaseException as error:  # noqa: B036 - re-raised unless it is one of ours
         interrupt = _interrupt_behind(error)
         if interrupt is not None:  # a stop signal inside a library's code that then failed on its way out
-            return _interrupted(prog, interrupt)
+            return report_interrupt(prog, interrupt)
         status = next((code for kind, code in (statuses or {}).items() if isinstance(error, kind)), None)
         if status is None and isinstance(error, UserError):
             status = 2
