@@ -48,6 +48,9 @@ def test_finetune_beats_chance_and_eval_only_reproduces(workspace):
     summary = json.loads((out / "summary.json").read_text())
     epochs = epochs_of(out)
     assert [row["epoch"] for row in epochs] == [1, 2, 3, 4, 5, 6]
+    step_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line).get("kind") == "train_step"]
+    assert step_rows[0]["epoch"] == 1 and {row["epoch"] for row in step_rows} <= {1, 2, 3, 4, 5, 6}  # as epoch rows count
     assert all(row["train_skipped"] == 1 for row in epochs)  # the corrupt file, skipped and counted
     assert all(row["val_images"] == 24 for row in epochs)
     assert summary["best_top1"] >= THRESHOLD, summary
