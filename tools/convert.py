@@ -176,7 +176,8 @@ def require_model(info: SourceInfo) -> str:
                                  "and matches none of the common models); pass --model NAME")
     problems = check_against_model_any_channels(info)
     if problems:
-        raise KeyAccountingError(f"the weights do not fit timm '{info.model}' (model from {info.model_from}): "
+        note = f"; {info.override_note}" if info.override_note else ""
+        raise KeyAccountingError(f"the weights do not fit timm '{info.model}' (model from {info.model_from}{note}): "
                                  + "; ".join(problems))
     return info.model
 

@@ -106,7 +106,8 @@ def read_checkpoint(path: Path, model: Optional[str], allow_unsafe: bool
         load_state_dict_checked(spark, info.spark_state, str(path),
                                 allowed_missing=["encoder.model." + k for k in spark.encoder.unused_state_keys])
     except KeyAccountingError as error:
-        raise VizError(str(error)) from error
+        raise VizError(f"--model {info.model}: {info.override_note}: {error}" if info.override_note else str(error)
+                       ) from error
     return spark.eval(), value_spec_of(info)
 
 

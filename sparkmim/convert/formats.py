@@ -72,6 +72,16 @@ class SourceInfo:
     classifier: List[str] = field(default_factory=list)     # classifier keys found (dropped)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     spark_dropped: List[str] = field(default_factory=list)   # keys left out of spark_state (unused buffers)
+    recorded_model: Optional[str] = None     # the name the file itself gives, when --model replaced it
+    recorded_from: str = ""
+
+    @property
+    def override_note(self) -> str:
+        """Why weights may not fit a ``--model`` that replaced another name the file records ("" otherwise):
+        the likeliest culprit, which a list of unmatched keys does not name."""
+        if self.model_from != "--model" or not self.recorded_model or self.recorded_model == self.model:
+            return ""
+        return f"the file itself records '{self.recorded_model}' in {self.recorded_from}; leave --model out"
 
     @property
     def description(self) -> str:
@@ -240,6 +250,7 @@ def recognise(obj: Any, model: Optional[str] = None) -> SourceInfo:
     info.classifier = [k for k in info.report.dropped if k.startswith(CLASSIFIER_PREFIXES)]
     _fill_in_chans(info)
     if model:
+        info.recorded_model, info.recorded_from = info.model, info.model_from
         info.model, info.model_from = model, "--model"
     elif info.model is None:
         # a file without a config may still come from another channel count: its stem tells (a grayscale or

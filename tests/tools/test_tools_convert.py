@@ -149,6 +149,17 @@ def test_a_misspelt_model_or_argument_is_one_line_with_a_suggestion(files, tmp_p
     assert not (tmp_path / "out.pth").exists()
 
 
+def test_a_model_other_than_the_one_the_file_records_is_named_as_the_culprit(files, tmp_path, capsys):
+    assert main([str(files / "checkpoint_last.pth"), str(tmp_path / "out.pth"), "--to", "timm", "--model", "resnet18"]) == 1
+    assert ("the weights do not fit timm 'resnet18' (model from --model; the file itself records 'test_resnet' in "
+            "the checkpoint's config; leave --model out)") in capsys.readouterr().err
+    # a name the file does not record (a plain timm state dict) leaves the message as it was
+    assert main([str(files / "test_resnet_encoder_timm.pth"), str(tmp_path / "out.pth"), "--to", "timm",
+                 "--model", "resnet18"]) == 1
+    assert "(model from --model): " in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
 def test_unknown_key_is_an_error_naming_it(files, tmp_path, capsys):
     state = torch.load(files / "resnet18_1kpretrained_timm_style.pth", weights_only=True)
     state["layer9.0.conv1.weight"] = torch.zeros(1)

@@ -83,6 +83,11 @@ def test_errors_are_one_line(workspace, tmp_path, capsys):
     assert "--input-size takes one or two numbers (PX or H W), got 3" in capsys.readouterr().err
     assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(photo / "x.png")]) == 2
     assert f"--out {photo / 'x.png'}: {photo} is a file, not a folder" in capsys.readouterr().err
+    # another model than the checkpoint records: the conflict, not only the unmatched keys
+    assert main([str(workspace / "checkpoint_last.pth"), str(photo), "--out", str(tmp_path / "m.png"),
+                 "--model", "resnet18"]) == 2
+    assert ("spark-viz: error: --model resnet18: the file itself records 'test_resnet' in the checkpoint's config; "
+            "leave --model out: ") in capsys.readouterr().err
 
 
 def test_the_path_printed_is_the_file_written(workspace, tmp_path, capsys):
