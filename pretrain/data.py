@@ -50,17 +50,18 @@ class ValueSpec:
         return decode_values(data, name, self.in_chans)
 
 
-def list_images(source: str, arrays: bool = False) -> List[Path]:
+def list_images(source: str, arrays: bool = False, argument: str = "DATA") -> List[Path]:
     """All image files under a folder (recursively, sorted; labels and layout ignored), or the paths
     listed in a text file (one per line; relative paths are relative to the list file). ``arrays``: also
-    ``.npy`` files (data read with its own values)."""
+    ``.npy`` files (data read with its own values). ``argument``: the command's name for ``source``, which
+    the advice in an error names."""
     path = Path(source).expanduser()
     if path.is_dir():
         extensions = IMAGE_EXTENSIONS + (ARRAY_EXTENSIONS if arrays else ())
         files = find_image_files(path, extensions)
         if not files:
             raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}"
-                            f"{no_images_hint(path, extensions)}; point DATA at a folder of images or a text file "
+                            f"{no_images_hint(path, extensions)}; point {argument} at a folder of images or a text file "
                             "listing image paths")
         return files
     if path.is_file():

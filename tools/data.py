@@ -184,7 +184,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
     if args.shard_size <= 0:  # before SRC is listed, which can take minutes on a large tree
         raise UserError(f"--shard-size must be positive, got {args.shard_size}")
-    paths = list_images(args.source, arrays=True)
+    paths = list_images(args.source, arrays=True, argument="SRC")
     logger.info("packing %d files from %s into shards of %d", len(paths), args.source, args.shard_size)
     result = pack_shards(paths, Path(args.destination).expanduser(), args.shard_size, args.prefix,
                          None if args.no_shuffle else args.seed, args.verify, args.overwrite, str(args.source),

@@ -84,6 +84,14 @@ def test_a_prefix_with_a_folder_is_one_line_before_anything_is_written(tmp_path,
     assert not (tmp_path / "shards").exists() or not any((tmp_path / "shards").iterdir())
 
 
+def test_a_source_without_images_names_the_commands_own_argument(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["pack", str(tmp_path / "empty"), str(tmp_path / "shards"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "point SRC at a folder of images" in error and "DATA" not in error  # spark-pretrain's name for it
+    assert not (tmp_path / "shards").exists()
+
+
 def test_a_repack_keeps_the_old_pack_until_the_new_one_is_complete_and_touches_nothing_else(tmp_path, capsys):
     paths = write_flat_images(tmp_path / "images", 4)
     shards = tmp_path / "shards"
