@@ -137,7 +137,8 @@ def class_difference(first: Sequence[str], second: Sequence[str], first_name: st
 
 def check_same_classes(train: ImageFolderDataset, val: ImageFolderDataset) -> None:
     if train.classes != val.classes:
-        raise DataError(f"train and val class folders differ: {class_difference(train.classes, val.classes, 'train', 'val')}")
+        difference = class_difference(train.classes, val.classes, "train", "val")
+        raise DataError(f"train and val class folders differ: {difference}")
 
 
 def _interpolation_mode(name: str):

@@ -153,7 +153,8 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int, step: int, steps_per_e
             loss_value = losses.read(epoch)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if t.metrics is not None:
-                row = {"kind": "train_step", "epoch": epoch + 1, "loss": loss_value, "lr": lr}  # counted from 1, as epoch rows
+                # epochs counted from 1, as the epoch rows and the log count them
+                row = {"kind": "train_step", "epoch": epoch + 1, "loss": loss_value, "lr": lr}
                 if t.clip_grad > 0:  # the norm is only computed to clip (it was written as "nan" otherwise)
                     row["grad_norm"] = float(grad_norm)
                 t.metrics.log(row, step=step, prefix="train/")

@@ -233,7 +233,8 @@ def check_inputs_before_claiming(config: FinetuneConfig, out: Path) -> None:
     if config.weights:
         weights = Path(config.weights)
         if not weights.is_file():
-            raise WeightLoadingError(f"--weights {weights}: {'a folder, not a file' if weights.is_dir() else 'file not found'}")
+            problem = "a folder, not a file" if weights.is_dir() else "file not found"
+            raise WeightLoadingError(f"--weights {weights}: {problem}")
         outputs = (checkpoints.LAST, checkpoints.BEST, checkpoints.BEST_EMA)
         if config.overwrite and weights.resolve().parent == out.resolve() and weights.name in outputs:
             raise ConfigError(f"--overwrite would delete the --weights file {weights}: copy it elsewhere or choose "
@@ -371,9 +372,9 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
             raise
         raise DataError(f"{error} (the data folders {path} was trained with; give --data or --val-dir)") from None
     if val_set.classes != record["classes"]:
+        difference = class_difference(record["classes"], val_set.classes, "the checkpoint", "the validation folder")
         raise ConfigError(f"the validation classes differ from the {len(record['classes'])} classes the checkpoint "
-                          f"was trained on: "
-                          f"{class_difference(record['classes'], val_set.classes, 'the checkpoint', 'the validation folder')}")
+                          f"was trained on: {difference}")
     model = build_model(config, len(record["classes"]))
     checkpoints.load_network_state(model, state, record, config.as_dict(), Path(path))
     model.to(dist_info.device)
@@ -384,7 +385,7 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
     result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), channels_last)
     result["checkpoint"], result["ema"] = str(path), bool(user.get("eval_ema"))
-    result["val_dir"], result["input_size"] = str(dataset_dirs(config, training=False)[1]), config.input_size
+    result["val_dir"], result["input_size"] = str(val_set.root), config.input_size
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)
     return result

@@ -61,8 +61,8 @@ def list_images(source: str, arrays: bool = False, argument: str = "DATA") -> Li
         files = find_image_files(path, extensions)
         if not files:
             raise DataError(f"no image files ({', '.join(('jpg', 'png', '...'))}) found under {path}"
-                            f"{no_images_hint(path, extensions)}; point {argument} at a folder of images or a text file "
-                            "listing image paths")
+                            f"{no_images_hint(path, extensions)}; point {argument} at a folder of images or a text "
+                            "file listing image paths")
         return files
     if path.is_file():
         if is_image_file(path):

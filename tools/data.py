@@ -41,7 +41,8 @@ class PackResult:
     @property
     def pattern(self) -> str:
         last = len(self.counts) - 1
-        return str(self.folder / (f"{self.prefix}-{{000000..{last:06d}}}.tar" if last > 0 else f"{self.prefix}-000000.tar"))
+        names = f"{{000000..{last:06d}}}" if last > 0 else "000000"
+        return str(self.folder / f"{self.prefix}-{names}.tar")
 
 
 def member_extension(path: Path) -> str:

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from sparkmim.convert import KeyAccountingError
-from sparkmim.model.settings import InputSizeError, SparKSettingError, check_input_size, check_mask_fits, check_mask_ratio
+from sparkmim.model.settings import (InputSizeError, SparKSettingError, check_input_size, check_mask_fits,
+                                     check_mask_ratio)
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file
 from sparkmim.utils.images import UnreadableImageError, load_rgb
 from sparkmim.utils.errors import UserError, run_command

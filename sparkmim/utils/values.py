@@ -168,7 +168,8 @@ def estimate_norm_stats(paths: Sequence[Path], in_chans: int, max_files: int = 2
     try:
         return norm_stats_of(map(load_or_none, list(paths)[::step][:max_files]), in_chans)
     except UnreadableImageError as error:
-        raise UnreadableImageError(f"{error} (the first: {first_problem[0]})" if first_problem else str(error)) from None
+        message = f"{error} (the first: {first_problem[0]})" if first_problem else str(error)
+        raise UnreadableImageError(message) from None
 
 
 def saved_norm_stats(checkpoint: Optional[Path], in_chans: int, allow_unsafe: bool = False
