@@ -199,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     kills.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     kills.add_argument("--json", type=Path, default=None)
 
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    # the internal process of 'step': without a help text argparse leaves it out of the command list
+    # (help=SUPPRESS printed "==SUPPRESS==" there), and the metavar leaves it out of the usage line
+    worker = sub.add_parser("worker")
     worker.add_argument("--variant", required=True, choices=list(VARIANTS))
     worker.add_argument("--config-json", required=True)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name != "worker") + "}"
     return parser
 
 

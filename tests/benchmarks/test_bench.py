@@ -235,3 +235,9 @@ def test_loader_only_compares_a_folder_with_the_same_images_in_shards_both_ways(
     assert "tar shards (4, up to 2 images each), PIL decode in workers (2 workers)" in printed
     assert "tar shards (4, up to 2 images each), JPEG decode on cpu (decode_jpeg) (2 workers)" in printed
     assert "spark-data pack into 4 shard(s)" in printed and "bytes alone, no decoding, 1 process: tar shards" in printed
+
+
+def test_the_help_lists_the_commands_a_user_runs_and_not_the_internal_worker():
+    text = bench.build_parser().format_help()
+    assert "SUPPRESS" not in text and "worker" not in text  # help=SUPPRESS printed "==SUPPRESS==" as a command
+    assert "gpu-check" in text and "kill-trials" in text
