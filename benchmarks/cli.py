@@ -34,11 +34,13 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from sparkmim.sparse.norms import NORM_KERNELS
+from sparkmim.utils.distributed import check_cuda_visible, check_device_name
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.utils.output_paths import check_output_file, check_output_folder
 
 from .gpu_check.part import PARTS as GPU_CHECK_PARTS
 from .perf.step import PRECISIONS, VARIANTS, StepConfig
@@ -52,7 +54,7 @@ def _add_step_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--size", type=int, default=defaults.size, help="input resolution in pixels")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default=defaults.precision)
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--norm-kernel", choices=NORM_KERNELS, default=defaults.norm_kernel,
@@ -316,12 +318,8 @@ def _gpu_check_kernels(kernels: Optional[List[str]], device: str) -> Optional[Tu
 
 
 def _run_gpu_check(args: argparse.Namespace) -> int:
-    import torch
-
     from .gpu_check.options import CheckOptions
     from .gpu_check.runner import default_fixtures, exit_status, run_gpu_check
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no CUDA device is visible; use --device cpu --quick for the CPU code path")
     fixtures = args.fixtures or default_fixtures()
     options = CheckOptions(out=str(args.out), device=args.device, quick=args.quick,
                            fixtures=str(fixtures) if fixtures else None, value_data=args.value_data,
@@ -366,6 +364,43 @@ def _run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """A misspelt device, or CUDA on a machine without it, is refused before any worker or part starts
+    (it surfaced as torch's driver message relayed by a failed worker); 'auto' becomes the device it means."""
+    import torch
+
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    check_device_name(device, ValueError)
+    if device == "auto":  # as in the trainers; the measurements record the device they ran on
+        args.device = device = "cuda" if torch.cuda.is_available() else "cpu"
+    hint = " --quick for gpu-check's CPU code path" if args.command == "gpu-check" else ""
+    check_cuda_visible(device, ValueError, hint)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """``--json``, ``--out`` and ``--work-dir`` checked before anything is measured: a folder given as the
+    JSON file ended minutes of timing with a traceback, and a file given as gpu-check's folder did at once."""
+    folders = {"work_dir"} | ({"out"} if args.command == "gpu-check" else set())
+    for name in ("out", "json", "work_dir"):
+        path = getattr(args, name, None)
+        if path is None:
+            continue
+        option = "--" + name.replace("_", "-")
+        if name in folders:
+            check_output_folder(path, option)
+        else:
+            check_output_file(path, option, example="coverage.md" if name == "out" else "results.json")
+
+
+def _dispatch(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
+    if args.command != "worker":
+        _check_device(args)
+        _check_output_paths(args)
+    return handler(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["value"]:  # its own parser and logging (a whole protocol, not a timing)
@@ -378,7 +413,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "coverage": _run_coverage,
                 "worker": _run_worker}
     # a measurement that cannot run (unknown model, no CUDA, bad sizes) is one line, not a traceback
-    return run_command("spark-bench", lambda: handlers[args.command](args), statuses={ValueError: 2, RuntimeError: 2})
+    return run_command("spark-bench", lambda: _dispatch(args, handlers[args.command]),
+                       statuses={ValueError: 2, RuntimeError: 2})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sparkmim.utils.errors import run_command
+from sparkmim.utils.output_paths import check_output_folder
 from .presets import PRESETS, get_preset
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"no fine-tuning epochs for label fraction(s) {missing}; the preset '{name}' knows "
                              f"{sorted(preset.finetune_epochs)}")
         out = args.out or Path("runs") / f"value_{name}"
+        check_output_folder(out, "--out")
         run_value_benchmark(preset, args.data, out, device_name=args.device, smoke=name == "smoke")
         return 0
 

@@ -39,6 +39,7 @@ def resolve_device(name: str) -> torch.device:
     check_device_name(name, ValueError)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_cuda_visible(name, ValueError)
     return torch.device(name)
 
 

@@ -56,6 +56,14 @@ def check_device_name(device: object, error: Type[Exception]) -> None:
         raise error(f"--device must be {DEVICE_NAMES}, got {str(device)!r}")
 
 
+def check_cuda_visible(device: str, error: Type[Exception], hint: str = "") -> None:
+    """Raise ``error`` with the one line every command gives when ``device`` asks for CUDA that torch cannot
+    see (``hint``: what else to try, after "use --device cpu")."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise error(f"--device {device} was asked for but no CUDA device is visible to torch {torch.__version__}; "
+                    f"use --device cpu{hint}, or check the driver and CUDA_VISIBLE_DEVICES")
+
+
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInfo:
     """Initialise the default process group when launched by torchrun; pick the device.
 
@@ -67,9 +75,7 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistInf
     check_device_name(device, DeviceError)
     kind, _, index = str(device).partition(":")
     use_cuda = torch.cuda.is_available() if kind == "auto" else kind == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise DeviceError(f"--device {device} was asked for but no CUDA device is visible to torch "
-                          f"{torch.__version__}; use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
+    check_cuda_visible(device, DeviceError)
     if use_cuda:
         visible = torch.cuda.device_count()
         gpu = int(index) if index and world_size == 1 else cuda_index(local_rank, visible)

@@ -18,8 +18,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from sparkmim.utils.errors import UserError
 from sparkmim.utils.metrics import read_rows
+from sparkmim.utils.output_paths import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,7 @@ def picture_path(out: Path, option: str = "--out") -> Path:
     from matplotlib.backend_bases import FigureCanvasBase
 
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{option} {out} is a folder; give a file name, e.g. {out / 'picture.png'}")
-    nearest = next((parent for parent in out.parents if parent.exists()), None)  # checked before any work is done
-    if nearest is not None and not nearest.is_dir():
-        raise UserError(f"{option} {out}: {nearest} is a file, not a folder")
+    check_output_file(out, option, example="picture.png")
     if out.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
         out = out.with_name(out.name + ".png")
     return out

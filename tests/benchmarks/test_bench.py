@@ -241,3 +241,33 @@ def test_the_help_lists_the_commands_a_user_runs_and_not_the_internal_worker():
     text = bench.build_parser().format_help()
     assert "SUPPRESS" not in text and "worker" not in text  # help=SUPPRESS printed "==SUPPRESS==" as a command
     assert "gpu-check" in text and "kill-trials" in text
+
+
+def test_bad_output_paths_and_devices_are_one_line_before_anything_runs(tmp_path, capsys):
+    from sparkmim.benchmarks.value.cli import main as value_main
+
+    a_file, a_folder = tmp_path / "a_file", tmp_path / "a_folder"
+    a_file.write_text("keep me")
+    a_folder.mkdir()
+    cases = [
+        (["gpu-check", "--device", "cpu", "--quick", "--out", str(a_file)], f"--out {a_file} is a file; give a folder"),
+        (["gpu-check", "--device", "cpu", "--quick", "--out", str(a_file / "x")],
+         f"--out {a_file / 'x'}: {a_file} is a file, not a folder"),
+        (["step", "--device", "cpu", "--json", str(a_folder)],
+         f"--json {a_folder} is a folder; give a file name, e.g. {a_folder / 'results.json'}"),
+        (["coverage", "--out", str(a_folder)], f"--out {a_folder} is a folder; give a file name"),
+        (["e2e", "--work-dir", str(a_file)], f"--work-dir {a_file} is a file; give a folder"),
+        (["step", "--device", "gpu"], "--device must be auto, cuda, cuda:N or cpu, got 'gpu'"),
+    ]
+    if not torch.cuda.is_available():  # torch's driver message, relayed by a failed worker, before
+        cases.append((["step", "--device", "cuda"], "--device cuda was asked for but no CUDA device is visible"))
+        cases.append((["gpu-check", "--out", str(tmp_path / "g")], "--device cuda was asked for but no CUDA device "
+                      "is visible to torch"))
+    for argv, message in cases:
+        assert bench.main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert f"spark-bench: error: {message}" in error and "Traceback" not in error, (argv, error)
+        assert ("use --device cpu --quick for gpu-check's CPU code path" in error) == (argv[:2] == ["gpu-check", "--out"])
+    assert value_main(["--smoke", "--out", str(a_file)]) == 2
+    assert f"spark-bench value: error: --out {a_file} is a file; give a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me" and not any(a_folder.iterdir()) and not (tmp_path / "g").exists()
