@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sparkmim.utils.errors import UserError, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.utils.output_paths import check_output_file
 
 from .results import CocoResult, ImageNetResult, Results, collect
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(args: argparse.Namespace) -> int:
+    if args.output:  # before the runs are read; writing a folder's name was a traceback after the table
+        check_output_file(args.output, "--output", example="report.md")
     results = collect(args.runs)
     if results.empty():
         raise UserError(f"no result files (summary.json, coco_results.json, pre-training metrics.jsonl, value "

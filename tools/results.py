@@ -239,6 +239,8 @@ def _folders(roots: Iterable[Path]) -> List[Path]:
     found = []
     for root in roots:
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise FileNotFoundError(f"{root} is a file; give run folders (each searched for result files)")
         if not root.is_dir():
             raise FileNotFoundError(f"run folder not found: {root}")
         for current, dirs, _ in os.walk(root):

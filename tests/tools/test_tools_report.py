@@ -140,6 +140,13 @@ def test_json_output_and_errors(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no result files" in capsys.readouterr().err
+    # a summary file given as the run, and a folder given as --output (a traceback after the table)
+    summary = next(runs.rglob("summary.json"))
+    assert main([str(summary)]) == 2
+    assert f"spark-report: error: {summary} is a file; give run folders" in capsys.readouterr().err
+    assert main([str(runs / "a"), "--output", str(tmp_path / "empty")]) == 2
+    captured = capsys.readouterr()
+    assert f"--output {tmp_path / 'empty'} is a folder; give a file name" in captured.err and captured.out == ""
 
 
 def test_paper_numbers_match_the_paper_tables():
