@@ -32,6 +32,7 @@ from sparkmim.sparse.encoder import EncoderSpecError
 from sparkmim.utils.checkpoint import UnsafeCheckpointError, load_file, save_atomic
 from sparkmim.utils.errors import UserError, describe_error, run_command
 from sparkmim.utils.logging_setup import setup_command_logging
+from sparkmim.utils.output_paths import check_output_file
 
 from . import checks
 from .pkl_files import load_numpy_pickle
@@ -262,6 +263,8 @@ def check_target_path(args: argparse.Namespace) -> None:
             raise UsageError(str(error)) from None
     if args.target.exists() and args.source.exists() and args.target.resolve() == args.source.resolve():
         raise UsageError(f"refusing to overwrite the source checkpoint {args.source}; choose another target")
+    # a folder, or a path under a file, failed in the atomic rename after the whole conversion
+    check_output_file(args.target, "DST", example=f"{args.source.stem}.{'pkl' if args.to == 'd2' else 'pth'}")
 
 
 def convert(args: argparse.Namespace) -> int:

@@ -160,6 +160,18 @@ def test_a_model_other_than_the_one_the_file_records_is_named_as_the_culprit(fil
     assert not (tmp_path / "out.pth").exists()
 
 
+def test_a_target_that_cannot_be_a_file_is_one_line_before_the_conversion(files, tmp_path, capsys):
+    source = str(files / "resnet18_1kpretrained_timm_style.pth")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("keep me")
+    assert main([source, str(tmp_path / "folder"), "--to", "timm"]) == 2  # a traceback from the final rename
+    assert (f"spark-convert: error: DST {tmp_path / 'folder'} is a folder; give a file name, e.g. "
+            f"{tmp_path / 'folder' / 'resnet18_1kpretrained_timm_style.pth'}") in capsys.readouterr().err
+    assert main([source, str(tmp_path / "a_file" / "x.pth"), "--to", "timm"]) == 2
+    assert f"DST {tmp_path / 'a_file' / 'x.pth'}: {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
+    assert not any((tmp_path / "folder").iterdir()) and (tmp_path / "a_file").read_text() == "keep me"
+
+
 def test_unknown_key_is_an_error_naming_it(files, tmp_path, capsys):
     state = torch.load(files / "resnet18_1kpretrained_timm_style.pth", weights_only=True)
     state["layer9.0.conv1.weight"] = torch.zeros(1)
