@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from sparkmim.utils.distributed import check_device_name
+from sparkmim.utils.distributed import check_cuda_visible, check_device_name
 
 from .data import LabelledData, load_dataset, pretraining_list, resize_uint8
 from .evaluators import extract_features, knn_accuracy, linear_probe

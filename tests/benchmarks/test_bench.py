@@ -270,4 +270,8 @@ def test_bad_output_paths_and_devices_are_one_line_before_anything_runs(tmp_path
         assert ("use --device cpu --quick for gpu-check's CPU code path" in error) == (argv[:2] == ["gpu-check", "--out"])
     assert value_main(["--smoke", "--out", str(a_file)]) == 2
     assert f"spark-bench value: error: --out {a_file} is a file; give a folder" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert value_main(["--smoke", "--device", "cuda", "--out", str(tmp_path / "v")]) == 2
+        assert "spark-bench value: error: --device cuda was asked for but no CUDA device" in capsys.readouterr().err
     assert a_file.read_text() == "keep me" and not any(a_folder.iterdir()) and not (tmp_path / "g").exists()
+    assert not (tmp_path / "v").exists()
