@@ -107,6 +107,14 @@ def restore_or_initialise(config: FinetuneConfig, model: nn.Module, classes: Lis
     return record
 
 
+def keep_recorded_weights(config: FinetuneConfig, record: Dict[str, Any]) -> FinetuneConfig:
+    """A resume needs no ``--weights`` (the checkpoint holds the network), but the run's config.yaml must
+    still name the encoder the run started from: it was rewritten with ``weights: null``, and used again as
+    a recipe it fine-tuned from random weights."""
+    recorded = (record.get("config") or {}).get("weights")
+    return replace(config, weights=recorded) if recorded and not config.weights else config
+
+
 def optimisation(config: FinetuneConfig, model: nn.Module, record: Optional[Dict[str, Any]], dist_info: DistInfo
                  ) -> Tuple[Optional[Any], torch.optim.Optimizer, Optional[Any]]:
     """(EMA, optimizer with layer-decay groups, fp16 grad scaler), restored from ``record`` when resuming."""
@@ -182,6 +190,8 @@ def prepare(config: FinetuneConfig, dist_info: DistInfo, out: Path) -> FinetuneR
     seed_everything(config.seed)  # identical initial head on every process (DDP and EMA rely on it)
     model = build_model(config, len(classes))
     record = restore_or_initialise(config, model, classes, resume_from)
+    if record is not None:
+        config = keep_recorded_weights(config, record)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -84,8 +84,14 @@ def test_resume_continues_exactly(workspace, capsys):
     assert ("was written at 3 steps per epoch (--batch-size 16), this run has 6: --batch-size, the number of "
             "processes or the training images changed, so its step 6") in capsys.readouterr().err
     assert (split / "metrics.jsonl").read_text() == metrics
-    run_cli(*common_args(workspace, split), *tricks, "--resume", "auto")
+    # a resume needs no --weights; config.yaml still names the encoder the run started from (it was rewritten
+    # as weights: null, and used again as a recipe it fine-tuned from random weights)
+    args = common_args(workspace, split)
+    weights_at = args.index("--weights")
+    without_weights = args[:weights_at] + args[weights_at + 2:]
+    run_cli(*without_weights, *tricks, "--resume", "auto")
     assert [row["epoch"] for row in epochs_of(split)] == [1, 2, 3]
+    assert yaml.safe_load((split / "config.yaml").read_text())["weights"] == args[weights_at + 1]
     whole = torch.load(straight / "checkpoint_last.pth", weights_only=True)
     resumed = torch.load(split / "checkpoint_last.pth", weights_only=True)
     assert resumed["step"] == whole["step"] == 3 * 3
