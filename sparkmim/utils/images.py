@@ -46,7 +46,9 @@ def load_rgb(path: Union[str, Path, BinaryIO], name: str = "") -> Image.Image:
             image.load()
             return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        detail = str(error) if isinstance(path, (str, Path)) else str(error).replace(repr(path), "the data")
+        # PIL names a stream by its repr ("cannot identify image file <_io.BytesIO object at 0x...>"); the
+        # message already starts with the sample's name
+        detail = str(error) if isinstance(path, (str, Path)) else str(error).replace(" " + repr(path), "")
         raise UnreadableImageError(f"{name or path}: {detail}") from error
 
 

@@ -87,8 +87,8 @@ def test_a_damaged_member_and_a_truncated_shard_are_skipped_and_counted(tmp_path
                     "--output-dir", str(run_dir)])
     assert done.returncode == 0, done.stderr[-3000:]
     log = (run_dir / "log_rank0.txt").read_text()
-    assert re.search(rf"skipping unreadable sample \S*train-000001\.tar:{damaged}: cannot identify image file the "
-                     r"data \(replaced by the next readable one\)", log)
+    assert re.search(rf"skipping unreadable sample \S*train-000001\.tar:{damaged}: cannot identify image file "
+                     r"\(replaced by the next readable one\)", log)
     assert re.search(r"skipping damaged shard \S*train-000003\.tar: ReadError: unexpected end of data \(the rest of "
                      r"this shard is not read\)", log)
     assert [row["skipped_images"] for row in read_rows(run_dir / "metrics.jsonl", "epoch")] == [2]
