@@ -394,7 +394,8 @@ def evaluate_checkpoint(user: UserLayers, dist_info: DistInfo) -> Dict[str, Any]
     batch = config.eval_batch_size or 128  # the training batch may be far too big for one device
     loader = eval_loader(val_set, config, batch, dist_info.rank, dist_info.world_size, dist_info.device)
     result = evaluate(model, loader, dist_info.device, amp_dtype(config.amp), channels_last)
-    result["checkpoint"], result["ema"] = str(path), bool(user.get("eval_ema"))
+    # checkpoint_best_ema.pth holds EMA weights also when given as --checkpoint without --eval-ema
+    result["checkpoint"], result["ema"] = str(path), bool(user.get("eval_ema") or record.get("ema_weights"))
     result["val_dir"], result["input_size"] = str(val_set.root), config.input_size
     if dist_info.is_main and user.get("output_dir"):
         MetricsLogger(Path(user.get("output_dir")), name="eval", tensorboard=False).log(result)

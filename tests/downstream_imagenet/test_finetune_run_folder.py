@@ -95,6 +95,12 @@ def test_eval_ema_without_a_checkpoint_reads_the_best_ema_file(finished, capsys)
     assert "checkpoint_best_ema.pth (EMA weights)" in shown, shown
     row = [line for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()][-1]
     assert '"ema": true' in row and '"input_size": 32' in row and str(out.parent / "data" / "val") in row
+    # the same file named with --checkpoint (no --eval-ema) holds EMA weights too: said so in the line and the row
+    best_ema = out / "checkpoint_best_ema.pth"
+    assert main(["--eval-only", "--checkpoint", str(best_ema), "--output-dir", str(out), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    assert f"{best_ema} (EMA weights)" in capsys.readouterr().out
+    assert '"ema": true' in [line for line in (out / "eval.jsonl").read_text().splitlines() if line.strip()][-1]
     # the training's data folder, moved since: say where the path came from
     (out.parent / "data").rename(out.parent / "moved")
     assert main(["--eval-only", "--output-dir", str(out), "--workers", "0", "--device", "cpu"]) == 2
