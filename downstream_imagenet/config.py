@@ -17,6 +17,7 @@ from sparkmim.utils.checkpoint import recorded_config
 from sparkmim.utils.config import ConfigError, TypedConfig, check_number_ranges, load_recipe, merge
 from sparkmim.utils.cli_options import AMP_OPTION_CHOICES, add_shared_options
 from sparkmim.utils.distributed import check_device_name
+from sparkmim.utils.errors import describe_error
 from sparkmim.utils.run import canonical_amp, check_workers
 from sparkmim.utils.values import check_channel_options, check_one_normalisation
 
@@ -112,6 +113,8 @@ CHOICES = {
     "amp": AMP_OPTION_CHOICES,
     "crop_mode": ("center", "squash", "border"),
     "remode": ("pixel", "rand", "const"),
+    # what both timm's transforms and torchvision's TrivialAugmentWide take
+    "interpolation": ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"),
     "layer_grouping": GROUPINGS,
 }
 
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument_group("augmentation").add_argument
     add("--input-size", type=int)
     add("--train-scale", type=float, nargs=2, help="RandomResizedCrop scale range")
-    add("--interpolation")
+    add("--interpolation", choices=CHOICES["interpolation"])
     add("--auto-augment", help="'trivial' (TrivialAugmentWide), a timm string such as "
                                "'rand-m9-mstd0.5-inc1' (RandAugment) or 'v0', or 'none'")
     add("--color-jitter", type=float, help="colour jitter strength when auto-augment is off (0 = off)")
@@ -341,6 +344,21 @@ def check_input_size_fits(config: FinetuneConfig) -> None:
         raise ConfigError(f"{error.problem}; use e.g. --input-size {error.suggestion[0]}") from None
 
 
+def check_auto_augment(policy: Optional[str]) -> None:
+    """A policy timm cannot build is refused before any data is read (timm's assertion was a traceback after
+    the run folder was claimed): timm builds the transform on a tiny input to check it."""
+    if policy in (None, "", "none", "trivial"):
+        return
+    from timm.data import create_transform
+
+    try:
+        create_transform(input_size=32, is_training=True, auto_augment=policy)
+    except (AssertionError, KeyError, ValueError, IndexError) as error:
+        raise ConfigError(f"--auto-augment {policy!r} is not a policy timm knows ({describe_error(error)}); use "
+                          "'trivial', 'none', a RandAugment string such as 'rand-m9-mstd0.5-inc1', 'augmix-m5-w3' "
+                          "or 'v0'") from None
+
+
 def validate(config: FinetuneConfig) -> None:
     """Refuse incomplete or inconsistent configurations with one actionable line."""
     if not config.model:
@@ -366,7 +384,12 @@ def validate(config: FinetuneConfig) -> None:
                           "--warmup-epochs with a short run (the recipe's warm-up does not shrink with --epochs)")
     check_channel_options(config.in_chans, config.mean, config.std, config.norm_stats)
     check_number_ranges(config, positive=("base_lr", "log_interval", "eval_batch_size", "stop_after_epoch"),
-                        non_negative=("weight_decay", "clip_grad", "mixup", "cutmix", "repeated_aug"))
+                        non_negative=("weight_decay", "clip_grad", "mixup", "cutmix", "repeated_aug"),
+                        probability=("reprob", "mixup_prob", "mixup_switch_prob"))
+    if not 0 < config.crop_pct <= 1:
+        raise ConfigError(f"--crop-pct must be in (0, 1] (the centre crop's share of the resized image), got "
+                          f"{config.crop_pct}")
+    check_auto_augment(config.auto_augment)
     if config.drop_path is not None and not 0 <= config.drop_path < 1:
         raise ConfigError(f"--drop-path must be in [0, 1), got {config.drop_path}")
     if config.checkpoint or config.eval_ema:

@@ -72,12 +72,13 @@ def as_flag(key: str, value: Any) -> str:
 
 
 def check_number_ranges(config: Mapping[str, Any], positive: Sequence[str] = (),
-                        non_negative: Sequence[str] = ()) -> None:
+                        non_negative: Sequence[str] = (), probability: Sequence[str] = ()) -> None:
     """Numeric options in range and finite, each error naming the option as the command line gives it
-    (``--base-lr``); an unset (None) option passes. The libraries take a negative decay or clip without a
-    word, or refuse a negative lr with a traceback."""
+    (``--base-lr``); an unset (None) option passes. The libraries take a negative decay or clip, or a
+    probability of 2, without a word, or refuse a negative lr with a traceback."""
     for keys, fits, wanted in ((positive, lambda v: v > 0, "a positive number"),
-                               (non_negative, lambda v: v >= 0, "0 or more")):
+                               (non_negative, lambda v: v >= 0, "0 or more"),
+                               (probability, lambda v: 0 <= v <= 1, "within [0, 1]")):
         for key in keys:
             value = config[key]
             if value is not None and not (math.isfinite(value) and fits(value)):

@@ -80,10 +80,25 @@ def test_a_pretraining_folder_is_not_taken_for_a_finetuning_run(finished, tmp_pa
     (["--repeated-aug", "-1"], "--repeated-aug must be 0 or more, got -1"),
     (["--drop-path", "1.5"], "--drop-path must be in [0, 1), got 1.5"),
     (["--stop-after-epoch", "0"], "--stop-after-epoch must be a positive number, got 0"),  # trained it all
+    # timm's AssertionError / KeyError tracebacks after the folder was claimed, or taken without a word
+    (["--auto-augment", "foo"], "--auto-augment 'foo' is not a policy timm knows (AssertionError: Unknown AA policy"),
+    (["--reprob", "2"], "--reprob must be within [0, 1], got 2.0"),
+    (["--mixup-prob", "1.5"], "--mixup-prob must be within [0, 1], got 1.5"),
+    (["--crop-pct", "0"], "--crop-pct must be in (0, 1]"),
 ])
 def test_options_the_run_would_ignore_or_fail_on_are_one_line(tmp_path, capsys, extra, message):
     argv = ["--model", "test_resnet", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run"), *extra]
     _refused(capsys, argv, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_interpolation_is_refused_on_the_command_line_and_in_a_recipe(tmp_path, capsys):
+    argv = ["--model", "test_resnet", "--data", str(tmp_path), "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stopped:  # timm's KeyError traceback after the folder was claimed
+        main([*argv, "--interpolation", "foo"])
+    assert stopped.value.code == 2 and "argument --interpolation: invalid choice: 'foo'" in capsys.readouterr().err
+    (tmp_path / "recipe.yaml").write_text("interpolation: foo\n")
+    _refused(capsys, [*argv, "--recipe", str(tmp_path / "recipe.yaml")], "interpolation must be one of bicubic")
     assert not (tmp_path / "run").exists()
 
 
