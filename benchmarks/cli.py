@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from sparkmim.sparse.norms import NORM_KERNELS
+from sparkmim.utils.config import check_number_ranges
 from sparkmim.utils.distributed import check_cuda_visible, check_device_name
 from sparkmim.utils.errors import run_command
 from sparkmim.utils.logging_setup import setup_command_logging
@@ -394,8 +395,26 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             check_output_file(path, option, example="coverage.md" if name == "out" else "results.json")
 
 
+# counts and sizes every subcommand that has them needs above 0 (0 crashed with SIGFPE, a ZeroDivisionError or
+# an empty median, or passed as "clean" with nothing run); --warmup and --workers may be 0 (--rounds has a check
+# of its own)
+POSITIVE_OPTIONS = ("batch", "size", "image_size", "num_images", "steps", "repeats", "profile_steps", "top",
+                    "threads", "jobs", "tries", "timeout_s", "trials", "budget_s")
+NON_NEGATIVE_OPTIONS = ("warmup", "workers")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    given = vars(args)
+    check_number_ranges(given, positive=[key for key in POSITIVE_OPTIONS if key in given],
+                        non_negative=[key for key in NON_NEGATIVE_OPTIONS if key in given])
+    fixtures = given.get("fixtures")
+    if fixtures is not None and not Path(fixtures).is_dir():  # the parity check would read n/a, not fail
+        raise ValueError(f"--fixtures {fixtures}: folder not found (the reference-parity fixtures)")
+
+
 def _dispatch(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     if args.command != "worker":
+        _check_counts(args)
         _check_device(args)
         _check_output_paths(args)
     return handler(args)

@@ -275,3 +275,24 @@ def test_bad_output_paths_and_devices_are_one_line_before_anything_runs(tmp_path
         assert "spark-bench value: error: --device cuda was asked for but no CUDA device" in capsys.readouterr().err
     assert a_file.read_text() == "keep me" and not any(a_folder.iterdir()) and not (tmp_path / "g").exists()
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["step", "--device", "cpu", "--batch", "0"], "--batch must be a positive number, got 0"),  # SIGFPE, no message
+    (["norm", "--batch", "0"], "--batch must be a positive number, got 0"),
+    (["step", "--device", "cpu", "--steps", "0"], "--steps must be a positive number, got 0"),  # a NaN median
+    (["step", "--device", "cpu", "--repeats", "0"], "--repeats must be a positive number, got 0"),  # IndexError
+    (["profile", "--profile-steps", "0"], "--profile-steps must be a positive number, got 0"),  # ZeroDivisionError
+    (["e2e", "--work-dir", "WORK", "--num-images", "0"], "--num-images must be a positive number, got 0"),
+    (["kill-trials", "--work-dir", "WORK", "--trials", "0"], "--trials must be a positive number, got 0"),  # "clean"
+    (["gpu-check", "--device", "cpu", "--out", "WORK", "--budget-s", "0"], "--budget-s must be a positive number"),
+    (["gpu-check", "--device", "cpu", "--out", "WORK", "--fixtures", "WORK/none"], "--fixtures WORK/none: folder not found"),
+    (["coverage", "--jobs", "0"], "--jobs must be a positive number, got 0"),
+    (["paired", "--device", "cpu", "--warmup", "-1"], "--warmup must be 0 or more, got -1"),
+])
+def test_counts_and_sizes_out_of_range_are_one_line_before_anything_runs(tmp_path, capsys, argv, message):
+    work = str(tmp_path / "work")
+    assert bench.main([part.replace("WORK", work) for part in argv]) == 2
+    error = capsys.readouterr().err
+    assert f"spark-bench: error: {message.replace('WORK', work)}" in error and "Traceback" not in error, error
+    assert not (tmp_path / "work").exists()
