@@ -49,8 +49,12 @@ def test_the_package_still_offers_its_public_names():
 def _interrupt_while_importing_torch(command: List[str]) -> subprocess.CompletedProcess:
     """Run ``command`` under ``-X importtime`` (which reports each import on stderr as it completes) and
     send SIGINT once a torch submodule has finished importing but torch itself has not."""
+    # a job started in the background by a non-interactive shell (as CI may be) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: the child gets the default disposition back, as in a
+    # terminal
     process = subprocess.Popen([sys.executable, "-X", "importtime", *command], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+                               stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stderr:
         lines.append(line)
